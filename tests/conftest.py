@@ -1,0 +1,68 @@
+"""Shared fixtures: every test runs with its own data and cache directories and never touches the user's.
+
+``backend`` is parametrized over the registry kinds in ``REGISTRY_KINDS``: tests that take it (directly or
+through ``registry``) run once against the embedded registry and once against a real ``wanllmdb server``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+pytest_plugins = ["tests.support.server"]
+
+REGISTRY_KINDS = ["local", "http"]
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, monkeypatch):
+    """Fresh data/cache dirs, HOME and XDG dirs under tmp, no server configured, cwd in tmp."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for var in ("XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_RUNTIME_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("WANLLMDB_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("WANLLMDB_CACHE_DIR", str(tmp_path / "cache"))
+    for var in ("WANLLMDB_BASE_URL", "WANLLMDB_API_KEY", "WANLLMDB_PROJECT", "WANLLMDB_CACHE_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    yield tmp_path
+    import wanllmdb.sdk.run as sdk_run
+
+    sdk_run._reset_for_tests()
+
+
+@pytest.fixture
+def project() -> str:
+    """A project name no other test uses (servers are shared within a session)."""
+    return "p-" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(params=REGISTRY_KINDS)
+def backend(request, monkeypatch) -> str:
+    """Run the test against each registry kind; for 'http' the env points the SDK at a live server."""
+    if request.param == "http":
+        server = request.getfixturevalue("live_server")
+        monkeypatch.setenv("WANLLMDB_BASE_URL", server.url)
+        if server.api_key:
+            monkeypatch.setenv("WANLLMDB_API_KEY", server.api_key)
+    return request.param
+
+
+@pytest.fixture
+def registry(backend):
+    from wanllmdb.registry import open_registry
+    from wanllmdb.settings import load_settings
+
+    reg = open_registry(load_settings())
+    yield reg
+    reg.close()
+
+
+def fuse_required() -> bool:
+    return os.environ.get("WANLLMDB_REQUIRE_FUSE") == "1"

@@ -1,0 +1,182 @@
+"""The cache's on-disk index: which blobs are stored, how big, when last used; which artifacts were cached.
+
+SQLite in WAL mode, shared by every process using the cache. The files under ``blobs/`` stay the authority on
+what is present (a blob is renamed into place only after verification); the index adds sizes and access
+times for LRU eviction, and keeps a running total in ``stats`` through triggers so that a size check at every
+write costs one row read.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY,            -- sha256 of a complete blob, or 'partial:<file name>'
+    kind TEXT NOT NULL,              -- 'blob' | 'partial'
+    size INTEGER NOT NULL,
+    created REAL NOT NULL,
+    last_access REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_lru ON entries(last_access);
+CREATE TABLE IF NOT EXISTS stats (id INTEGER PRIMARY KEY CHECK (id = 0), total INTEGER NOT NULL);
+INSERT OR IGNORE INTO stats (id, total) VALUES (0, 0);
+CREATE TRIGGER IF NOT EXISTS entries_ins AFTER INSERT ON entries
+    BEGIN UPDATE stats SET total = total + NEW.size WHERE id = 0; END;
+CREATE TRIGGER IF NOT EXISTS entries_del AFTER DELETE ON entries
+    BEGIN UPDATE stats SET total = total - OLD.size WHERE id = 0; END;
+CREATE TRIGGER IF NOT EXISTS entries_upd AFTER UPDATE OF size ON entries
+    BEGIN UPDATE stats SET total = total + NEW.size - OLD.size WHERE id = 0; END;
+CREATE TABLE IF NOT EXISTS refs (
+    artifact_id TEXT NOT NULL,
+    version TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    created REAL NOT NULL,
+    last_access REAL NOT NULL,
+    PRIMARY KEY (artifact_id, version)
+);
+"""
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    key: str
+    kind: str
+    size: int
+    created: float
+    last_access: float
+
+
+@dataclass(frozen=True)
+class RefRecord:
+    artifact_id: str
+    version: str
+    manifest_json: str
+    created: float
+    last_access: float
+
+
+class CacheIndex:
+    """Thread-safe access to the index database (one connection, one lock)."""
+
+    def __init__(self, path: str) -> None:
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA busy_timeout = 60000")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        with self._lock:
+            self._conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, args: Iterable[object] = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, tuple(args)).fetchall()
+
+    # --- entries ----------------------------------------------------------------------------------------
+
+    def upsert(self, key: str, kind: str, size: int, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO entries (key, kind, size, created, last_access) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET size = excluded.size, last_access = excluded.last_access",
+                (key, kind, size, now, now),
+            )
+
+    def touch(self, keys: Iterable[str], now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        rows = [(now, key) for key in keys]
+        if rows:
+            with self._tx() as conn:
+                conn.executemany("UPDATE entries SET last_access = ? WHERE key = ?", rows)
+
+    def touch_blobs(self, sizes: dict[str, int], now: float | None = None) -> None:
+        """Refresh the access time of complete blobs, indexing any that were missing from the index."""
+        now = time.time() if now is None else now
+        rows = [(key, size, now, now) for key, size in sizes.items()]
+        if rows:
+            with self._tx() as conn:
+                conn.executemany(
+                    "INSERT INTO entries (key, kind, size, created, last_access) VALUES (?, 'blob', ?, ?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET last_access = excluded.last_access",
+                    rows,
+                )
+
+    def remove(self, keys: Iterable[str]) -> None:
+        rows = [(key,) for key in keys]
+        if rows:
+            with self._tx() as conn:
+                conn.executemany("DELETE FROM entries WHERE key = ?", rows)
+
+    def get(self, key: str) -> IndexEntry | None:
+        rows = self._query("SELECT key, kind, size, created, last_access FROM entries WHERE key = ?", (key,))
+        return IndexEntry(*rows[0]) if rows else None
+
+    def total_size(self) -> int:
+        return int(self._query("SELECT total FROM stats WHERE id = 0")[0][0])
+
+    def entries_lru(self) -> list[IndexEntry]:
+        """All entries, least recently used first."""
+        rows = self._query(
+            "SELECT key, kind, size, created, last_access FROM entries ORDER BY last_access, key"
+        )
+        return [IndexEntry(*row) for row in rows]
+
+    # --- refs (the seed's artifact-level view) ----------------------------------------------------------
+
+    def put_ref(self, artifact_id: str, version: str, manifest_json: str) -> None:
+        now = time.time()
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO refs (artifact_id, version, manifest, created, last_access) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(artifact_id, version) DO UPDATE SET manifest = excluded.manifest, "
+                "last_access = excluded.last_access",
+                (artifact_id, version, manifest_json, now, now),
+            )
+
+    def get_ref(self, artifact_id: str, version: str) -> RefRecord | None:
+        rows = self._query(
+            "SELECT artifact_id, version, manifest, created, last_access FROM refs "
+            "WHERE artifact_id = ? AND version = ?",
+            (artifact_id, version),
+        )
+        return RefRecord(*rows[0]) if rows else None
+
+    def touch_ref(self, artifact_id: str, version: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE refs SET last_access = ? WHERE artifact_id = ? AND version = ?",
+                (time.time(), artifact_id, version),
+            )
+
+    def refs(self) -> list[RefRecord]:
+        rows = self._query(
+            "SELECT artifact_id, version, manifest, created, last_access FROM refs ORDER BY artifact_id, version"
+        )
+        return [RefRecord(*row) for row in rows]
+
+    def remove_refs(self, keys: Iterable[tuple[str, str]]) -> None:
+        rows = list(keys)
+        if rows:
+            with self._tx() as conn:
+                conn.executemany("DELETE FROM refs WHERE artifact_id = ? AND version = ?", rows)

@@ -1,0 +1,77 @@
+"""Place cached blobs as files under a target root: hard links where the filesystem allows, copies otherwise.
+
+Nothing is ever written outside the root: every path is validated, and a parent directory that resolves
+outside the root (a symlink planted inside it) is refused. Each file appears atomically (link or copy to a
+temporary name in the same directory, then ``os.replace``), so an interrupted download leaves whole files.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+from collections.abc import Mapping
+
+from ..errors import InvalidPathError
+from ..manifest import Manifest, validate_path
+
+
+class Placer:
+    """Places files under one root, remembering which directories it already checked."""
+
+    def __init__(self, root: str, *, link: bool = True) -> None:
+        self.root = os.path.abspath(os.path.expanduser(root))
+        os.makedirs(self.root, exist_ok=True)
+        self._real_root = os.path.realpath(self.root)
+        self._checked_dirs: set[str] = set()
+        self.link = link
+
+    def target(self, rel_path: str) -> str:
+        """Absolute path for ``rel_path`` under the root, after checking that it stays inside."""
+        validate_path(rel_path)
+        target = os.path.join(self.root, *rel_path.split("/"))
+        parent = os.path.dirname(target)
+        if parent not in self._checked_dirs:
+            os.makedirs(parent, exist_ok=True)
+            real = os.path.realpath(parent)
+            if real != self._real_root and not real.startswith(self._real_root + os.sep):
+                raise InvalidPathError(
+                    f"refusing to write {rel_path!r}: its directory resolves outside {self.root}"
+                )
+            self._checked_dirs.add(parent)
+        return target
+
+    def place(self, rel_path: str, src: str) -> str:
+        """Make ``rel_path`` under the root hold the bytes of ``src``; returns the target path."""
+        target = self.target(rel_path)
+        try:
+            if os.path.samefile(src, target):
+                return target
+        except FileNotFoundError:
+            pass
+        tmp = f"{target}.{secrets.token_hex(4)}.wanllmdb-tmp"
+        try:
+            if self.link:
+                try:
+                    os.link(src, tmp)
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+                        raise
+                    self.link = False
+            if not self.link:
+                shutil.copyfile(src, tmp)
+                os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        finally:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+        return target
+
+
+def materialize(manifest: Manifest, root: str, blob_paths: Mapping[str, str], *, link: bool = True) -> str:
+    """Place every file of ``manifest`` under ``root`` from ``blob_paths`` (sha256 -> cached path)."""
+    placer = Placer(root, link=link)
+    for entry in manifest:
+        placer.place(entry.path, blob_paths[entry.sha256])
+    return placer.root

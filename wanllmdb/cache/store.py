@@ -1,0 +1,463 @@
+"""Content-addressed blob cache on local disk, shared by the SDK and the mount across processes.
+
+Layout under the cache root::
+
+    blobs/ab/abcdef...      complete, verified blobs (mode 0444), named by SHA-256
+    partial/<sha>.<token>   sparse files a mount fills chunk by chunk (private to one process)
+    tmp/                    *.incomplete files being fetched
+    locks/ab/<sha>.lock     flock(2) files: one fetch per blob at a time, across processes and threads
+    index.sqlite            sizes and access times (see index.py)
+    views/                  hard-link trees for the seed-compatible ArtifactCache.get()
+
+Correctness rests on the atomic rename: a blob appears under ``blobs/`` only after its size and SHA-256
+were checked, so no reader ever sees partial or unverified bytes. The per-blob lock only avoids fetching the
+same blob twice. The cache takes a *fetcher* callable and imports no registry.
+
+The size limit holds at every write: admitting a blob evicts least-recently-used entries first. Eviction
+unlinks files, which never disturbs a reader that holds one open, nor a download that hard-linked it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol
+
+from ..errors import CacheError, ChecksumError
+from ..settings import DEFAULT_CACHE_BYTES
+from .index import CacheIndex, IndexEntry
+
+logger = logging.getLogger(__name__)
+
+#: An access time is rewritten at most this often per blob and process (LRU needs no finer grain).
+TOUCH_INTERVAL = 60.0
+COPY_BUFFER = 8 * 1024 * 1024
+
+
+class BlobWriter(Protocol):
+    def write(self, data: bytes | memoryview, /) -> int: ...
+
+
+#: Writes a whole blob into the writer it is given.
+Fetcher = Callable[[BlobWriter], object]
+
+
+class _VerifyingWriter:
+    """Writes to a file while computing SHA-256 and counting bytes."""
+
+    def __init__(self, file: BinaryIO, limit: int, label: str) -> None:
+        self._file = file
+        self._label = label
+        self._sha = hashlib.sha256()
+        self._limit = limit
+        self.size = 0
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        n = len(data)
+        self.size += n
+        if self.size > self._limit:
+            raise ChecksumError(f"{self._label}: received more than the expected {self._limit} bytes")
+        self._sha.update(data)
+        self._file.write(data)
+        return n
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+@dataclass(frozen=True)
+class CleanupPlan:
+    """Entries a cleanup would remove, and the bytes that frees; nothing happens until :meth:`execute`."""
+
+    cache: BlobCache = field(repr=False)
+    entries: tuple[IndexEntry, ...]
+
+    @property
+    def freed_bytes(self) -> int:
+        return sum(e.size for e in self.entries)
+
+    def execute(self) -> int:
+        """Remove the planned entries; returns the bytes freed."""
+        return self.cache._evict(self.entries)
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    checked: int
+    corrupt: tuple[str, ...]
+    healed_index: int
+
+
+class BlobCache:
+    """Blobs by SHA-256, fetched once, verified, bounded in size.
+
+    Args:
+        root: cache directory (created if missing).
+        max_bytes: size limit enforced at every write.
+    """
+
+    def __init__(self, root: str, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.root = os.path.abspath(os.path.expanduser(root))
+        self.max_bytes = int(max_bytes)
+        for sub in ("blobs", "tmp", "partial", "locks", "views"):
+            os.makedirs(os.path.join(self.root, sub), exist_ok=True)
+        self.index = CacheIndex(os.path.join(self.root, "index.sqlite"))
+        self._touched: dict[str, float] = {}
+        self._touched_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.index.close()
+
+    # --- paths ------------------------------------------------------------------------------------------
+
+    def blob_path(self, sha256: str) -> str:
+        return os.path.join(self.root, "blobs", sha256[:2], sha256)
+
+    def _lock_path(self, sha256: str) -> str:
+        return os.path.join(self.root, "locks", sha256[:2], sha256 + ".lock")
+
+    def _tmp_path(self, sha256: str) -> str:
+        return os.path.join(self.root, "tmp", f"{sha256}.{os.getpid()}.{secrets.token_hex(4)}.incomplete")
+
+    # --- lookups ----------------------------------------------------------------------------------------
+
+    def lookup(self, sha256: str) -> str | None:
+        """Path of the complete blob, or None; a hit refreshes its LRU position."""
+        return self.lookup_many([sha256]).get(sha256)
+
+    def lookup_many(self, sha256s: Iterable[str]) -> dict[str, str]:
+        """Paths of the complete blobs among ``sha256s`` (one index transaction for all hits)."""
+        found: dict[str, str] = {}
+        sizes: dict[str, int] = {}
+        for sha in sha256s:
+            path = self.blob_path(sha)
+            try:
+                sizes[sha] = os.stat(path).st_size
+            except FileNotFoundError:
+                continue
+            found[sha] = path
+        self._touch(sizes)
+        return found
+
+    def contains(self, sha256: str) -> bool:
+        return os.path.exists(self.blob_path(sha256))
+
+    def _touch(self, sizes: dict[str, int]) -> None:
+        now = time.time()
+        with self._touched_lock:
+            due = {k: v for k, v in sizes.items() if now - self._touched.get(k, 0.0) > TOUCH_INTERVAL}
+            for key in due:
+                self._touched[key] = now
+            if len(self._touched) > 100_000:
+                self._touched.clear()
+        if due:
+            # An upsert, not an update: a blob renamed into place by a process that died before indexing
+            # it is healed here.
+            self.index.touch_blobs(due, now)
+
+    # --- fetching ---------------------------------------------------------------------------------------
+
+    def ensure(
+        self,
+        sha256: str,
+        size: int,
+        fetch: Fetcher,
+        *,
+        label: str | None = None,
+        lock_timeout: float | None = None,
+    ) -> str:
+        """Path of the blob, fetching it through ``fetch`` if it is not cached yet.
+
+        Two callers (threads or processes) asking for one blob fetch it once: the second waits on the
+        blob's lock and then finds it present.
+
+        Raises:
+            ChecksumError: the fetched bytes differ in size or SHA-256 (nothing is kept).
+            CacheError: waiting for another fetcher of this blob took longer than ``lock_timeout``.
+        """
+        path = self.lookup(sha256)
+        if path:
+            return path
+        with self._blob_lock(sha256, lock_timeout):
+            path = self.lookup(sha256)
+            if path:
+                return path
+            tmp = self._tmp_path(sha256)
+            try:
+                with open(tmp, "wb") as out:
+                    writer = _VerifyingWriter(out, size, label or f"blob {sha256[:12]}")
+                    fetch(writer)
+                _check(writer.size, writer.hexdigest(), size, sha256, label)
+                self._admit(tmp, sha256, size)
+            finally:
+                _unlink_quietly(tmp)
+        return self.blob_path(sha256)
+
+    def admit_file(
+        self, src: str, sha256: str, size: int, *, label: str | None = None, link: bool = False
+    ) -> str:
+        """Bring a local file into the cache after checking it (copy, or hard link when ``link``).
+
+        Raises:
+            ChecksumError: ``src`` does not have the given size and SHA-256.
+        """
+        path = self.lookup(sha256)
+        if path:
+            return path
+        with self._blob_lock(sha256, None):
+            if self.contains(sha256):
+                return self.lookup(sha256) or self.blob_path(sha256)
+            tmp = self._tmp_path(sha256)
+            try:
+                if link:
+                    os.link(src, tmp)
+                    digest, got = _sha256_file(tmp)
+                else:
+                    with open(src, "rb") as fin, open(tmp, "wb") as out:
+                        writer = _VerifyingWriter(out, size, label or src)
+                        while chunk := fin.read(COPY_BUFFER):
+                            writer.write(chunk)
+                    digest, got = writer.hexdigest(), writer.size
+                _check(got, digest, size, sha256, label or src)
+                self._admit(tmp, sha256, size)
+            finally:
+                _unlink_quietly(tmp)
+        return self.blob_path(sha256)
+
+    def _admit(self, tmp: str, sha256: str, size: int) -> None:
+        final = self.blob_path(sha256)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, final)
+        self.index.upsert(sha256, "blob", size)
+        self.enforce_limit(keep={sha256})
+
+    @contextmanager
+    def _blob_lock(self, sha256: str, timeout: float | None):
+        path = self._lock_path(sha256)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            delay = 0.005
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise CacheError(
+                            f"timed out after {timeout:.0f}s waiting for another fetch of blob {sha256[:12]}"
+                        ) from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.2)
+            yield
+        finally:
+            os.close(fd)
+
+    # --- partial files (chunked reads by the mount) -----------------------------------------------------
+
+    def new_partial(self, sha256: str, size: int) -> str:
+        """Create an empty sparse file of ``size`` bytes for chunked filling; returns its path."""
+        path = os.path.join(self.root, "partial", f"{sha256}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+        self.index.upsert(self._partial_key(path), "partial", 0)
+        return path
+
+    @staticmethod
+    def _partial_key(path: str) -> str:
+        return "partial:" + os.path.basename(path)
+
+    def account_partial(self, path: str, present_bytes: int) -> None:
+        """Record how many bytes of a partial file are filled, evicting LRU entries if over the limit."""
+        key = self._partial_key(path)
+        self.index.upsert(key, "partial", present_bytes)
+        self.enforce_limit(keep={key})
+
+    def promote_partial(self, path: str, sha256: str, size: int, *, label: str | None = None) -> str:
+        """Check a completely filled partial file as a whole and make it the cached blob.
+
+        Raises:
+            ChecksumError: the whole file does not match; the partial file is discarded.
+        """
+        key = self._partial_key(path)
+        try:
+            if self.contains(sha256):
+                return self.lookup(sha256) or self.blob_path(sha256)
+            digest, got = _sha256_file(path)
+            _check(got, digest, size, sha256, label)
+            with self._blob_lock(sha256, None):
+                if not self.contains(sha256):
+                    tmp = self._tmp_path(sha256)
+                    os.link(path, tmp)
+                    self._admit(tmp, sha256, size)
+            return self.blob_path(sha256)
+        finally:
+            self.discard_partial(path, key)
+
+    def discard_partial(self, path: str, key: str | None = None) -> None:
+        _unlink_quietly(path)
+        self.index.remove([key or self._partial_key(path)])
+
+    # --- size limit, cleanup, verification --------------------------------------------------------------
+
+    def total_size(self) -> int:
+        return self.index.total_size()
+
+    def entries(self) -> list[IndexEntry]:
+        return self.index.entries_lru()
+
+    def enforce_limit(self, keep: Iterable[str] = ()) -> int:
+        """Evict least-recently-used entries until the cache fits its limit; returns bytes freed."""
+        if self.index.total_size() <= self.max_bytes:
+            return 0
+        return self.plan_cleanup(max_bytes=self.max_bytes, keep=keep).execute()
+
+    def plan_cleanup(
+        self,
+        max_bytes: int | None = None,
+        max_age: float | None = None,
+        keep: Iterable[str] = (),
+    ) -> CleanupPlan:
+        """Plan removing entries older than ``max_age`` seconds, then LRU entries past ``max_bytes``."""
+        keep = set(keep)
+        now = time.time()
+        chosen: list[IndexEntry] = []
+        remaining: list[IndexEntry] = []
+        for entry in self.index.entries_lru():
+            if entry.key in keep:
+                remaining.append(entry)
+            elif max_age is not None and now - entry.last_access > max_age:
+                chosen.append(entry)
+            else:
+                remaining.append(entry)
+        if max_bytes is not None:
+            total = sum(e.size for e in remaining)
+            for entry in remaining:
+                if total <= max_bytes:
+                    break
+                if entry.key in keep:
+                    continue
+                chosen.append(entry)
+                total -= entry.size
+        return CleanupPlan(self, tuple(chosen))
+
+    def _evict(self, entries: Iterable[IndexEntry]) -> int:
+        freed = 0
+        removed: list[str] = []
+        for entry in entries:
+            if entry.kind == "partial":
+                path = os.path.join(self.root, "partial", entry.key.split(":", 1)[1])
+                _unlink_quietly(path)
+            else:
+                if not self._try_unlink_blob(entry.key):
+                    continue
+            removed.append(entry.key)
+            freed += entry.size
+        self.index.remove(removed)
+        if removed:
+            # Views hold hard links to blobs; drop them so evicted bytes really leave the disk.
+            shutil.rmtree(os.path.join(self.root, "views"), ignore_errors=True)
+            os.makedirs(os.path.join(self.root, "views"), exist_ok=True)
+            with self._touched_lock:
+                for key in removed:
+                    self._touched.pop(key, None)
+            logger.debug("evicted %d cache entries (%d bytes)", len(removed), freed)
+        return freed
+
+    def _try_unlink_blob(self, sha256: str) -> bool:
+        """Unlink a blob unless someone is fetching it right now."""
+        lock = self._lock_path(sha256)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(lock), exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            _unlink_quietly(self.blob_path(sha256))
+            return True
+        finally:
+            os.close(fd)
+
+    def remove_blob(self, sha256: str) -> None:
+        """Drop one blob (e.g. found corrupt); a no-op if absent."""
+        entry = self.index.get(sha256) or IndexEntry(sha256, "blob", 0, 0.0, 0.0)
+        _unlink_quietly(self.blob_path(sha256))
+        self.index.remove([entry.key])
+        with self._touched_lock:
+            self._touched.pop(sha256, None)
+
+    def verify(self, progress: Callable[[int], object] | None = None) -> VerifyReport:
+        """Re-hash every blob; remove those whose content no longer matches their name."""
+        checked = 0
+        corrupt: list[str] = []
+        healed = 0
+        blobs_dir = os.path.join(self.root, "blobs")
+        for prefix in sorted(os.listdir(blobs_dir)):
+            for name in sorted(os.listdir(os.path.join(blobs_dir, prefix))):
+                path = os.path.join(blobs_dir, prefix, name)
+                digest, size = _sha256_file(path)
+                checked += 1
+                if progress:
+                    progress(size)
+                if digest != name:
+                    logger.warning("cache blob %s is corrupt (content hashes to %s); removed", name, digest)
+                    corrupt.append(name)
+                    self.remove_blob(name)
+                elif self.index.get(name) is None:
+                    self.index.upsert(name, "blob", size)
+                    healed += 1
+        indexed = {e.key for e in self.index.entries_lru() if e.kind == "blob"}
+        missing = [key for key in indexed if not self.contains(key)]
+        self.index.remove(missing)
+        return VerifyReport(checked, tuple(corrupt), healed + len(missing))
+
+
+def _check(got_size: int, got_sha: str, size: int, sha256: str, label: str | None) -> None:
+    what = label or f"blob {sha256[:12]}"
+    if got_size != size:
+        raise ChecksumError(
+            f"{what}: expected {size} bytes, received {got_size}", expected=str(size), actual=str(got_size)
+        )
+    if got_sha != sha256:
+        raise ChecksumError(
+            f"{what}: SHA-256 mismatch (expected {sha256}, got {got_sha})", expected=sha256, actual=got_sha
+        )
+
+
+def _sha256_file(path: str) -> tuple[str, int]:
+    sha = hashlib.sha256()
+    size = 0
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(COPY_BUFFER)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            sha.update(view[:n])
+            size += n
+    return sha.hexdigest(), size
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            logger.debug("could not remove %s: %s", path, exc)

@@ -1,0 +1,1 @@
+"""The ``wanllmdb`` command line (nothing imports this package)."""

@@ -1,0 +1,94 @@
+"""``wanllmdb cache ls | cleanup | verify``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+
+from ..settings import format_size, load_settings, parse_duration, parse_size
+from .common import common_parent, out
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "cache", help="inspect and clean the local blob cache", parents=[common_parent()]
+    )
+    parser.add_argument(
+        "--cache-dir", help="cache directory (default: WANLLMDB_CACHE_DIR or the user cache dir)"
+    )
+    sub = parser.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+
+    ls = sub.add_parser("ls", help="cached artifact versions and the cache's size", parents=[common_parent()])
+    ls.set_defaults(func=cmd_ls)
+
+    cleanup = sub.add_parser(
+        "cleanup", help="remove old or least-recently-used blobs", parents=[common_parent()]
+    )
+    cleanup.add_argument(
+        "--max-size", help="keep at most this much, e.g. 5GB (default: the configured limit)"
+    )
+    cleanup.add_argument(
+        "--max-age", default="30d", help="remove blobs unused for this long, e.g. 7d, 12h (default 30d)"
+    )
+    cleanup.add_argument("--dry-run", action="store_true", help="show what would be removed, remove nothing")
+    cleanup.set_defaults(func=cmd_cleanup)
+
+    verify = sub.add_parser(
+        "verify", help="re-hash every cached blob, removing corrupt ones", parents=[common_parent()]
+    )
+    verify.set_defaults(func=cmd_verify)
+
+
+def _open(args: argparse.Namespace):
+    from ..cache import ArtifactCache, BlobCache
+
+    settings = load_settings(cache_dir=args.cache_dir)
+    return ArtifactCache(blob_cache=BlobCache(settings.cache_dir, settings.cache_max_bytes)), settings
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    cache, settings = _open(args)
+    rows = cache.list()
+    for row in rows:
+        state = "complete" if row["complete"] else f"partial ({format_size(row['cached_bytes'])})"
+        out(
+            f"{row['artifact_id']}:{row['version']:<8} {row['file_count']:>7} file(s) {format_size(row['size']):>10}  "
+            f"{state:<20} last used {row['last_accessed']}"
+        )
+    entries = cache.blobs.entries()
+    out(
+        f"{cache.root}: {len(entries)} blob(s), {format_size(cache.blobs.total_size())} "
+        f"of {format_size(settings.cache_max_bytes)}"
+    )
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    cache, settings = _open(args)
+    max_bytes = parse_size(args.max_size) if args.max_size else settings.cache_max_bytes
+    max_age = parse_duration(args.max_age) if args.max_age else None
+    plan = cache.blobs.plan_cleanup(max_bytes=max_bytes, max_age=max_age)
+    for entry in plan.entries:
+        last = dt.datetime.fromtimestamp(entry.last_access).strftime("%Y-%m-%d %H:%M")
+        out(
+            f"{'would remove' if args.dry_run else 'remove'} {entry.key[:16]:<16} {format_size(entry.size):>10}  "
+            f"last used {last}"
+        )
+    if args.dry_run:
+        out(f"would free {format_size(plan.freed_bytes)} ({len(plan.entries)} entries)")
+        return 0
+    freed = plan.execute()
+    out(f"freed {format_size(freed)} ({len(plan.entries)} entries)")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ..sdk.progress import ByteProgress
+
+    cache, _ = _open(args)
+    with ByteProgress(cache.blobs.total_size(), "verify") as progress:
+        report = cache.blobs.verify(progress)
+    out(f"checked {report.checked} blob(s): {len(report.corrupt)} corrupt (removed)")
+    for sha in report.corrupt:
+        out(f"corrupt {sha}")
+    return 1 if report.corrupt else 0

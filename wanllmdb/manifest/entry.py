@@ -1,0 +1,210 @@
+"""ManifestEntry and Manifest: what a version holds, as frozen values with a stable JSON form.
+
+The manifest digest depends only on content (each path with its size and SHA-256), so logging identical
+content always yields the identical digest, whatever the order files were added in, the chunk size, or
+the metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from ..errors import InvalidManifestError, InvalidPathError
+from .names import validate_path
+
+MANIFEST_FORMAT = 1
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One file of a version.
+
+    Attributes:
+        path: relative POSIX path inside the artifact.
+        size: bytes.
+        md5, sha256: lowercase hex digests of the whole file.
+        chunk_size: for files larger than one chunk, the chunk length; 0 otherwise.
+        chunks: SHA-256 of each chunk in order (empty for single-chunk files).
+        ref: optional external reference the file was recorded from.
+    """
+
+    path: str
+    size: int
+    md5: str
+    sha256: str
+    chunk_size: int = 0
+    chunks: tuple[str, ...] = ()
+    ref: str | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            validate_path(self.path)
+        except InvalidPathError as exc:
+            raise InvalidManifestError(str(exc)) from None
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 0:
+            raise InvalidManifestError(f"{self.path}: size must be a non-negative integer, got {self.size!r}")
+        if not isinstance(self.md5, str) or not _HEX32.fullmatch(self.md5):
+            raise InvalidManifestError(f"{self.path}: md5 must be 32 lowercase hex digits")
+        if not isinstance(self.sha256, str) or not _HEX64.fullmatch(self.sha256):
+            raise InvalidManifestError(f"{self.path}: sha256 must be 64 lowercase hex digits")
+        if not isinstance(self.chunks, tuple):
+            object.__setattr__(self, "chunks", tuple(self.chunks))
+        if self.chunks or self.chunk_size:
+            if self.chunk_size <= 0 or self.size <= self.chunk_size:
+                raise InvalidManifestError(
+                    f"{self.path}: chunk digests are only for files larger than their chunk size"
+                )
+            expected = -(-self.size // self.chunk_size)
+            if len(self.chunks) != expected:
+                raise InvalidManifestError(
+                    f"{self.path}: {len(self.chunks)} chunk digests for {expected} chunks of {self.chunk_size} bytes"
+                )
+            for digest in self.chunks:
+                if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+                    raise InvalidManifestError(f"{self.path}: chunk digests must be 64 lowercase hex digits")
+
+    @property
+    def is_chunked(self) -> bool:
+        return bool(self.chunks)
+
+    def chunk_range(self, index: int) -> tuple[int, int]:
+        """(offset, length) of chunk ``index``."""
+        start = index * self.chunk_size
+        return start, min(self.chunk_size, self.size - start)
+
+    def with_path(self, path: str) -> ManifestEntry:
+        return ManifestEntry(path, self.size, self.md5, self.sha256, self.chunk_size, self.chunks, self.ref)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"path": self.path, "size": self.size, "md5": self.md5, "sha256": self.sha256}
+        if self.chunks:
+            data["chunk_size"] = self.chunk_size
+            data["chunks"] = list(self.chunks)
+        if self.ref is not None:
+            data["ref"] = self.ref
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ManifestEntry:
+        if not isinstance(data, Mapping):
+            raise InvalidManifestError(f"manifest entry must be an object, got {type(data).__name__}")
+        try:
+            return cls(
+                path=data["path"],
+                size=data["size"],
+                md5=data["md5"],
+                sha256=data["sha256"],
+                chunk_size=data.get("chunk_size", 0),
+                chunks=tuple(data.get("chunks", ())),
+                ref=data.get("ref"),
+            )
+        except KeyError as exc:
+            raise InvalidManifestError(f"manifest entry lacks {exc.args[0]!r}: {dict(data)!r:.200}") from None
+        except TypeError as exc:
+            raise InvalidManifestError(f"malformed manifest entry: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The files of a version, keyed and ordered by path.
+
+    Raises:
+        InvalidManifestError: on construction, for duplicate paths or a path that is both a file and a
+            directory (``a`` and ``a/b``), which no filesystem can show.
+    """
+
+    entries: Mapping[str, ManifestEntry] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ordered = dict(sorted(self.entries.items()))
+        for key, entry in ordered.items():
+            if key != entry.path:
+                raise InvalidManifestError(f"manifest key {key!r} differs from its entry path {entry.path!r}")
+        _check_no_file_dir_clash(ordered)
+        object.__setattr__(self, "entries", ordered)
+
+    @classmethod
+    def from_entries(cls, entries: Iterable[ManifestEntry]) -> Manifest:
+        mapping: dict[str, ManifestEntry] = {}
+        for entry in entries:
+            if entry.path in mapping:
+                raise InvalidManifestError(f"duplicate path in manifest: {entry.path!r}")
+            mapping[entry.path] = entry
+        return cls(mapping)
+
+    def __iter__(self) -> Iterator[ManifestEntry]:
+        return iter(self.entries.values())
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, path: object) -> bool:
+        return path in self.entries
+
+    def get(self, path: str) -> ManifestEntry | None:
+        return self.entries.get(path)
+
+    @cached_property
+    def digest(self) -> str:
+        """SHA-256 over the sorted (path, size, sha256) triples: equal content, equal digest."""
+        canonical = json.dumps(
+            [[e.path, e.size, e.sha256] for e in self.entries.values()],
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    @cached_property
+    def size(self) -> int:
+        return sum(e.size for e in self.entries.values())
+
+    @property
+    def file_count(self) -> int:
+        return len(self.entries)
+
+    def blobs(self) -> dict[str, int]:
+        """Distinct blobs (sha256 -> size) this manifest needs."""
+        return {e.sha256: e.size for e in self.entries.values()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": MANIFEST_FORMAT, "entries": [e.to_dict() for e in self.entries.values()]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
+        if not isinstance(data, Mapping) or not isinstance(data.get("entries"), list):
+            raise InvalidManifestError("manifest must be an object with an 'entries' list")
+        if data.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
+            raise InvalidManifestError(f"unsupported manifest format {data.get('format')!r}")
+        return cls.from_entries(ManifestEntry.from_dict(item) for item in data["entries"])
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Manifest:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise InvalidManifestError(f"manifest is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+
+def _check_no_file_dir_clash(ordered: Mapping[str, ManifestEntry]) -> None:
+    # In sorted order, "a/b" sorts after "a" and before "a0"; checking every parent prefix of every path
+    # against the set of file paths finds each clash in O(total path segments).
+    files = ordered.keys()
+    for path in files:
+        cut = path.rfind("/")
+        while cut > 0:
+            parent = path[:cut]
+            if parent in files:
+                raise InvalidManifestError(f"{parent!r} is a file and also a directory holding {path!r}")
+            cut = parent.rfind("/")

@@ -1,0 +1,304 @@
+"""The one registry interface the SDK, the CLI and the mount speak to, and the values it returns.
+
+Two implementations: ``local.LocalRegistry`` (embedded: SQLite + content-addressed blob directory) and
+``http.HttpRegistry`` (client of ``wanllmdb server``). The same contract tests run against both.
+
+Writing is batched so that many small files cost few round trips::
+
+    draft = registry.create_draft(DraftSpec(...))        # whole manifest in; missing blobs out
+    for target in draft.missing:                         # in parallel
+        registry.upload_blob(draft, target, local_path)  # checked by SHA-256 on the storage side
+    result = registry.finalize_draft(draft.id, aliases)  # assigns vN atomically, moves aliases
+
+A draft is invisible to every listing and lookup; finalizing content identical to the newest version
+creates no new version (``FinalizeResult.created`` is False) but still applies the aliases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ..cache.store import BlobWriter
+from ..manifest import Manifest
+
+#: Called with a number of bytes just transferred.
+Progress = Callable[[int], object]
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One finalized version of an artifact; ``manifest`` is set when resolved with it."""
+
+    project: str
+    name: str
+    type: str
+    version: int
+    digest: str
+    aliases: tuple[str, ...]
+    created_at: float
+    size: int
+    file_count: int
+    description: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    logged_by: str | None = None
+    manifest: Manifest | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"v{self.version}"
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.project}/{self.name}:v{self.version}"
+
+    def to_dict(self, *, with_manifest: bool = True) -> dict[str, Any]:
+        data = {
+            "project": self.project,
+            "name": self.name,
+            "type": self.type,
+            "version": self.version,
+            "digest": self.digest,
+            "aliases": list(self.aliases),
+            "created_at": self.created_at,
+            "size": self.size,
+            "file_count": self.file_count,
+            "description": self.description,
+            "metadata": dict(self.metadata),
+            "logged_by": self.logged_by,
+        }
+        if with_manifest and self.manifest is not None:
+            data["manifest"] = self.manifest.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VersionInfo:
+        manifest = data.get("manifest")
+        return cls(
+            project=data["project"],
+            name=data["name"],
+            type=data["type"],
+            version=int(data["version"]),
+            digest=data["digest"],
+            aliases=tuple(data.get("aliases", ())),
+            created_at=float(data["created_at"]),
+            size=int(data["size"]),
+            file_count=int(data["file_count"]),
+            description=data.get("description"),
+            metadata=dict(data.get("metadata") or {}),
+            logged_by=data.get("logged_by"),
+            manifest=Manifest.from_dict(manifest) if manifest is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """An artifact with all its versions (without manifests) and its alias map."""
+
+    project: str
+    name: str
+    type: str
+    versions: tuple[VersionInfo, ...]
+    aliases: Mapping[str, int]
+
+    @property
+    def latest(self) -> VersionInfo:
+        return self.versions[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "project": self.project,
+            "name": self.name,
+            "type": self.type,
+            "versions": [v.to_dict(with_manifest=False) for v in self.versions],
+            "aliases": dict(self.aliases),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ArtifactInfo:
+        return cls(
+            project=data["project"],
+            name=data["name"],
+            type=data["type"],
+            versions=tuple(VersionInfo.from_dict(v) for v in data["versions"]),
+            aliases={k: int(v) for k, v in data["aliases"].items()},
+        )
+
+
+@dataclass(frozen=True)
+class ArtifactSummary:
+    project: str
+    name: str
+    type: str
+    latest_version: int
+    version_count: int
+    updated_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ArtifactSummary:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class DraftSpec:
+    """Everything needed to create a version, sent in one request."""
+
+    project: str
+    name: str
+    type: str
+    manifest: Manifest
+    description: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class BlobTarget:
+    """A blob the registry lacks; ``url`` is a presigned upload URL for the HTTP registry."""
+
+    sha256: str
+    size: int
+    url: str | None = None
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Draft:
+    id: str
+    digest: str
+    missing: tuple[BlobTarget, ...]
+
+
+@dataclass(frozen=True)
+class FinalizeResult:
+    version: VersionInfo
+    created: bool
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    id: str
+    project: str
+    name: str
+    state: str
+    created_at: float
+    finished_at: float | None = None
+    config: Mapping[str, Any] = field(default_factory=dict)
+    summary: Mapping[str, Any] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    notes: str | None = None
+    group: str | None = None
+    job_type: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data["tags"] = list(self.tags)
+        data["config"] = dict(self.config)
+        data["summary"] = dict(self.summary)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunInfo:
+        values = {k: data.get(k) for k in cls.__dataclass_fields__ if k in data}
+        values["tags"] = tuple(values.get("tags") or ())
+        values["config"] = dict(values.get("config") or {})
+        values["summary"] = dict(values.get("summary") or {})
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    project: str
+    id: str
+    name: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+    tags: Sequence[str] = ()
+    notes: str | None = None
+    group: str | None = None
+    job_type: str | None = None
+
+
+@runtime_checkable
+class Registry(Protocol):
+    """What every registry implementation provides. Errors are :mod:`wanllmdb.errors` types."""
+
+    #: Human-readable location, for messages ("embedded registry at ...", "server http://...").
+    description: str
+
+    # --- reading ----------------------------------------------------------------------------------------
+    def list_projects(self) -> list[str]: ...
+
+    def list_artifacts(self, project: str) -> list[ArtifactSummary]: ...
+
+    def get_artifact(self, project: str, name: str) -> ArtifactInfo: ...
+
+    def resolve(self, project: str, name: str, selector: str = "latest") -> VersionInfo:
+        """The version ``selector`` (``vN`` or an alias) names, with its manifest."""
+        ...
+
+    # --- blobs ------------------------------------------------------------------------------------------
+    def fetch_blob(
+        self, sha256: str, size: int, writer: BlobWriter, progress: Progress | None = None
+    ) -> None:
+        """Write the whole blob into ``writer`` (the caller verifies it)."""
+        ...
+
+    def fetch_range(self, sha256: str, start: int, length: int) -> bytes:
+        """``length`` bytes of the blob from ``start`` (the caller verifies them)."""
+        ...
+
+    def prepare_fetch(self, sha256s: Iterable[str]) -> None:
+        """Hint that these blobs will be fetched soon.
+
+        The HTTP registry presigns all of them in one request and caches the URLs until shortly before
+        they expire, so that many small fetches cost no extra round trip each; the embedded registry
+        does nothing. Call it with the blobs that are *not* cached yet: a fully cached artifact then
+        costs no blob request at all.
+        """
+        ...
+
+    # --- writing ----------------------------------------------------------------------------------------
+    def create_draft(self, spec: DraftSpec) -> Draft: ...
+
+    def upload_blob(
+        self, draft: Draft, target: BlobTarget, path: str, progress: Progress | None = None
+    ) -> None:
+        """Store the local file ``path`` as the blob ``target`` names; refused if its digest differs."""
+        ...
+
+    def finalize_draft(self, draft_id: str, aliases: Sequence[str] = ()) -> FinalizeResult: ...
+
+    def abort_draft(self, draft_id: str) -> None: ...
+
+    def set_alias(self, project: str, name: str, alias: str, version: int) -> None: ...
+
+    def delete_alias(self, project: str, name: str, alias: str) -> None: ...
+
+    # --- runs and lineage -------------------------------------------------------------------------------
+    def create_run(self, spec: RunSpec) -> RunInfo: ...
+
+    def update_run(
+        self,
+        run_id: str,
+        *,
+        config: Mapping[str, Any] | None = None,
+        summary: Mapping[str, Any] | None = None,
+        history: Sequence[Mapping[str, Any]] = (),
+        state: str | None = None,
+    ) -> None: ...
+
+    def get_run(self, run_id: str) -> RunInfo: ...
+
+    def run_history(self, run_id: str) -> list[dict[str, Any]]: ...
+
+    def record_use(self, run_id: str, project: str, name: str, version: int) -> None: ...
+
+    def logged_by(self, project: str, name: str, version: int) -> RunInfo | None: ...
+
+    def used_by(self, project: str, name: str, version: int) -> list[RunInfo]: ...
+
+    def close(self) -> None: ...

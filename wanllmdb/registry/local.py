@@ -1,0 +1,580 @@
+"""The embedded registry: SQLite (WAL) + a content-addressed blob directory, nothing to start.
+
+Layout under the data directory (``WANLLMDB_DIR`` or ``platformdirs.user_data_dir("wanllmdb")``)::
+
+    registry.sqlite    projects, artifacts, versions, aliases, drafts, runs, lineage
+    blobs/ab/<sha256>  file contents, once per content
+    tmp/               blobs being written
+
+A version is created in one ``BEGIN IMMEDIATE`` transaction that checks every blob is stored, takes the next
+number and moves the aliases, so a killed logger leaves either no version or a complete one, numbers are
+never skipped or duplicated, and a draft is never visible. The server serves this same class over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from ..cache.store import BlobWriter
+from ..errors import (
+    AliasError,
+    ArtifactNotFoundError,
+    ArtifactTypeMismatchError,
+    DraftNotFoundError,
+    EmptyArtifactError,
+    IncompleteDraftError,
+    ProjectNotFoundError,
+    RunNotFoundError,
+    VersionNotFoundError,
+)
+from ..manifest import (
+    Manifest,
+    parse_version,
+    validate_alias,
+    validate_artifact_name,
+    validate_artifact_type,
+    validate_project,
+)
+from .base import (
+    ArtifactInfo,
+    ArtifactSummary,
+    BlobTarget,
+    Draft,
+    DraftSpec,
+    FinalizeResult,
+    Progress,
+    RunInfo,
+    RunSpec,
+    VersionInfo,
+)
+from .blobstore import COPY_BUFFER, BlobStore
+from .db import Database
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DRAFT_MAX_AGE = 24 * 3600.0
+
+
+def describe_versions(versions: Sequence[int], aliases: Sequence[str]) -> str:
+    """``"versions: v1..v5; aliases: best, latest"`` for error messages."""
+    if not versions:
+        return "no versions"
+    ordered = sorted(versions)
+    if ordered == list(range(ordered[0], ordered[-1] + 1)) and len(ordered) > 2:
+        shown = f"v{ordered[0]}..v{ordered[-1]}"
+    else:
+        shown = ", ".join(f"v{v}" for v in ordered)
+    return f"versions: {shown}; aliases: {', '.join(sorted(aliases)) or 'none'}"
+
+
+class LocalRegistry:
+    """Registry in a local directory.
+
+    Args:
+        root: data directory (created if missing).
+        draft_max_age: drafts (and temporary blob files) older than this many seconds are removed.
+    """
+
+    def __init__(self, root: str, *, draft_max_age: float = DEFAULT_DRAFT_MAX_AGE) -> None:
+        self.root = os.path.abspath(os.path.expanduser(root))
+        os.makedirs(self.root, exist_ok=True)
+        self.blobs = BlobStore(self.root)
+        self.db = Database(os.path.join(self.root, "registry.sqlite"))
+        self.draft_max_age = draft_max_age
+        self.description = f"embedded registry at {self.root}"
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- helpers ----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _project_id(conn: sqlite3.Connection, project: str, *, create: bool = False) -> int | None:
+        row = conn.execute("SELECT id FROM projects WHERE name = ?", (project,)).fetchone()
+        if row:
+            return int(row["id"])
+        if not create:
+            return None
+        cur = conn.execute("INSERT INTO projects (name, created_at) VALUES (?, ?)", (project, time.time()))
+        return int(cur.lastrowid)
+
+    def _artifact_row(self, conn: sqlite3.Connection, project: str, name: str) -> sqlite3.Row:
+        validate_project(project)
+        validate_artifact_name(name)
+        row = conn.execute(
+            "SELECT a.id, a.name, a.type FROM artifacts a JOIN projects p ON p.id = a.project_id "
+            "WHERE p.name = ? AND a.name = ?",
+            (project, name),
+        ).fetchone()
+        if row is None:
+            if self._project_id(conn, project) is None:
+                raise ArtifactNotFoundError(
+                    f"artifact '{name}' not found: project '{project}' does not exist in the {self.description}"
+                )
+            names = [
+                r["name"]
+                for r in conn.execute(
+                    "SELECT a.name FROM artifacts a JOIN projects p ON p.id = a.project_id WHERE p.name = ? "
+                    "ORDER BY a.name LIMIT 20",
+                    (project,),
+                )
+            ]
+            raise ArtifactNotFoundError(
+                f"artifact '{name}' not found in project '{project}' (artifacts: {', '.join(names) or 'none'})"
+            )
+        return row
+
+    @staticmethod
+    def _aliases_by_version(conn: sqlite3.Connection, artifact_id: int) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {}
+        for row in conn.execute(
+            "SELECT al.alias, v.version FROM aliases al JOIN versions v ON v.id = al.version_id "
+            "WHERE al.artifact_id = ? ORDER BY al.alias",
+            (artifact_id,),
+        ):
+            out.setdefault(int(row["version"]), []).append(row["alias"])
+        return out
+
+    @staticmethod
+    def _version_info(
+        row: sqlite3.Row, project: str, name: str, type_: str, aliases: Sequence[str], with_manifest: bool
+    ) -> VersionInfo:
+        return VersionInfo(
+            project=project,
+            name=name,
+            type=type_,
+            version=int(row["version"]),
+            digest=row["digest"],
+            aliases=tuple(sorted(aliases)),
+            created_at=float(row["created_at"]),
+            size=int(row["size"]),
+            file_count=int(row["file_count"]),
+            description=row["description"],
+            metadata=json.loads(row["metadata"]),
+            logged_by=row["run_id"],
+            manifest=Manifest.from_json(row["manifest"]) if with_manifest else None,
+        )
+
+    # --- reading ----------------------------------------------------------------------------------------
+
+    def list_projects(self) -> list[str]:
+        with self.db.read() as conn:
+            return [r["name"] for r in conn.execute("SELECT name FROM projects ORDER BY name")]
+
+    def list_artifacts(self, project: str) -> list[ArtifactSummary]:
+        validate_project(project)
+        with self.db.read() as conn:
+            if self._project_id(conn, project) is None:
+                raise ProjectNotFoundError(f"project '{project}' does not exist in the {self.description}")
+            rows = conn.execute(
+                "SELECT a.name, a.type, MAX(v.version) AS latest, COUNT(v.id) AS n, MAX(v.created_at) AS updated "
+                "FROM artifacts a JOIN projects p ON p.id = a.project_id JOIN versions v ON v.artifact_id = a.id "
+                "WHERE p.name = ? GROUP BY a.id ORDER BY a.name",
+                (project,),
+            ).fetchall()
+        return [
+            ArtifactSummary(project, r["name"], r["type"], int(r["latest"]), int(r["n"]), float(r["updated"]))
+            for r in rows
+        ]
+
+    def get_artifact(self, project: str, name: str) -> ArtifactInfo:
+        with self.db.read() as conn:
+            art = self._artifact_row(conn, project, name)
+            by_version = self._aliases_by_version(conn, art["id"])
+            rows = conn.execute(
+                "SELECT version, digest, size, file_count, description, metadata, created_at, run_id, "
+                "'' AS manifest FROM versions WHERE artifact_id = ? ORDER BY version",
+                (art["id"],),
+            ).fetchall()
+        versions = tuple(
+            self._version_info(r, project, name, art["type"], by_version.get(int(r["version"]), []), False)
+            for r in rows
+        )
+        aliases = {alias: v for v, names in by_version.items() for alias in names}
+        return ArtifactInfo(project, name, art["type"], versions, aliases)
+
+    def resolve(self, project: str, name: str, selector: str = "latest") -> VersionInfo:
+        validate_alias(selector)
+        with self.db.read() as conn:
+            art = self._artifact_row(conn, project, name)
+            number = parse_version(selector)
+            if number is not None:
+                row = conn.execute(
+                    "SELECT * FROM versions WHERE artifact_id = ? AND version = ?", (art["id"], number)
+                ).fetchone()
+            else:
+                row = conn.execute(
+                    "SELECT v.* FROM aliases al JOIN versions v ON v.id = al.version_id "
+                    "WHERE al.artifact_id = ? AND al.alias = ?",
+                    (art["id"], selector),
+                ).fetchone()
+            by_version = self._aliases_by_version(conn, art["id"])
+            if row is None:
+                numbers = [
+                    int(r[0])
+                    for r in conn.execute("SELECT version FROM versions WHERE artifact_id = ?", (art["id"],))
+                ]
+                all_aliases = [a for names in by_version.values() for a in names]
+                raise VersionNotFoundError(
+                    f"artifact '{name}:{selector}' not found in project '{project}' "
+                    f"({describe_versions(numbers, all_aliases)})"
+                )
+            return self._version_info(
+                row, project, name, art["type"], by_version.get(int(row["version"]), []), True
+            )
+
+    # --- blobs ------------------------------------------------------------------------------------------
+
+    def fetch_blob(
+        self, sha256: str, size: int, writer: BlobWriter, progress: Progress | None = None
+    ) -> None:
+        with self.blobs.open(sha256) as f:
+            buf = bytearray(COPY_BUFFER)
+            view = memoryview(buf)
+            while n := f.readinto(buf):
+                writer.write(view[:n])
+                if progress:
+                    progress(n)
+
+    def fetch_range(self, sha256: str, start: int, length: int) -> bytes:
+        return self.blobs.read_range(sha256, start, length)
+
+    def prepare_fetch(self, sha256s: Iterable[str]) -> None:
+        """Nothing to prepare: blobs are local files."""
+
+    # --- writing ----------------------------------------------------------------------------------------
+
+    def _check_type(self, conn: sqlite3.Connection, project: str, name: str, type_: str) -> None:
+        row = conn.execute(
+            "SELECT a.type FROM artifacts a JOIN projects p ON p.id = a.project_id WHERE p.name = ? AND a.name = ?",
+            (project, name),
+        ).fetchone()
+        if row is not None and row["type"] != type_:
+            raise ArtifactTypeMismatchError(
+                f"artifact '{name}' in project '{project}' has type '{row['type']}'; "
+                f"cannot log it with type '{type_}'"
+            )
+
+    def create_draft(self, spec: DraftSpec) -> Draft:
+        validate_project(spec.project)
+        validate_artifact_name(spec.name)
+        validate_artifact_type(spec.type)
+        if len(spec.manifest) == 0:
+            raise EmptyArtifactError(f"artifact '{spec.name}' has no files: add files before logging it")
+        metadata = json.dumps(dict(spec.metadata), sort_keys=True, default=str)
+        draft_id = uuid.uuid4().hex
+        self.remove_stale_drafts()
+        with self.db.write() as conn:
+            self._check_type(conn, spec.project, spec.name, spec.type)
+            conn.execute(
+                "INSERT INTO drafts (id, project, name, type, digest, manifest, description, metadata, run_id, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    draft_id,
+                    spec.project,
+                    spec.name,
+                    spec.type,
+                    spec.manifest.digest,
+                    spec.manifest.to_json(),
+                    spec.description,
+                    metadata,
+                    spec.run_id,
+                    time.time(),
+                ),
+            )
+        missing = tuple(
+            BlobTarget(sha, size) for sha, size in spec.manifest.blobs().items() if not self.blobs.exists(sha)
+        )
+        return Draft(draft_id, spec.manifest.digest, missing)
+
+    def draft_missing(self, draft_id: str) -> tuple[BlobTarget, ...]:
+        """Blobs a draft still needs (for the server's refresh of upload URLs)."""
+        manifest = self._draft_manifest(draft_id)
+        return tuple(
+            BlobTarget(sha, size) for sha, size in manifest.blobs().items() if not self.blobs.exists(sha)
+        )
+
+    def _draft_manifest(self, draft_id: str) -> Manifest:
+        with self.db.read() as conn:
+            row = conn.execute("SELECT manifest FROM drafts WHERE id = ?", (draft_id,)).fetchone()
+        if row is None:
+            raise DraftNotFoundError(f"draft {draft_id!r} not found (finalized, aborted or expired)")
+        return Manifest.from_json(row["manifest"])
+
+    def draft_wants(self, draft_id: str, sha256: str) -> int | None:
+        """Size of ``sha256`` if the draft's manifest holds it, else None."""
+        return self._draft_manifest(draft_id).blobs().get(sha256)
+
+    def upload_blob(
+        self, draft: Draft, target: BlobTarget, path: str, progress: Progress | None = None
+    ) -> None:
+        self.blobs.put_file(target.sha256, target.size, path)
+        if progress:
+            progress(target.size)
+
+    def finalize_draft(self, draft_id: str, aliases: Sequence[str] = ()) -> FinalizeResult:
+        aliases = list(dict.fromkeys(validate_alias(a) for a in aliases))
+        with self.db.write() as conn:
+            draft = conn.execute("SELECT * FROM drafts WHERE id = ?", (draft_id,)).fetchone()
+            if draft is None:
+                raise DraftNotFoundError(f"draft {draft_id!r} not found (finalized, aborted or expired)")
+            manifest = Manifest.from_json(draft["manifest"])
+            missing = [sha for sha in manifest.blobs() if not self.blobs.exists(sha)]
+            if missing:
+                raise IncompleteDraftError(
+                    f"cannot finalize '{draft['name']}': {len(missing)} blob(s) not uploaded yet", missing
+                )
+            project, name, type_ = draft["project"], draft["name"], draft["type"]
+            self._check_type(conn, project, name, type_)
+            project_id = self._project_id(conn, project, create=True)
+            art = conn.execute(
+                "SELECT id FROM artifacts WHERE project_id = ? AND name = ?", (project_id, name)
+            ).fetchone()
+            now = time.time()
+            if art is None:
+                artifact_id = int(
+                    conn.execute(
+                        "INSERT INTO artifacts (project_id, name, type, created_at) VALUES (?, ?, ?, ?)",
+                        (project_id, name, type_, now),
+                    ).lastrowid
+                )
+                newest = None
+            else:
+                artifact_id = int(art["id"])
+                newest = conn.execute(
+                    "SELECT * FROM versions WHERE artifact_id = ? ORDER BY version DESC LIMIT 1",
+                    (artifact_id,),
+                ).fetchone()
+            created = newest is None or newest["digest"] != draft["digest"]
+            if created:
+                number = 1 if newest is None else int(newest["version"]) + 1
+                version_id = int(
+                    conn.execute(
+                        "INSERT INTO versions (artifact_id, version, digest, manifest, size, file_count, description, "
+                        "metadata, created_at, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            artifact_id,
+                            number,
+                            draft["digest"],
+                            draft["manifest"],
+                            manifest.size,
+                            manifest.file_count,
+                            draft["description"],
+                            draft["metadata"],
+                            now,
+                            draft["run_id"],
+                        ),
+                    ).lastrowid
+                )
+            else:
+                number, version_id = int(newest["version"]), int(newest["id"])
+            self._apply_aliases(conn, artifact_id, version_id, number, ["latest", *aliases])
+            conn.execute("DELETE FROM drafts WHERE id = ?", (draft_id,))
+            row = conn.execute("SELECT * FROM versions WHERE id = ?", (version_id,)).fetchone()
+            names = self._aliases_by_version(conn, artifact_id).get(number, [])
+            info = self._version_info(row, project, name, type_, names, True)
+        logger.info("%s %s/%s:v%d", "logged" if created else "unchanged", project, name, number)
+        return FinalizeResult(info, created)
+
+    @staticmethod
+    def _apply_aliases(
+        conn: sqlite3.Connection, artifact_id: int, version_id: int, number: int, aliases: Sequence[str]
+    ) -> None:
+        for alias in aliases:
+            as_version = parse_version(alias)
+            if as_version is not None:
+                if as_version != number:
+                    raise AliasError(
+                        f"alias '{alias}' looks like a version and cannot be applied to v{number}"
+                    )
+                continue
+            if alias == "latest":
+                newest = conn.execute(
+                    "SELECT id FROM versions WHERE artifact_id = ? ORDER BY version DESC LIMIT 1",
+                    (artifact_id,),
+                ).fetchone()
+                if int(newest["id"]) != version_id:
+                    continue  # 'latest' always stays on the newest version
+            conn.execute(
+                "INSERT INTO aliases (artifact_id, alias, version_id) VALUES (?, ?, ?) "
+                "ON CONFLICT(artifact_id, alias) DO UPDATE SET version_id = excluded.version_id",
+                (artifact_id, alias, version_id),
+            )
+
+    def abort_draft(self, draft_id: str) -> None:
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM drafts WHERE id = ?", (draft_id,))
+
+    def remove_stale_drafts(self, max_age: float | None = None) -> int:
+        """Delete drafts (and temporary blob files) older than ``max_age`` seconds."""
+        max_age = self.draft_max_age if max_age is None else max_age
+        with self.db.write() as conn:
+            removed = conn.execute(
+                "DELETE FROM drafts WHERE created_at < ?", (time.time() - max_age,)
+            ).rowcount
+        self.blobs.remove_stale_tmp(max_age)
+        if removed:
+            logger.info("removed %d stale draft(s)", removed)
+        return removed
+
+    def set_alias(self, project: str, name: str, alias: str, version: int) -> None:
+        validate_alias(alias)
+        if alias == "latest":
+            raise AliasError("'latest' moves by itself to the newest version; it cannot be set")
+        with self.db.write() as conn:
+            art = self._artifact_row(conn, project, name)
+            row = conn.execute(
+                "SELECT id FROM versions WHERE artifact_id = ? AND version = ?", (art["id"], version)
+            ).fetchone()
+            if row is None:
+                raise VersionNotFoundError(f"artifact '{name}:v{version}' not found in project '{project}'")
+            self._apply_aliases(conn, int(art["id"]), int(row["id"]), version, [alias])
+
+    def delete_alias(self, project: str, name: str, alias: str) -> None:
+        validate_alias(alias)
+        if alias == "latest":
+            raise AliasError("'latest' cannot be deleted")
+        with self.db.write() as conn:
+            art = self._artifact_row(conn, project, name)
+            cur = conn.execute("DELETE FROM aliases WHERE artifact_id = ? AND alias = ?", (art["id"], alias))
+            if cur.rowcount == 0:
+                raise VersionNotFoundError(f"artifact '{name}' in project '{project}' has no alias '{alias}'")
+
+    # --- runs and lineage -------------------------------------------------------------------------------
+
+    def create_run(self, spec: RunSpec) -> RunInfo:
+        validate_project(spec.project)
+        now = time.time()
+        with self.db.write() as conn:
+            project_id = self._project_id(conn, spec.project, create=True)
+            existing = conn.execute("SELECT id FROM runs WHERE id = ?", (spec.id,)).fetchone()
+            if existing is None:
+                conn.execute(
+                    "INSERT INTO runs (id, project_id, name, state, config, summary, tags, notes, run_group, "
+                    "job_type, created_at) VALUES (?, ?, ?, 'running', ?, '{}', ?, ?, ?, ?, ?)",
+                    (
+                        spec.id,
+                        project_id,
+                        spec.name,
+                        _dumps(spec.config),
+                        json.dumps(list(spec.tags)),
+                        spec.notes,
+                        spec.group,
+                        spec.job_type,
+                        now,
+                    ),
+                )
+            else:
+                conn.execute("UPDATE runs SET state = 'running', finished_at = NULL WHERE id = ?", (spec.id,))
+        return self.get_run(spec.id)
+
+    def update_run(
+        self,
+        run_id: str,
+        *,
+        config: Mapping[str, Any] | None = None,
+        summary: Mapping[str, Any] | None = None,
+        history: Sequence[Mapping[str, Any]] = (),
+        state: str | None = None,
+    ) -> None:
+        with self.db.write() as conn:
+            if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+                raise RunNotFoundError(f"run {run_id!r} not found")
+            if config is not None:
+                conn.execute("UPDATE runs SET config = ? WHERE id = ?", (_dumps(config), run_id))
+            if summary is not None:
+                conn.execute("UPDATE runs SET summary = ? WHERE id = ?", (_dumps(summary), run_id))
+            if history:
+                start = conn.execute(
+                    "SELECT COALESCE(MAX(seq), -1) + 1 FROM run_history WHERE run_id = ?", (run_id,)
+                ).fetchone()[0]
+                conn.executemany(
+                    "INSERT INTO run_history (run_id, seq, row) VALUES (?, ?, ?)",
+                    [(run_id, start + i, _dumps(row)) for i, row in enumerate(history)],
+                )
+            if state is not None:
+                finished = time.time() if state != "running" else None
+                conn.execute(
+                    "UPDATE runs SET state = ?, finished_at = ? WHERE id = ?", (state, finished, run_id)
+                )
+
+    def _run_from_row(self, row: sqlite3.Row) -> RunInfo:
+        return RunInfo(
+            id=row["id"],
+            project=row["project"],
+            name=row["name"],
+            state=row["state"],
+            created_at=float(row["created_at"]),
+            finished_at=row["finished_at"],
+            config=json.loads(row["config"]),
+            summary=json.loads(row["summary"]),
+            tags=tuple(json.loads(row["tags"])),
+            notes=row["notes"],
+            group=row["run_group"],
+            job_type=row["job_type"],
+        )
+
+    _RUN_SELECT = "SELECT r.*, p.name AS project FROM runs r JOIN projects p ON p.id = r.project_id "
+
+    def get_run(self, run_id: str) -> RunInfo:
+        with self.db.read() as conn:
+            row = conn.execute(self._RUN_SELECT + "WHERE r.id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFoundError(f"run {run_id!r} not found")
+        return self._run_from_row(row)
+
+    def run_history(self, run_id: str) -> list[dict[str, Any]]:
+        self.get_run(run_id)
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT row FROM run_history WHERE run_id = ? ORDER BY seq", (run_id,)
+            ).fetchall()
+        return [json.loads(r["row"]) for r in rows]
+
+    def _version_id(self, conn: sqlite3.Connection, project: str, name: str, version: int) -> int:
+        art = self._artifact_row(conn, project, name)
+        row = conn.execute(
+            "SELECT id FROM versions WHERE artifact_id = ? AND version = ?", (art["id"], version)
+        ).fetchone()
+        if row is None:
+            raise VersionNotFoundError(f"artifact '{name}:v{version}' not found in project '{project}'")
+        return int(row["id"])
+
+    def record_use(self, run_id: str, project: str, name: str, version: int) -> None:
+        with self.db.write() as conn:
+            if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+                raise RunNotFoundError(f"run {run_id!r} not found")
+            version_id = self._version_id(conn, project, name, version)
+            conn.execute(
+                "INSERT OR IGNORE INTO artifact_uses (run_id, version_id, used_at) VALUES (?, ?, ?)",
+                (run_id, version_id, time.time()),
+            )
+
+    def logged_by(self, project: str, name: str, version: int) -> RunInfo | None:
+        with self.db.read() as conn:
+            version_id = self._version_id(conn, project, name, version)
+            row = conn.execute(
+                self._RUN_SELECT + "JOIN versions v ON v.run_id = r.id WHERE v.id = ?", (version_id,)
+            ).fetchone()
+        return self._run_from_row(row) if row else None
+
+    def used_by(self, project: str, name: str, version: int) -> list[RunInfo]:
+        with self.db.read() as conn:
+            version_id = self._version_id(conn, project, name, version)
+            rows = conn.execute(
+                self._RUN_SELECT + "JOIN artifact_uses u ON u.run_id = r.id WHERE u.version_id = ? "
+                "ORDER BY u.used_at",
+                (version_id,),
+            ).fetchall()
+        return [self._run_from_row(r) for r in rows]
+
+
+def _dumps(value: Mapping[str, Any]) -> str:
+    return json.dumps(dict(value), sort_keys=True, default=str)

@@ -1,0 +1,429 @@
+"""``Artifact`` and ``ArtifactFile``: the W&B-shaped objects users build, log, use and download.
+
+An Artifact starts as a draft the user fills (``add_file``, ``add_dir``, ``new_file``): each file is hashed
+once as it is added (MD5, SHA-256 and chunk digests in one pass). ``run.log_artifact`` turns it into a
+finalized version; ``run.use_artifact`` and ``Api().artifact`` return Artifacts bound to a version, whose
+files come from the shared cache (``download``, ``get_path``) and can be checked (``verify``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Any
+
+from ..cache.materialize import Placer
+from ..errors import (
+    ArtifactFinalizedError,
+    FileNotInArtifactError,
+    InvalidInputError,
+    InvalidPathError,
+    LocalFileNotFoundError,
+)
+from ..manifest import (
+    Manifest,
+    ManifestEntry,
+    hash_file,
+    validate_artifact_name,
+    validate_artifact_type,
+    validate_path,
+)
+from ..registry import RunInfo, VersionInfo
+from .client import Client
+
+logger = logging.getLogger(__name__)
+
+#: add_dir hashes files on this many threads (hashlib releases the GIL on large buffers).
+HASH_THREADS = 4
+
+
+class ArtifactFilePath(str):
+    """A local path (``str``) to one file of an artifact, with W&B's ``.download()`` for old code."""
+
+    def download(self, root: str | None = None) -> str:
+        return str(self)
+
+
+class ArtifactFile:
+    """One file of an artifact: its path inside the artifact, size and digests."""
+
+    def __init__(self, entry: ManifestEntry, artifact: Artifact, local_path: str | None = None) -> None:
+        self._entry = entry
+        self._artifact = artifact
+        self.local_path = local_path
+
+    path = property(lambda self: self._entry.path)
+    size = property(lambda self: self._entry.size)
+    md5 = property(lambda self: self._entry.md5)
+    sha256 = property(lambda self: self._entry.sha256)
+    ref = property(lambda self: self._entry.ref)
+
+    @property
+    def digest(self) -> str:
+        """The SHA-256 the file is stored and verified under."""
+        return self._entry.sha256
+
+    # Seed names for the same values.
+    md5_hash = md5
+    sha256_hash = sha256
+
+    @property
+    def entry(self) -> ManifestEntry:
+        return self._entry
+
+    def download(self, root: str | None = None) -> str:
+        """Fetch this file (through the cache) under ``root``; returns its local path."""
+        return self._artifact._download_entries([self._entry], root)[self._entry.path]
+
+    def __repr__(self) -> str:
+        return f"ArtifactFile(path={self.path!r}, size={self.size}, sha256={self.sha256[:12]}...)"
+
+
+class Artifact:
+    """A versioned set of files.
+
+    Args:
+        name: ``[A-Za-z0-9._-]``, 1-128 characters.
+        type: e.g. ``"dataset"`` or ``"model"``; fixed per name once logged.
+        description: free text.
+        metadata: JSON-serialisable dict stored with the version.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        type: str,
+        description: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        **_wandb_compat: Any,
+    ) -> None:
+        self._name = validate_artifact_name(name)
+        self._type = validate_artifact_type(type)
+        self.description = description
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self._entries: dict[str, ManifestEntry] = {}
+        self._local_paths: dict[str, str] = {}
+        self._staging: str | None = None
+        self._info: VersionInfo | None = None
+        self._client: Client | None = None
+        self._download_root: str | None = None
+
+    # --- construction from a registry version -----------------------------------------------------------
+
+    @classmethod
+    def _from_version(cls, info: VersionInfo, client: Client) -> Artifact:
+        art = cls(info.name, info.type, info.description, dict(info.metadata))
+        art._bind(info, client)
+        return art
+
+    def _bind(self, info: VersionInfo, client: Client) -> None:
+        assert info.manifest is not None
+        self._info = info
+        self._client = client
+        self._entries = dict(info.manifest.entries)
+        self._name = info.name
+        self._type = info.type
+        self.description = info.description
+        self.metadata = dict(info.metadata)
+
+    # --- identity -------------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def type(self) -> str:
+        return self._type
+
+    @property
+    def version(self) -> str | None:
+        """``"v2"`` once logged or fetched; None for an artifact not logged yet."""
+        return self._info.label if self._info else None
+
+    @property
+    def project(self) -> str | None:
+        return self._info.project if self._info else None
+
+    @property
+    def qualified_name(self) -> str | None:
+        return self._info.qualified_name if self._info else None
+
+    @property
+    def source_name(self) -> str:
+        return f"{self._name}:{self.version}" if self._info else self._name
+
+    @property
+    def aliases(self) -> list[str]:
+        return list(self._info.aliases) if self._info else []
+
+    @property
+    def created_at(self) -> float | None:
+        return self._info.created_at if self._info else None
+
+    @property
+    def state(self) -> str:
+        return "COMMITTED" if self._info else "PENDING"
+
+    @property
+    def manifest(self) -> Manifest:
+        return Manifest(dict(self._entries))
+
+    @property
+    def digest(self) -> str:
+        """Digest of the content (paths, sizes, SHA-256s): equal content, equal digest."""
+        return self._info.digest if self._info else self.manifest.digest
+
+    @property
+    def size(self) -> int:
+        return sum(e.size for e in self._entries.values())
+
+    @property
+    def file_count(self) -> int:
+        return len(self._entries)
+
+    def files(self) -> list[ArtifactFile]:
+        return [ArtifactFile(e, self, self._local_paths.get(e.path)) for e in self._entries.values()]
+
+    def __repr__(self) -> str:
+        return f"<Artifact {self.qualified_name or self._name} type={self._type} files={self.file_count}>"
+
+    # --- adding files (before logging) -------------------------------------------------------------------
+
+    def _check_mutable(self) -> None:
+        if self._info is not None:
+            raise ArtifactFinalizedError(
+                f"artifact {self.qualified_name} is logged and can no longer change; "
+                f"create a new Artifact('{self._name}', ...) for a new version"
+            )
+
+    def _add_entry(self, entry: ManifestEntry, local_path: str, overwrite: bool) -> ArtifactFile:
+        existing = self._entries.get(entry.path)
+        if existing is not None and existing.sha256 != entry.sha256 and not overwrite:
+            raise InvalidInputError(
+                f"artifact '{self._name}' already holds a different file at {entry.path!r} "
+                f"(pass overwrite=True to replace it)"
+            )
+        trial = dict(self._entries)
+        trial[entry.path] = entry
+        Manifest(trial)  # refuses a path that is both a file and a directory
+        self._entries = trial
+        self._local_paths[entry.path] = local_path
+        return ArtifactFile(entry, self, local_path)
+
+    def add_file(
+        self,
+        local_path: str | os.PathLike[str],
+        name: str | None = None,
+        *,
+        overwrite: bool = False,
+        **_: Any,
+    ) -> ArtifactFile:
+        """Add one file, stored at ``name`` (default: its file name).
+
+        Raises:
+            LocalFileNotFoundError: ``local_path`` does not exist.
+            InvalidPathError: ``local_path`` is a directory, or ``name`` is not a valid artifact path.
+        """
+        self._check_mutable()
+        local = os.fspath(local_path)
+        if not os.path.exists(local):
+            raise LocalFileNotFoundError(f"add_file: {local!r} does not exist")
+        if os.path.isdir(local):
+            raise InvalidPathError(f"add_file: {local!r} is a directory; use add_dir for directories")
+        if not os.path.isfile(local):
+            raise InvalidPathError(f"add_file: {local!r} is not a regular file")
+        path = validate_path(name if name is not None else os.path.basename(local))
+        digest = hash_file(local)
+        entry = ManifestEntry(path, digest.size, digest.md5, digest.sha256, digest.chunk_size, digest.chunks)
+        return self._add_entry(entry, os.path.abspath(local), overwrite)
+
+    def add_dir(self, local_path: str | os.PathLike[str], name: str | None = None, **_: Any) -> None:
+        """Add every file under a directory (recursively), under the prefix ``name`` if given.
+
+        Raises:
+            LocalFileNotFoundError: the directory does not exist.
+            InvalidPathError: it is not a directory, or a file name is not a valid artifact path.
+        """
+        self._check_mutable()
+        root = os.fspath(local_path)
+        if not os.path.exists(root):
+            raise LocalFileNotFoundError(f"add_dir: {root!r} does not exist")
+        if not os.path.isdir(root):
+            raise InvalidPathError(f"add_dir: {root!r} is not a directory; use add_file for files")
+        prefix = validate_path(name.strip("/")) + "/" if name and name.strip("/") else ""
+        files: list[tuple[str, str]] = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for filename in sorted(filenames):
+                full = os.path.join(dirpath, filename)
+                if not os.path.isfile(full):
+                    logger.warning("add_dir: skipping %s (not a regular file)", full)
+                    continue
+                rel = os.path.relpath(full, root).replace(os.sep, "/")
+                files.append((validate_path(prefix + rel), full))
+        with ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="wanllmdb-hash") as pool:
+            digests = list(pool.map(lambda item: hash_file(item[1]), files))
+        for (path, full), digest in zip(files, digests, strict=True):
+            entry = ManifestEntry(
+                path, digest.size, digest.md5, digest.sha256, digest.chunk_size, digest.chunks
+            )
+            self._add_entry(entry, os.path.abspath(full), overwrite=True)
+
+    @contextlib.contextmanager
+    def new_file(self, name: str, mode: str = "w", encoding: str | None = None) -> Iterator[IO[Any]]:
+        """Write a new file into the artifact: ``with art.new_file("config.json") as f: f.write(...)``."""
+        self._check_mutable()
+        path = validate_path(name)
+        if "r" in mode and "+" not in mode:
+            raise InvalidInputError(f"new_file: mode {mode!r} cannot write")
+        if self._staging is None:
+            self._staging = tempfile.mkdtemp(prefix="wanllmdb-new-file-")
+        local = os.path.join(self._staging, *path.split("/"))
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        with open(local, mode, encoding=encoding if "b" not in mode else None) as handle:
+            yield handle
+        self.add_file(local, path, overwrite=True)
+
+    def remove(self, name: str) -> None:
+        """Remove a file added before logging."""
+        self._check_mutable()
+        if self._entries.pop(name, None) is None:
+            raise FileNotInArtifactError(f"artifact '{self._name}' has no file {name!r}")
+        self._local_paths.pop(name, None)
+
+    def _cleanup_staging(self) -> None:
+        if self._staging:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+
+    # --- reading (after logging or fetching) --------------------------------------------------------------
+
+    def _require_bound(self, what: str) -> Client:
+        if self._info is None or self._client is None:
+            raise ArtifactFinalizedError(
+                f"{what}: artifact '{self._name}' has not been logged; call run.log_artifact() first"
+            )
+        return self._client
+
+    def get_entry(self, name: str) -> ArtifactFile:
+        entry = self._entries.get(name)
+        if entry is None:
+            close = sorted(p for p in self._entries if os.path.basename(p) == os.path.basename(name))[:5]
+            hint = f"; did you mean {', '.join(close)}?" if close else f" ({self.file_count} files)"
+            raise FileNotInArtifactError(f"artifact '{self.source_name}' has no file {name!r}{hint}")
+        return ArtifactFile(entry, self, self._local_paths.get(name))
+
+    def default_root(self) -> str:
+        return os.path.join(".", "artifacts", f"{self._name}:{self.version}")
+
+    def _download_entries(self, entries: list[ManifestEntry], root: str | None) -> dict[str, str]:
+        from .transfer import fetch_files
+
+        client = self._require_bound("download")
+        root = root or self._download_root or self.default_root()
+        placer = Placer(root)
+        paths = fetch_files(client, entries, placer, label=self.qualified_name or self._name)
+        self._download_root = placer.root
+        return paths
+
+    def get_path(self, name: str) -> ArtifactFilePath:
+        """Local path of one file: the added file before logging; fetched (through the cache) after."""
+        item = self.get_entry(name)
+        if self._info is None:
+            return ArtifactFilePath(item.local_path or "")
+        return ArtifactFilePath(self._download_entries([item.entry], None)[name])
+
+    def download(self, root: str | None = None, **_: Any) -> str:
+        """Place every file under ``root`` (default ``./artifacts/<name>:<version>``); returns the root.
+
+        Files come from the shared cache, fetched only if missing there, and are hard-linked where the
+        filesystem allows (copied otherwise). Nothing is written outside ``root``.
+
+        Raises:
+            ChecksumError: a fetched file does not match its digest (nothing corrupt is cached).
+        """
+        client = self._require_bound("download")
+        self._download_entries(list(self._entries.values()), root)
+        assert self._info is not None and self._download_root is not None
+        client.artifact_cache().record(f"{self._info.project}/{self._name}", self._info.label, self.manifest)
+        return self._download_root
+
+    def verify(self, root: str | None = None) -> bool:
+        """Check that the files under ``root`` match the manifest; False (and a log line each) if not."""
+        self._require_bound("verify")
+        root = os.path.abspath(root or self._download_root or self.default_root())
+        ok = True
+        for entry in self._entries.values():
+            local = os.path.join(root, *entry.path.split("/"))
+            problem = _compare(local, entry)
+            if problem:
+                ok = False
+                logger.warning("verify %s: %s %s", self.source_name, entry.path, problem)
+                self._drop_corrupt_cache_link(local, entry)
+        listed = {os.path.join(root, *p.split("/")) for p in self._entries}
+        for dirpath, _dirs, filenames in os.walk(root):
+            for filename in filenames:
+                full = os.path.join(dirpath, filename)
+                if full not in listed:
+                    logger.info("verify %s: %s is not part of the artifact", self.source_name, full)
+        return ok
+
+    def _drop_corrupt_cache_link(self, local: str, entry: ManifestEntry) -> None:
+        # A downloaded file is often a hard link to the cached blob: if it was modified in place, the cached
+        # blob is damaged too and must not be served again.
+        assert self._client is not None
+        cache = self._client.cache
+        blob = cache.blob_path(entry.sha256)
+        with contextlib.suppress(OSError):
+            if os.path.samefile(local, blob):
+                logger.warning("cached blob for %s was modified through a hard link; removed it", entry.path)
+                cache.remove_blob(entry.sha256)
+
+    def logged_by(self) -> RunInfo | None:
+        client = self._require_bound("logged_by")
+        assert self._info is not None
+        return client.registry.logged_by(self._info.project, self._name, self._info.version)
+
+    def used_by(self) -> list[RunInfo]:
+        client = self._require_bound("used_by")
+        assert self._info is not None
+        return client.registry.used_by(self._info.project, self._name, self._info.version)
+
+    def wait(self, timeout: float | None = None) -> Artifact:
+        """W&B compatibility: logging here is synchronous, so there is nothing to wait for."""
+        return self
+
+    def save(self, project: str | None = None) -> Artifact:
+        """Log this artifact with the current run, or without a run into ``project``."""
+        from . import run as run_module
+
+        current = run_module.current_run()
+        if current is not None and project in (None, current.project):
+            return current.log_artifact(self)
+        return run_module.log_artifact_without_run(self, project)
+
+
+def _compare(local: str, entry: ManifestEntry) -> str | None:
+    """Why ``local`` differs from ``entry``, or None when it matches."""
+    try:
+        size = os.stat(local).st_size
+    except FileNotFoundError:
+        return "is missing"
+    if size != entry.size:
+        return f"has {size} bytes, expected {entry.size}"
+    try:
+        digest = hash_file(local)
+    except OSError as exc:
+        return f"cannot be read ({exc})"
+    if digest.sha256 != entry.sha256 or digest.md5 != entry.md5:
+        return f"content differs (sha256 {digest.sha256[:12]}..., expected {entry.sha256[:12]}...)"
+    return None
+
+
+__all__ = ["Artifact", "ArtifactFile", "ArtifactFilePath"]
