@@ -1,0 +1,115 @@
+"""Hashing and the embedded registry: what a single machine with no server pays.
+
+- hashing: wanllmdb's one-pass MD5 + SHA-256 + chunk SHA-256 vs ``md5sum`` and ``sha256sum`` of the same file
+- log_artifact of the big file into the embedded registry vs ``cp`` of it
+- re-log of the unchanged big file: seconds and bytes stored (must be 0)
+- download() of 1,000 small files that are all cached
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+from .context import Context
+from .data import make_file, make_small_files
+from .harness import Result, mbps, timed
+
+LOG_SCRIPT = r"""
+import json, os, sys, time
+import wanllmdb
+path, name, mode = sys.argv[1:4]
+def du(root):
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
+data = os.path.join(os.environ["WANLLMDB_DIR"], "blobs")
+before = du(data) if os.path.isdir(data) else 0
+t0 = time.perf_counter()
+with wanllmdb.init(project="bench") as run:
+    art = wanllmdb.Artifact(name, "dataset")
+    (art.add_dir if os.path.isdir(path) else art.add_file)(path)
+    t1 = time.perf_counter()
+    run.log_artifact(art)
+t2 = time.perf_counter()
+if mode == "download-cached":
+    with wanllmdb.init(project="bench") as run:
+        used = run.use_artifact(f"{name}:latest")
+        used.download(sys.argv[4])
+        t3 = time.perf_counter()
+        used.download(sys.argv[4] + "-2")
+        t4 = time.perf_counter()
+else:
+    t3 = t4 = t2
+print(json.dumps({"hash": t1 - t0, "upload": t2 - t1, "total": t2 - t0, "stored": du(data) - before,
+                  "first_download": t3 - t2, "cached_download": t4 - t3, "version": art.version}))
+"""
+
+
+def _log(ctx: Context, env_name: str, path: str, name: str, mode: str = "log", *extra: str) -> dict:
+    import json
+
+    proc = subprocess.run(
+        [sys.executable, "-c", LOG_SCRIPT, path, name, mode, *extra],
+        env=ctx.env(env_name), capture_output=True, text=True, check=True,
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _hash_one_thread(path: str, chunk_size: int = 8 << 20) -> str:
+    """The same three digests computed on one thread: the baseline for the two-thread design."""
+    import hashlib
+
+    md5, sha, chunks = hashlib.md5(usedforsecurity=False), hashlib.sha256(), []
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(chunk_size)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            md5.update(view[:n])
+            sha.update(view[:n])
+            chunks.append(hashlib.sha256(view[:n]).hexdigest())
+    return sha.hexdigest()
+
+
+def run(ctx: Context) -> list[Result]:
+    from wanllmdb.manifest import hash_file
+
+    big = make_file(ctx.path("inputs", "big.bin"), ctx.sizes.big)
+    size = ctx.sizes.big
+    results = []
+
+    with open(big, "rb") as f:  # warm the page cache so every hasher reads from memory
+        while f.read(1 << 24):
+            pass
+    ours, _ = timed(lambda: hash_file(big))
+    one_thread, _ = timed(lambda: _hash_one_thread(big))
+    md5sum, _ = timed(lambda: subprocess.run(["md5sum", big], check=True, capture_output=True))
+    sha256sum, _ = timed(lambda: subprocess.run(["sha256sum", big], check=True, capture_output=True))
+    results.append(Result("hashing", "md5+sha256+chunks (one pass)", mbps(size, ours), "MB/s",
+                          "md5sum", mbps(size, md5sum)))
+    results.append(Result("hashing", "md5 on a worker thread vs all on one thread", mbps(size, ours), "MB/s",
+                          "one thread", mbps(size, one_thread)))
+    results.append(Result("hashing", "md5+sha256+chunks (one pass) vs sha256sum", mbps(size, ours), "MB/s",
+                          "sha256sum", mbps(size, sha256sum)))
+
+    target = ctx.path("inputs", "copy.bin")
+    cp, _ = timed(lambda: subprocess.run(["cp", big, target], check=True))
+    os.unlink(target)
+    first = _log(ctx, "local-log", big, "big")
+    results.append(Result("embedded", "log_artifact big file", first["total"], "s", "cp", cp,
+                          higher_is_better=False, notes=first))
+    again = _log(ctx, "local-log", big, "big")
+    results.append(Result("embedded", "re-log unchanged big file", again["total"], "s", "hashing alone", ours,
+                          higher_is_better=False, target="< 1.5x hashing, 0 bytes stored",
+                          met=again["total"] < 1.5 * ours and again["stored"] == 0,
+                          notes={"bytes_stored": again["stored"], "version": again["version"]}))
+
+    small = make_small_files(ctx.path("inputs", "small1000", ""), 1000, seed=1)
+    out = ctx.path("outputs", "small1000")
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(out + "-2", ignore_errors=True)
+    timings = _log(ctx, "local-small", small, "small", "download-cached", out)
+    results.append(Result("embedded", "download() 1,000 cached small files", timings["cached_download"], "s",
+                          notes={"files_per_s": 1000 / timings["cached_download"],
+                                 "first_download_s": timings["first_download"]}))
+    return results
