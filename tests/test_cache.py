@@ -79,6 +79,7 @@ def test_size_limit_holds_at_every_write_evicting_least_recently_used(tmp_path):
         cache.ensure(sha, size, _fetcher(data))
         assert cache.total_size() <= 10_000
         if i == 2:
+            cache.flush()
             cache._touched.clear()
             cache.index.touch_blobs({shas[0]: 3000}, now=time.time() + 100)  # blob 0 used most recently
     present = [sha for sha in shas if cache.contains(sha)]
@@ -93,6 +94,7 @@ def test_cleanup_plan_then_execute_and_dry_run_removes_nothing(tmp_path):
     old, new = os.urandom(100), os.urandom(200)
     for data in (old, new):
         cache.ensure(*_blob(data), _fetcher(data))
+    cache.flush()
     cache.index.touch_blobs({_blob(old)[0]: 100}, now=time.time() - 10 * 86400)
     plan = cache.plan_cleanup(max_age=7 * 86400)
     assert [e.key for e in plan.entries] == [_blob(old)[0]] and plan.freed_bytes == 100
@@ -106,7 +108,9 @@ def test_index_survives_restart_and_heals_unindexed_blobs(tmp_path):
     root = str(tmp_path / "c")
     data = os.urandom(1234)
     sha, size = _blob(data)
-    BlobCache(root).ensure(sha, size, _fetcher(data))
+    first = BlobCache(root)
+    first.ensure(sha, size, _fetcher(data))
+    first.close()
     reopened = BlobCache(root)
     assert reopened.total_size() == size and reopened.lookup(sha)
     reopened.index.remove([sha])  # as if a process died between rename and indexing

@@ -5,7 +5,7 @@ Layout under the cache root::
     blobs/ab/abcdef...      complete, verified blobs (mode 0444), named by SHA-256
     partial/<sha>.<token>   sparse files a mount fills chunk by chunk (private to one process)
     tmp/                    *.incomplete files being fetched
-    locks/ab/<sha>.lock     flock(2) files: one fetch per blob at a time, across processes and threads
+    locks.bin               one lock byte per blob (locks.py): one fetch per blob, across processes and threads
     index.sqlite            sizes and access times (see index.py)
     views/                  hard-link trees for the seed-compatible ArtifactCache.get()
 
@@ -20,7 +20,6 @@ unlinks files, which never disturbs a reader that holds one open, nor a download
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import logging
 import os
@@ -29,19 +28,22 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
 from ..errors import CacheError, ChecksumError
+from ..iobuf import buffer_for
 from ..settings import DEFAULT_CACHE_BYTES
 from .index import CacheIndex, IndexEntry
+from .locks import BlobLocks
 
 logger = logging.getLogger(__name__)
 
 #: An access time is rewritten at most this often per blob and process (LRU needs no finer grain).
 TOUCH_INTERVAL = 60.0
-COPY_BUFFER = 8 * 1024 * 1024
+#: New blobs are indexed in batches of this many (or at least every INDEX_FLUSH_SECONDS).
+INDEX_BATCH = 256
+INDEX_FLUSH_SECONDS = 1.0
 
 
 class BlobWriter(Protocol):
@@ -109,22 +111,30 @@ class BlobCache:
     def __init__(self, root: str, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
         self.max_bytes = int(max_bytes)
-        for sub in ("blobs", "tmp", "partial", "locks", "views"):
+        for sub in ("tmp", "partial", "views"):
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)
+        if not os.path.isdir(os.path.join(self.root, "blobs", "ff")):
+            for i in range(256):
+                os.makedirs(os.path.join(self.root, "blobs", f"{i:02x}"), exist_ok=True)
+        self.locks = BlobLocks(self.root)
         self.index = CacheIndex(os.path.join(self.root, "index.sqlite"))
         self._touched: dict[str, float] = {}
         self._touched_lock = threading.Lock()
+        # New blobs waiting to be indexed, and the indexed total as of the last flush: together they let
+        # every write check the size limit without a database round trip.
+        self._pending: dict[str, int] = {}
+        self._pending_bytes = 0
+        self._last_flush = time.monotonic()
+        self._indexed_total = self.index.total_size()
 
     def close(self) -> None:
+        self.flush()
         self.index.close()
 
     # --- paths ------------------------------------------------------------------------------------------
 
     def blob_path(self, sha256: str) -> str:
         return os.path.join(self.root, "blobs", sha256[:2], sha256)
-
-    def _lock_path(self, sha256: str) -> str:
-        return os.path.join(self.root, "locks", sha256[:2], sha256 + ".lock")
 
     def _tmp_path(self, sha256: str) -> str:
         return os.path.join(self.root, "tmp", f"{sha256}.{os.getpid()}.{secrets.token_hex(4)}.incomplete")
@@ -192,16 +202,19 @@ class BlobCache:
             path = self.lookup(sha256)
             if path:
                 return path
-            tmp = self._tmp_path(sha256)
-            try:
-                with open(tmp, "wb") as out:
-                    writer = _VerifyingWriter(out, size, label or f"blob {sha256[:12]}")
-                    fetch(writer)
-                _check(writer.size, writer.hexdigest(), size, sha256, label)
-                self._admit(tmp, sha256, size)
-            finally:
-                _unlink_quietly(tmp)
+            self._fetch_into_cache(sha256, size, fetch, label)
         return self.blob_path(sha256)
+
+    def _fetch_into_cache(self, sha256: str, size: int, fetch: Fetcher, label: str | None) -> None:
+        tmp = self._tmp_path(sha256)
+        try:
+            with open(tmp, "wb") as out:
+                writer = _VerifyingWriter(out, size, label or f"blob {sha256[:12]}")
+                fetch(writer)
+            _check(writer.size, writer.hexdigest(), size, sha256, label)
+            self._admit(tmp, sha256, size)
+        finally:
+            _unlink_quietly(tmp)
 
     def admit_file(
         self, src: str, sha256: str, size: int, *, label: str | None = None, link: bool = False
@@ -223,10 +236,12 @@ class BlobCache:
                     os.link(src, tmp)
                     digest, got = _sha256_file(tmp)
                 else:
-                    with open(src, "rb") as fin, open(tmp, "wb") as out:
+                    with open(src, "rb", buffering=0) as fin, open(tmp, "wb") as out:
                         writer = _VerifyingWriter(out, size, label or src)
-                        while chunk := fin.read(COPY_BUFFER):
-                            writer.write(chunk)
+                        buf = buffer_for(size)
+                        view = memoryview(buf)
+                        while n := fin.readinto(buf):
+                            writer.write(view[:n])
                     digest, got = writer.hexdigest(), writer.size
                 _check(got, digest, size, sha256, label or src)
                 self._admit(tmp, sha256, size)
@@ -235,35 +250,31 @@ class BlobCache:
         return self.blob_path(sha256)
 
     def _admit(self, tmp: str, sha256: str, size: int) -> None:
-        final = self.blob_path(sha256)
-        os.makedirs(os.path.dirname(final), exist_ok=True)
         os.chmod(tmp, 0o444)
-        os.replace(tmp, final)
-        self.index.upsert(sha256, "blob", size)
-        self.enforce_limit(keep={sha256})
+        os.replace(tmp, self.blob_path(sha256))
+        with self._touched_lock:
+            self._pending[sha256] = size
+            self._pending_bytes += size
+            due = (
+                len(self._pending) >= INDEX_BATCH
+                or time.monotonic() - self._last_flush > INDEX_FLUSH_SECONDS
+                or self._indexed_total + self._pending_bytes > self.max_bytes
+            )
+        if due:
+            self.flush()
+            self.enforce_limit(keep={sha256})
 
-    @contextmanager
+    def flush(self) -> None:
+        """Index the blobs admitted since the last flush (one transaction)."""
+        with self._touched_lock:
+            pending, self._pending, self._pending_bytes = self._pending, {}, 0
+            self._last_flush = time.monotonic()
+        if pending:
+            self.index.touch_blobs(pending)
+        self._indexed_total = self.index.total_size()
+
     def _blob_lock(self, sha256: str, timeout: float | None):
-        path = self._lock_path(sha256)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            delay = 0.005
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if deadline is not None and time.monotonic() > deadline:
-                        raise CacheError(
-                            f"timed out after {timeout:.0f}s waiting for another fetch of blob {sha256[:12]}"
-                        ) from None
-                    time.sleep(delay)
-                    delay = min(delay * 2, 0.2)
-            yield
-        finally:
-            os.close(fd)
+        return self.locks.hold(sha256, timeout)
 
     # --- partial files (chunked reads by the mount) -----------------------------------------------------
 
@@ -316,16 +327,20 @@ class BlobCache:
     # --- size limit, cleanup, verification --------------------------------------------------------------
 
     def total_size(self) -> int:
-        return self.index.total_size()
+        self.flush()
+        return self._indexed_total
 
     def entries(self) -> list[IndexEntry]:
+        self.flush()
         return self.index.entries_lru()
 
     def enforce_limit(self, keep: Iterable[str] = ()) -> int:
         """Evict least-recently-used entries until the cache fits its limit; returns bytes freed."""
-        if self.index.total_size() <= self.max_bytes:
+        if self.total_size() <= self.max_bytes:
             return 0
-        return self.plan_cleanup(max_bytes=self.max_bytes, keep=keep).execute()
+        freed = self.plan_cleanup(max_bytes=self.max_bytes, keep=keep).execute()
+        self._indexed_total = self.index.total_size()
+        return freed
 
     def plan_cleanup(
         self,
@@ -334,6 +349,7 @@ class BlobCache:
         keep: Iterable[str] = (),
     ) -> CleanupPlan:
         """Plan removing entries older than ``max_age`` seconds, then LRU entries past ``max_bytes``."""
+        self.flush()
         keep = set(keep)
         now = time.time()
         chosen: list[IndexEntry] = []
@@ -381,21 +397,15 @@ class BlobCache:
 
     def _try_unlink_blob(self, sha256: str) -> bool:
         """Unlink a blob unless someone is fetching it right now."""
-        lock = self._lock_path(sha256)
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(lock), exist_ok=True)
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            held = self.locks.acquire(sha256, timeout=0.0)
+        except CacheError:
+            return False
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
             _unlink_quietly(self.blob_path(sha256))
             return True
         finally:
-            os.close(fd)
+            held.release()
 
     def remove_blob(self, sha256: str) -> None:
         """Drop one blob (e.g. found corrupt); a no-op if absent."""
@@ -407,6 +417,7 @@ class BlobCache:
 
     def verify(self, progress: Callable[[int], object] | None = None) -> VerifyReport:
         """Re-hash every blob; remove those whose content no longer matches their name."""
+        self.flush()
         checked = 0
         corrupt: list[str] = []
         healed = 0
@@ -447,7 +458,7 @@ def _sha256_file(path: str) -> tuple[str, int]:
     sha = hashlib.sha256()
     size = 0
     with open(path, "rb", buffering=0) as f:
-        buf = bytearray(COPY_BUFFER)
+        buf = buffer_for(os.fstat(f.fileno()).st_size)
         view = memoryview(buf)
         while n := f.readinto(buf):
             sha.update(view[:n])

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ..iobuf import buffer_for
 from ..settings import CHUNK_SIZE
 
 _md5_pool: ThreadPoolExecutor | None = None
@@ -67,17 +68,17 @@ def hash_file(
     try:
         size_hint = os.fstat(fd).st_size
         if size_hint <= chunk_size:
-            return _hash_small(fd, chunk_size, progress)
+            return _hash_small(fd, size_hint, chunk_size, progress)
         return _hash_large(fd, chunk_size, progress)
     finally:
         os.close(fd)
 
 
-def _hash_small(fd: int, chunk_size: int, progress: Callable[[int], object] | None) -> FileDigest:
+def _hash_small(fd: int, size_hint: int, chunk_size: int, progress: Callable[[int], object] | None) -> FileDigest:
     md5 = hashlib.md5(usedforsecurity=False)
     sha = hashlib.sha256()
     size = 0
-    buf = bytearray(min(chunk_size, 1 << 20))
+    buf = buffer_for(size_hint, cap=1 << 20)
     view = memoryview(buf)
     while True:
         n = os.readv(fd, [view])

@@ -12,18 +12,22 @@ import base64
 import hashlib
 import logging
 import os
+import re
 import secrets
 import time
 
 from ..errors import BlobNotFoundError, ChecksumError, InvalidInputError
+from ..iobuf import buffer_for
 
 logger = logging.getLogger(__name__)
 
-COPY_BUFFER = 8 * 1024 * 1024
+
+
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def _check_sha(sha256: str) -> str:
-    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+    if not isinstance(sha256, str) or not _SHA256_RE.fullmatch(sha256):
         raise InvalidInputError(f"not a SHA-256 hex digest: {sha256[:80]!r}")
     return sha256
 
@@ -134,7 +138,7 @@ class BlobStore:
         incoming = self.begin(sha256, size)
         try:
             with open(src, "rb", buffering=0) as f:
-                buf = bytearray(COPY_BUFFER)
+                buf = buffer_for(size)
                 view = memoryview(buf)
                 while n := f.readinto(buf):
                     incoming.write(view[:n])

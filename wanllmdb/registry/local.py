@@ -34,6 +34,7 @@ from ..errors import (
     RunNotFoundError,
     VersionNotFoundError,
 )
+from ..iobuf import buffer_for
 from ..manifest import (
     Manifest,
     parse_version,
@@ -54,7 +55,7 @@ from .base import (
     RunSpec,
     VersionInfo,
 )
-from .blobstore import COPY_BUFFER, BlobStore
+from .blobstore import BlobStore
 from .db import Database
 
 logger = logging.getLogger(__name__)
@@ -236,7 +237,7 @@ class LocalRegistry:
         self, sha256: str, size: int, writer: BlobWriter, progress: Progress | None = None
     ) -> None:
         with self.blobs.open(sha256) as f:
-            buf = bytearray(COPY_BUFFER)
+            buf = buffer_for(size)
             view = memoryview(buf)
             while n := f.readinto(buf):
                 writer.write(view[:n])

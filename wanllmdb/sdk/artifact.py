@@ -202,19 +202,20 @@ class Artifact:
                 f"create a new Artifact('{self._name}', ...) for a new version"
             )
 
-    def _add_entry(self, entry: ManifestEntry, local_path: str, overwrite: bool) -> ArtifactFile:
-        existing = self._entries.get(entry.path)
-        if existing is not None and existing.sha256 != entry.sha256 and not overwrite:
-            raise InvalidInputError(
-                f"artifact '{self._name}' already holds a different file at {entry.path!r} "
-                f"(pass overwrite=True to replace it)"
-            )
+    def _add_entries(self, items: list[tuple[ManifestEntry, str]], overwrite: bool) -> None:
+        """Add (entry, local path) pairs all at once, or none of them if any conflicts."""
         trial = dict(self._entries)
-        trial[entry.path] = entry
+        for entry, _local in items:
+            existing = trial.get(entry.path)
+            if existing is not None and existing.sha256 != entry.sha256 and not overwrite:
+                raise InvalidInputError(
+                    f"artifact '{self._name}' already holds a different file at {entry.path!r} "
+                    f"(pass overwrite=True to replace it)"
+                )
+            trial[entry.path] = entry
         Manifest(trial)  # refuses a path that is both a file and a directory
         self._entries = trial
-        self._local_paths[entry.path] = local_path
-        return ArtifactFile(entry, self, local_path)
+        self._local_paths.update((entry.path, local) for entry, local in items)
 
     def add_file(
         self,
@@ -241,7 +242,8 @@ class Artifact:
         path = validate_path(name if name is not None else os.path.basename(local))
         digest = hash_file(local)
         entry = ManifestEntry(path, digest.size, digest.md5, digest.sha256, digest.chunk_size, digest.chunks)
-        return self._add_entry(entry, os.path.abspath(local), overwrite)
+        self._add_entries([(entry, os.path.abspath(local))], overwrite)
+        return ArtifactFile(entry, self, os.path.abspath(local))
 
     def add_dir(self, local_path: str | os.PathLike[str], name: str | None = None, **_: Any) -> None:
         """Add every file under a directory (recursively), under the prefix ``name`` if given.
@@ -269,11 +271,13 @@ class Artifact:
                 files.append((validate_path(prefix + rel), full))
         with ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="wanllmdb-hash") as pool:
             digests = list(pool.map(lambda item: hash_file(item[1]), files))
-        for (path, full), digest in zip(files, digests, strict=True):
-            entry = ManifestEntry(
-                path, digest.size, digest.md5, digest.sha256, digest.chunk_size, digest.chunks
-            )
-            self._add_entry(entry, os.path.abspath(full), overwrite=True)
+        self._add_entries(
+            [
+                (ManifestEntry(path, d.size, d.md5, d.sha256, d.chunk_size, d.chunks), os.path.abspath(full))
+                for (path, full), d in zip(files, digests, strict=True)
+            ],
+            overwrite=True,
+        )
 
     @contextlib.contextmanager
     def new_file(self, name: str, mode: str = "w", encoding: str | None = None) -> Iterator[IO[Any]]:

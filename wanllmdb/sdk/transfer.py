@@ -128,6 +128,9 @@ def fetch_files(
         if prepare is not None:
             prepare(missing)
         total = sum(by_sha[sha][0].size for sha in missing)
-        with ByteProgress(total, f"download {label}") as progress:
-            run_parallel(lambda sha: fetch(sha, progress), missing, client.settings.transfer_threads)
+        try:
+            with ByteProgress(total, f"download {label}") as progress:
+                run_parallel(lambda sha: fetch(sha, progress), missing, client.settings.transfer_threads)
+        finally:
+            cache.flush()
     return result
