@@ -1,0 +1,287 @@
+"""The HTTP registry against a real ``wanllmdb server``: the batched write workflow and its request counts,
+interrupted logs, stale drafts, the reader side (one request per resolve, one presign for a whole plan, no
+blob request for cached content), ranged downloads, expired URLs, the seed's ApiClient and the request log."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import requests
+
+from tests.support.server import RequestLog, log_version, manifest_of, write_files
+from wanllmdb.api_client import ApiClient
+from wanllmdb.cache.store import BlobCache
+from wanllmdb.errors import ArtifactNotFoundError, DraftNotFoundError, ProjectNotFoundError
+from wanllmdb.registry.base import DraftSpec
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture
+def http_registry(live_server):
+    reg = live_server.registry()
+    yield reg
+    reg.close()
+
+
+def _wait_for(condition, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_logging_1000_files_costs_two_api_requests_and_one_put_per_blob(http_registry, project, tmp_path):
+    files = write_files(tmp_path / "src", 1000, size=64)
+    log = RequestLog(http_registry)
+
+    first = log_version(http_registry, project, "many", files)
+
+    assert first.created and first.version.version == 1 and first.version.file_count == 1000
+    assert log.count("PUT", "/blobs/") == 1000
+    assert log.count() - log.count("PUT", "/blobs/") == 2  # create the draft, finalize it
+
+    log.clear()
+    again = log_version(http_registry, project, "many", files, aliases=["again"])
+
+    assert not again.created and again.version.version == 1 and "again" in again.version.aliases
+    assert [method for method, _ in log.calls] == ["POST", "POST"]  # nothing uploaded
+    assert log.calls[0][1] == "/api/v1/drafts" and log.calls[1][1].endswith("/finalize")
+
+
+def test_client_killed_mid_log_leaves_no_version_and_relog_uploads_only_the_rest(live_server, project, tmp_path):
+    files = write_files(tmp_path / "src", 20, size=5000)
+    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        sys.path.insert(0, {repo_root!r})
+        from tests.support.server import manifest_of
+        from wanllmdb.registry.base import DraftSpec
+        from wanllmdb.registry.http import HttpRegistry
+        files = {files!r}
+        manifest, by_sha = manifest_of(files)
+        reg = HttpRegistry({live_server.url!r}, api_key={live_server.api_key!r})
+        draft = reg.create_draft(DraftSpec({project!r}, "interrupted", "dataset", manifest))
+        for target in draft.missing[:10]:
+            reg.upload_blob(draft, target, by_sha[target.sha256])
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    killed = subprocess.run([sys.executable, "-c", script], timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+
+    reg = live_server.registry()
+    try:
+        with pytest.raises((ProjectNotFoundError, ArtifactNotFoundError)):
+            reg.get_artifact(project, "interrupted")
+        assert project not in reg.list_projects()
+
+        log = RequestLog(reg)
+        result = log_version(reg, project, "interrupted", files)
+    finally:
+        reg.close()
+
+    assert result.created and result.version.version == 1
+    assert log.count("PUT", "/blobs/") == 10  # the ten stored before the kill are not sent again
+
+
+def test_drafts_left_behind_are_removed_after_draft_max_age(make_server, project, tmp_path):
+    server = make_server(draft_max_age="1s")
+    reg = server.registry()
+    try:
+        manifest, _ = manifest_of(write_files(tmp_path / "src", 3))
+        draft = reg.create_draft(DraftSpec(project, "abandoned", "dataset", manifest))
+        assert len(draft.missing) == 3
+
+        def gone() -> bool:
+            try:
+                reg._refresh_upload_urls(draft.id)
+            except DraftNotFoundError:
+                return True
+            return False
+
+        _wait_for(gone, timeout=15, what="the stale draft to be removed")
+    finally:
+        reg.close()
+
+
+def test_reader_resolves_in_one_request_and_presigns_a_whole_plan_in_one(http_registry, project, tmp_path):
+    files = write_files(tmp_path / "src", 50, size=3000)
+    log_version(http_registry, project, "reads", files, aliases=["best"])
+    cache = BlobCache(str(tmp_path / "cache"))
+    log = RequestLog(http_registry)
+
+    version = http_registry.resolve(project, "reads", "best")
+    assert log.calls == [("GET", f"/api/v1/projects/{project}/artifacts/reads/versions/best")]
+    assert version.manifest is not None and len(version.manifest) == 50
+
+    def download() -> None:
+        entries = list(version.manifest)
+        missing = [e for e in entries if cache.lookup(e.sha256) is None]
+        http_registry.prepare_fetch(e.sha256 for e in missing)
+        for e in missing:
+            cache.ensure(e.sha256, e.size, lambda w, e=e: http_registry.fetch_blob(e.sha256, e.size, w))
+
+    log.clear()
+    download()
+    assert log.count("POST", "/blob-urls") == 1
+    assert log.count("POST", "/blobs/bundle") == 1  # 50 small blobs come in one bundle
+    assert len(log.calls) == 2
+
+    log.clear()
+    download()  # everything cached: nothing at all is asked of the server
+    assert log.calls == []
+    for entry in version.manifest:
+        with open(cache.lookup(entry.sha256), "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == entry.sha256
+
+
+def test_blobs_fetched_without_a_plan_cost_one_presign_and_one_get_each(http_registry, project, tmp_path):
+    files = write_files(tmp_path / "src", 3, size=1000)
+    log_version(http_registry, project, "unplanned", files)
+    version = http_registry.resolve(project, "unplanned")
+    log = RequestLog(http_registry)
+
+    for entry in version.manifest:
+        sink = _Sink()
+        http_registry.fetch_blob(entry.sha256, entry.size, sink)
+        assert hashlib.sha256(sink.data).hexdigest() == entry.sha256
+
+    assert log.count("POST", "/blob-urls") == 3 and log.count("GET", "/blobs/") == 3 and len(log.calls) == 6
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data) -> int:
+        self.data += bytes(data)
+        return len(data)
+
+
+def test_blob_downloads_honour_range(http_registry, project, tmp_path):
+    files = write_files(tmp_path / "src", 1, size=3 * 1024 * 1024 + 5)
+    data = open(next(iter(files.values())), "rb").read()
+    sha = hashlib.sha256(data).hexdigest()
+    log_version(http_registry, project, "ranged", files)
+    url = http_registry._download_url(sha)
+    size = len(data)
+
+    whole = requests.get(url)
+    middle = requests.get(url, headers={"Range": "bytes=1048570-2097160"})
+    tail = requests.get(url, headers={"Range": "bytes=-5"})
+    beyond = requests.get(url, headers={"Range": f"bytes={size}-"})
+    several = requests.get(url, headers={"Range": "bytes=0-1,5-6"})
+    head = requests.head(url)
+
+    assert whole.status_code == 200 and whole.content == data and whole.headers["Accept-Ranges"] == "bytes"
+    assert middle.status_code == 206 and middle.content == data[1048570:2097161]
+    assert middle.headers["Content-Range"] == f"bytes 1048570-2097160/{size}"
+    assert tail.status_code == 206 and tail.content == data[-5:]
+    assert beyond.status_code == 416 and beyond.headers["Content-Range"] == f"bytes */{size}"
+    assert several.status_code == 416
+    assert head.status_code == 200 and head.headers["Content-Length"] == str(size) and head.content == b""
+    assert http_registry.fetch_range(sha, 3 * 1024 * 1024, 100) == data[3 * 1024 * 1024 :]
+
+
+def test_expired_urls_are_requested_again_on_a_real_server(make_server, project, tmp_path):
+    server = make_server(url_ttl="1")
+    reg = server.registry()
+    try:
+        files = write_files(tmp_path / "src", 3, size=2000)
+        log_version(reg, project, "short", files)
+        version = reg.resolve(project, "short")
+        entries = list(version.manifest)
+        response = requests.post(
+            server.url + "/api/v1/blob-urls", json={"sha256s": [entries[0].sha256]}, headers=server.headers
+        )
+        stale_url = response.json()["urls"][entries[0].sha256]["url"]
+        expires_at = response.json()["urls"][entries[0].sha256]["expires_at"]
+        reg.prepare_fetch(e.sha256 for e in entries)
+        _wait_for(lambda: time.time() > expires_at + 0.5, timeout=5, what="the URLs to expire")
+
+        refused = requests.get(stale_url)
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "url_expired"
+        cache = BlobCache(str(tmp_path / "cache"))
+        for e in entries:
+            cache.ensure(e.sha256, e.size, lambda w, e=e: reg.fetch_blob(e.sha256, e.size, w))
+        assert all(cache.lookup(e.sha256) for e in entries)
+    finally:
+        reg.close()
+
+
+def test_api_client_json_calls_and_streamed_files(live_server, project, tmp_path):
+    files = write_files(tmp_path / "src", 2, size=200_000)
+    manifest, by_sha = manifest_of(files)
+    client = ApiClient(live_server.url, api_key=live_server.api_key)
+    try:
+        draft = client.post(
+            "drafts", {"project": project, "name": "seed", "type": "model", "manifest": manifest.to_dict()}
+        )
+        assert len(draft["missing"]) == 2
+        for target in draft["missing"]:
+            answer = client.upload_file(by_sha[target["sha256"]], target["url"])
+            assert answer["stored"] is True
+        version = client.post(f"/drafts/{draft['id']}/finalize", {"aliases": ["prod"]})["version"]
+        assert version["version"] == 1 and "prod" in version["aliases"]
+        assert project in client.get("/api/v1/projects")["projects"]
+        assert client.put(f"projects/{project}/artifacts/seed/aliases/stable", {"version": 1}) is None
+        assert client.delete(f"projects/{project}/artifacts/seed/aliases/stable") is None
+
+        sha = next(iter(by_sha))
+        url = client.post("blob-urls", {"sha256s": [sha]})["urls"][sha]["url"]
+        target = tmp_path / "down" / "file.bin"
+        client.download_file(url, str(target), sha256=sha)
+        assert target.read_bytes() == open(by_sha[sha], "rb").read()
+    finally:
+        client.close()
+
+
+def test_api_client_reads_the_server_from_the_environment(live_server, monkeypatch):
+    monkeypatch.setenv("WANLLMDB_BASE_URL", live_server.url + "/")
+    monkeypatch.setenv("WANLLMDB_API_KEY", live_server.api_key)
+    with ApiClient() as client:
+        assert client.base_url == live_server.url
+        assert client.get("health")["status"] == "ok"
+        assert isinstance(client.get("projects")["projects"], list)
+
+
+def test_server_logs_one_line_per_request_without_signatures(make_server):
+    server = make_server()
+    for _ in range(3):
+        requests.get(server.url + "/api/v1/projects", headers=server.headers)
+    requests.get(server.url + "/api/v1/blobs/" + "a" * 64 + "?expires=1&sig=secret-looking")
+
+    lines = _wait_for(
+        lambda: (
+            [line for line in server.log().splitlines() if "wanllmdb.server.access" in line]
+            if server.log().count("GET /api/v1/blobs/")
+            else None
+        ),
+        what="the access log lines",
+    )
+    assert sum("GET /api/v1/projects 200" in line for line in lines) == 3
+    assert sum("GET /api/v1/blobs/" in line and " 403 " in line for line in lines) == 1
+    assert "secret-looking" not in server.log()
+
+
+def test_health_and_openapi_docs_are_served(live_server):
+    health = requests.get(live_server.url + "/api/v1/health")
+    docs = requests.get(live_server.url + "/docs")
+    schema = requests.get(live_server.url + "/openapi.json").json()
+
+    assert health.json()["status"] == "ok" and health.json()["auth"] is True
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    assert "/api/v1/drafts" in schema["paths"] and "/api/v1/blobs/{sha256}" in schema["paths"]
+    assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"

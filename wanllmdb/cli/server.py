@@ -1,0 +1,97 @@
+"""``wanllmdb server``: serve a registry directory over HTTP (needs the ``server`` extra).
+
+    wanllmdb server [--host 127.0.0.1] [--port 8080] [--root DIR] [--api-key KEY ...]
+                    [--url-ttl 1h] [--draft-max-age 24h] [--public-url URL] [--port-file FILE]
+
+Keys also come from ``WANLLMDB_SERVER_API_KEYS`` (comma-separated), the URL signing secret from
+``WANLLMDB_SERVER_SECRET`` (else it is generated once into ``<root>/server.secret``). Binding an address
+other than loopback without a key is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+
+from ..errors import ConfigError
+from ..server.context import ServerConfig
+from ..settings import load_settings, parse_duration, parse_size
+from .common import common_parent, out
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "server",
+        parents=[common_parent()],
+        help="serve a registry over HTTP",
+        description="Serve the registry under --root over HTTP: the API under /api/v1, docs at /docs.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    parser.add_argument("--root", help="registry directory (default: WANLLMDB_DIR or the user data dir)")
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="accept this bearer key (repeatable; also WANLLMDB_SERVER_API_KEYS, comma-separated)",
+    )
+    parser.add_argument("--url-ttl", default="1h", help="lifetime of presigned blob URLs (default 1h; e.g. 30m, 90s)")
+    parser.add_argument("--draft-max-age", default="24h", help="remove unfinished drafts older than this (default 24h)")
+    parser.add_argument("--max-json-size", default="256MB", help="largest JSON request body (default 256MB)")
+    parser.add_argument("--public-url", help="base URL put into presigned URLs (default: the address asked)")
+    parser.add_argument("--port-file", help="write the bound port to this file once listening")
+    parser.add_argument("--quiet", action="store_true", help="no per-request log lines")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _duration(text: str, flag: str) -> float:
+    # A bare number means seconds here (config.parse_duration reads it as days, as cache ages are).
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ConfigError(f"{flag} must be positive: {text!r}")
+    return seconds
+
+
+def build_config(args: argparse.Namespace) -> ServerConfig:
+    """The server's configuration from the command line and the environment."""
+
+    keys = [k.strip() for k in args.api_key if k.strip()]
+    keys += [k.strip() for k in os.environ.get("WANLLMDB_SERVER_API_KEYS", "").split(",") if k.strip()]
+    secret = os.environ.get("WANLLMDB_SERVER_SECRET") or None
+    return ServerConfig(
+        root=os.path.abspath(os.path.expanduser(args.root or load_settings().data_dir)),
+        api_keys=tuple(dict.fromkeys(keys)),
+        secret=secret.encode() if secret else None,
+        url_ttl=_duration(args.url_ttl, "--url-ttl"),
+        draft_max_age=_duration(args.draft_max_age, "--draft-max-age"),
+        max_json_bytes=parse_size(args.max_json_size),
+        public_url=args.public_url,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"the server needs the 'server' extra ({', '.join(missing)} missing): pip install 'wanllmdb[server]'"
+        )
+    from ..server.run import check_exposure, serve
+
+    config = build_config(args)
+    check_exposure(args.host, config)
+    server_log = logging.getLogger("wanllmdb.server")
+    if not args.quiet and server_log.getEffectiveLevel() > logging.INFO:
+        server_log.setLevel(logging.INFO)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    out(f"wanllmdb server: root {config.root}, {len(config.api_keys)} API key(s), docs at /docs")
+    serve(config, args.host, args.port, port_file=args.port_file)
+    return 0

@@ -1,0 +1,430 @@
+"""``HttpRegistry``: the registry Protocol spoken to a ``wanllmdb server`` (see docs/api.md).
+
+Every call maps to one request, and failures come back as the same :mod:`wanllmdb.errors` classes the
+embedded registry raises (the server sends the error's code; :mod:`wanllmdb.transport` maps it back).
+
+Blob bytes never go through the JSON API: they move through presigned URLs.
+
+- Writing: ``create_draft`` sends the whole manifest and receives an upload URL for each missing blob;
+  ``upload_blob`` PUTs a file to its URL (callers run these in parallel, up to ``transfer_threads``);
+  ``finalize_draft`` makes the version. An upload URL that expired is asked for anew, once.
+- Reading: ``prepare_fetch`` presigns every blob a download will need in one request and caches the URLs
+  until shortly before they expire; ``fetch_blob``/``fetch_range`` use them (asking for a single URL on a
+  miss) and ask again once if a URL is refused (expired or 403). Broken-off downloads resume where they
+  stopped (see ``HttpTransport.get_into``). Small blobs also come grouped into bundles of a few MiB: the
+  first ``fetch_blob`` of a bundled blob fetches its whole bundle in one request and the others are served
+  from memory, so thousands of small files cost a few requests, not one each.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+from cachetools import LRUCache
+
+from ..cache.store import BlobWriter
+from ..errors import BlobNotFoundError, ForbiddenError, WanllmdbError
+from ..manifest import validate_alias, validate_artifact_name, validate_project
+from ..transport import HttpTransport
+from ..transport.session import DEFAULT_BACKOFF, DEFAULT_RETRIES
+from .base import (
+    ArtifactInfo,
+    ArtifactSummary,
+    BlobTarget,
+    Draft,
+    DraftSpec,
+    FinalizeResult,
+    Progress,
+    RunInfo,
+    RunSpec,
+    VersionInfo,
+)
+
+logger = logging.getLogger(__name__)
+
+#: URLs kept per registry (presigned GETs of a download plan, PUTs of a draft).
+URL_CACHE_SIZE = 200_000
+#: A cached URL is not used in the last part of its life: the smaller of this many seconds and a quarter of it.
+URL_MARGIN = 60.0
+#: Bytes of bundled small blobs kept in memory until they are asked for.
+BUNDLE_HOLD_BYTES = 64 * 1024 * 1024
+
+
+class _URLCache:
+    """Presigned URLs by key until shortly before they expire; thread-safe, bounded (LRU)."""
+
+    def __init__(self, size: int = URL_CACHE_SIZE) -> None:
+        self._urls: LRUCache = LRUCache(maxsize=size)
+        self._lock = threading.Lock()
+
+    def put(self, key: Any, url: str, expires_at: float | None) -> None:
+        now = time.time()
+        if expires_at is None:
+            use_until = float("inf")
+        else:
+            use_until = expires_at - min(URL_MARGIN, max(0.0, expires_at - now) / 4)
+        with self._lock:
+            self._urls[key] = (url, use_until)
+
+    def get(self, key: Any) -> str | None:
+        with self._lock:
+            found = self._urls.get(key)
+            if found is None:
+                return None
+            if time.time() >= found[1]:
+                del self._urls[key]
+                return None
+            return found[0]
+
+    def drop(self, key: Any) -> None:
+        with self._lock:
+            self._urls.pop(key, None)
+
+    def drop_where(self, predicate: Any) -> None:
+        with self._lock:
+            for key in [k for k in self._urls if predicate(k)]:
+                del self._urls[key]
+
+
+class _Bundle:
+    """Small blobs the server grouped behind one presigned URL; fetched whole, at most once."""
+
+    def __init__(self, url: str, sha256s: Sequence[str], sizes: Sequence[int], expires_at: float | None) -> None:
+        self.url = url
+        self.sha256s = tuple(sha256s)
+        self.sizes = tuple(int(n) for n in sizes)
+        self.expires_at = expires_at
+        self.lock = threading.Lock()
+        self.fetched = False
+        self.pieces: dict[str, bytes] | None = None
+
+
+class _Bundles:
+    """Small blobs announced by ``prepare_fetch``, fetched a bundle at a time when the first of them is needed.
+
+    Callers ask in about the order announced, so few bundles are in memory at once; pieces fetched but not
+    asked for are kept up to ``hold_bytes`` (the oldest bundles' pieces are dropped first). A blob whose
+    bundle failed, expired or was dropped is simply fetched on its own.
+    """
+
+    def __init__(self, fetch: Callable[[_Bundle], dict[str, bytes]], hold_bytes: int = BUNDLE_HOLD_BYTES) -> None:
+        self._fetch = fetch
+        self._hold_bytes = hold_bytes
+        self._by_sha: LRUCache = LRUCache(maxsize=URL_CACHE_SIZE)
+        self._held: dict[_Bundle, int] = {}  # insertion-ordered: oldest first
+        self._held_bytes = 0
+        self._lock = threading.Lock()
+
+    def add(self, bundle: _Bundle) -> None:
+        with self._lock:
+            for sha in bundle.sha256s:
+                self._by_sha[sha] = bundle
+
+    def take(self, sha256: str) -> bytes | None:
+        """The blob's bytes if a bundle holds it (fetching the bundle first if needed), else None."""
+        with self._lock:
+            bundle = self._by_sha.pop(sha256, None)
+        if bundle is None:
+            return None
+        with bundle.lock:
+            if not bundle.fetched:
+                bundle.fetched = True
+                if bundle.expires_at is not None and time.time() > bundle.expires_at - 1:
+                    return None
+                try:
+                    bundle.pieces = self._fetch(bundle)
+                except WanllmdbError as exc:
+                    logger.debug("bundle of %d blobs failed (%s); fetching them one by one", len(bundle.sha256s), exc)
+                    return None
+                self._hold(bundle, sum(bundle.sizes))
+            pieces = bundle.pieces
+            piece = pieces.pop(sha256, None) if pieces is not None else None
+        if piece is not None:
+            self._release(bundle, len(piece))
+        return piece
+
+    def _hold(self, bundle: _Bundle, size: int) -> None:
+        with self._lock:
+            self._held[bundle] = size
+            self._held_bytes += size
+            while self._held_bytes > self._hold_bytes and len(self._held) > 1:
+                oldest = next(iter(self._held))
+                self._held_bytes -= self._held.pop(oldest)
+                oldest.pieces = None
+
+    def _release(self, bundle: _Bundle, size: int) -> None:
+        with self._lock:
+            if bundle in self._held:
+                self._held[bundle] -= size
+                self._held_bytes -= size
+                if self._held[bundle] <= 0:
+                    del self._held[bundle]
+
+
+class _CountingWriter:
+    """Passes bytes on and counts them, so a refused URL can resume from where the last one stopped."""
+
+    def __init__(self, writer: BlobWriter) -> None:
+        self._writer = writer
+        self.count = 0
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        self._writer.write(data)
+        self.count += len(data)
+        return len(data)
+
+
+def _q(part: str) -> str:
+    return quote(part, safe="")
+
+
+class HttpRegistry:
+    """The registry of a ``wanllmdb server``.
+
+    Args:
+        base_url: the server, e.g. ``http://127.0.0.1:8080``.
+        api_key: its bearer key, if it has keys.
+        timeout: seconds a stalled read may wait.
+        transfer_threads: how many blob transfers callers run at once (sizes the connection pool).
+        retries, backoff: the transport's retry policy (see :mod:`wanllmdb.transport.session`).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        transfer_threads: int = 8,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = DEFAULT_BACKOFF,
+    ) -> None:
+        self.transfer_threads = max(1, int(transfer_threads))
+        self.transport = HttpTransport(
+            base_url,
+            api_key=api_key,
+            timeout=timeout,
+            pool_size=max(16, 2 * self.transfer_threads),
+            retries=retries,
+            backoff=backoff,
+        )
+        self.base_url = self.transport.base_url
+        self.description = self.transport.server
+        self._get_urls = _URLCache()
+        self._put_urls = _URLCache()
+        self._bundles = _Bundles(lambda b: self.transport.fetch_bundle(b.url, b.sha256s, b.sizes))
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __repr__(self) -> str:
+        return f"HttpRegistry({self.base_url!r})"
+
+    def _call(self, method: str, endpoint: str, body: Any = None, *, repeatable: bool = False) -> Any:
+        return self.transport.request_json(method, endpoint, body=body, repeatable=repeatable)
+
+    @staticmethod
+    def _artifact_path(project: str, name: str) -> str:
+        # Validated here as the embedded registry does, so a bad name fails alike and never shapes a URL.
+        return f"/projects/{_q(validate_project(project))}/artifacts/{_q(validate_artifact_name(name))}"
+
+    # --- reading ----------------------------------------------------------------------------------------
+
+    def list_projects(self) -> list[str]:
+        return list(self._call("GET", "/projects")["projects"])
+
+    def list_artifacts(self, project: str) -> list[ArtifactSummary]:
+        data = self._call("GET", f"/projects/{_q(validate_project(project))}/artifacts")
+        return [ArtifactSummary.from_dict(item) for item in data["artifacts"]]
+
+    def get_artifact(self, project: str, name: str) -> ArtifactInfo:
+        return ArtifactInfo.from_dict(self._call("GET", self._artifact_path(project, name)))
+
+    def resolve(self, project: str, name: str, selector: str = "latest") -> VersionInfo:
+        path = f"{self._artifact_path(project, name)}/versions/{_q(validate_alias(selector))}"
+        return VersionInfo.from_dict(self._call("GET", path))
+
+    # --- blobs ------------------------------------------------------------------------------------------
+
+    def prepare_fetch(self, sha256s: Iterable[str]) -> None:
+        wanted = [sha for sha in dict.fromkeys(sha256s) if self._get_urls.get(sha) is None]
+        if wanted:
+            self._presign_downloads(wanted, bundle=len(wanted) > 1)
+
+    def _presign_downloads(self, sha256s: Sequence[str], *, bundle: bool = False) -> dict[str, str]:
+        body = {"sha256s": list(sha256s), "bundle": bundle}
+        data = self._call("POST", "/blob-urls", body, repeatable=True)
+        found = {}
+        for sha, item in data["urls"].items():
+            self._get_urls.put(sha, item["url"], item.get("expires_at"))
+            found[sha] = item["url"]
+        for item in data.get("bundles") or ():
+            self._bundles.add(_Bundle(item["url"], item["sha256s"], item["sizes"], item.get("expires_at")))
+        return found
+
+    def _download_url(self, sha256: str, *, fresh: bool = False) -> str:
+        url = None if fresh else self._get_urls.get(sha256)
+        if url is None:
+            url = self._presign_downloads([sha256]).get(sha256)
+            if url is None:
+                raise BlobNotFoundError(f"blob {sha256} is not stored on the {self.description}")
+        return url
+
+    def fetch_blob(self, sha256: str, size: int, writer: BlobWriter, progress: Progress | None = None) -> None:
+        bundled = self._bundles.take(sha256)
+        if bundled is not None:
+            writer.write(bundled)
+            if progress:
+                progress(len(bundled))
+            return
+        counted = _CountingWriter(writer)
+        for attempt in range(2):
+            url = self._download_url(sha256, fresh=attempt > 0)
+            try:
+                self.transport.get_into(url, counted, start=counted.count, size=size, progress=progress)
+                return
+            except ForbiddenError:
+                self._get_urls.drop(sha256)
+                if attempt:
+                    raise
+
+    def fetch_range(self, sha256: str, start: int, length: int) -> bytes:
+        for attempt in range(2):
+            url = self._download_url(sha256, fresh=attempt > 0)
+            try:
+                return self.transport.get_range(url, start, length)
+            except ForbiddenError:
+                self._get_urls.drop(sha256)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    # --- writing ----------------------------------------------------------------------------------------
+
+    def create_draft(self, spec: DraftSpec) -> Draft:
+        body = {
+            "project": spec.project,
+            "name": spec.name,
+            "type": spec.type,
+            "manifest": spec.manifest.to_dict(),
+            "description": spec.description,
+            "metadata": dict(spec.metadata),
+            "run_id": spec.run_id,
+        }
+        data = self._call("POST", "/drafts", body, repeatable=True)
+        missing = tuple(
+            BlobTarget(item["sha256"], int(item["size"]), item.get("url"), item.get("expires_at"))
+            for item in data["missing"]
+        )
+        for target in missing:
+            self._put_urls.put((data["id"], target.sha256), target.url, target.expires_at)
+        return Draft(data["id"], data["digest"], missing)
+
+    def _refresh_upload_urls(self, draft_id: str) -> None:
+        data = self._call("POST", f"/drafts/{_q(draft_id)}/upload-urls", repeatable=True)
+        for item in data["missing"]:
+            self._put_urls.put((draft_id, item["sha256"]), item["url"], item.get("expires_at"))
+
+    def _upload_url(self, draft_id: str, target: BlobTarget, *, fresh: bool = False) -> str | None:
+        """A usable upload URL, or None when the server already holds the blob."""
+        key = (draft_id, target.sha256)
+        if not fresh:
+            url = self._put_urls.get(key)
+            if url is None and target.url is not None:  # a draft made elsewhere: its URLs were never cached
+                self._put_urls.put(key, target.url, target.expires_at)
+                url = self._put_urls.get(key)
+            if url is not None:
+                return url
+        self._refresh_upload_urls(draft_id)
+        return self._put_urls.get(key)
+
+    def upload_blob(self, draft: Draft, target: BlobTarget, path: str, progress: Progress | None = None) -> None:
+        for attempt in range(2):
+            url = self._upload_url(draft.id, target, fresh=attempt > 0)
+            if url is None:  # stored meanwhile (another uploader of the same content)
+                if progress:
+                    progress(target.size)
+                return
+            try:
+                self.transport.put_file(url, path, target.size, progress=progress)
+            except ForbiddenError:
+                self._put_urls.drop((draft.id, target.sha256))
+                if attempt:
+                    raise
+            else:
+                self._put_urls.drop((draft.id, target.sha256))
+                return
+
+    def finalize_draft(self, draft_id: str, aliases: Sequence[str] = ()) -> FinalizeResult:
+        try:
+            data = self._call("POST", f"/drafts/{_q(draft_id)}/finalize", {"aliases": list(aliases)})
+        finally:
+            self._put_urls.drop_where(lambda key: key[0] == draft_id)
+        return FinalizeResult(VersionInfo.from_dict(data["version"]), bool(data["created"]))
+
+    def abort_draft(self, draft_id: str) -> None:
+        self._put_urls.drop_where(lambda key: key[0] == draft_id)
+        self._call("DELETE", f"/drafts/{_q(draft_id)}")
+
+    def set_alias(self, project: str, name: str, alias: str, version: int) -> None:
+        path = f"{self._artifact_path(project, name)}/aliases/{_q(validate_alias(alias))}"
+        self._call("PUT", path, {"version": int(version)})
+
+    def delete_alias(self, project: str, name: str, alias: str) -> None:
+        self._call("DELETE", f"{self._artifact_path(project, name)}/aliases/{_q(validate_alias(alias))}")
+
+    # --- runs and lineage -------------------------------------------------------------------------------
+
+    def create_run(self, spec: RunSpec) -> RunInfo:
+        body = {
+            "project": spec.project,
+            "id": spec.id,
+            "name": spec.name,
+            "config": dict(spec.config),
+            "tags": list(spec.tags),
+            "notes": spec.notes,
+            "group": spec.group,
+            "job_type": spec.job_type,
+        }
+        return RunInfo.from_dict(self._call("POST", "/runs", body))
+
+    def update_run(
+        self,
+        run_id: str,
+        *,
+        config: Mapping[str, Any] | None = None,
+        summary: Mapping[str, Any] | None = None,
+        history: Sequence[Mapping[str, Any]] = (),
+        state: str | None = None,
+    ) -> None:
+        body: dict[str, Any] = {"history": [dict(row) for row in history]}
+        if config is not None:
+            body["config"] = dict(config)
+        if summary is not None:
+            body["summary"] = dict(summary)
+        if state is not None:
+            body["state"] = state
+        self._call("PATCH", f"/runs/{_q(run_id)}", body)
+
+    def get_run(self, run_id: str) -> RunInfo:
+        return RunInfo.from_dict(self._call("GET", f"/runs/{_q(run_id)}"))
+
+    def run_history(self, run_id: str) -> list[dict[str, Any]]:
+        return list(self._call("GET", f"/runs/{_q(run_id)}/history")["history"])
+
+    def record_use(self, run_id: str, project: str, name: str, version: int) -> None:
+        body = {"project": validate_project(project), "name": validate_artifact_name(name), "version": int(version)}
+        self._call("POST", f"/runs/{_q(run_id)}/uses", body)
+
+    def logged_by(self, project: str, name: str, version: int) -> RunInfo | None:
+        data = self._call("GET", f"{self._artifact_path(project, name)}/versions/v{int(version)}/logged-by")
+        return RunInfo.from_dict(data["run"]) if data["run"] else None
+
+    def used_by(self, project: str, name: str, version: int) -> list[RunInfo]:
+        data = self._call("GET", f"{self._artifact_path(project, name)}/versions/v{int(version)}/used-by")
+        return [RunInfo.from_dict(item) for item in data["runs"]]

@@ -1,0 +1,300 @@
+"""The blob endpoint ``/api/v1/blobs/{sha256}``: a plain ASGI handler, authorized by the URL signature alone.
+
+It bypasses FastAPI's routing and dependency machinery, which costs about a millisecond per request and
+would make fetching many small blobs server-bound; :mod:`.app` documents it in the OpenAPI schema.
+
+``GET``/``HEAD ?expires=&sig=`` streams the blob in 1 MiB pieces and honours a single ``Range`` (206, or 416
+when it cannot be satisfied).
+
+``PUT ?size=&expires=&sig=`` requires ``Content-Length`` equal to the signed size (a larger one is refused
+with 413 before a byte is read), streams the body into a temporary file while hashing it, and stores it only
+if its SHA-256 (and ``Content-MD5``, when sent) match; a mismatch stores nothing (400 ``checksum_mismatch``).
+A blob that is already stored is not written again: its body is drained and dropped, keeping the connection
+usable.
+
+``POST /api/v1/blobs/bundle?expires=&sig=`` with a body listing digests (one per line) answers those blobs
+concatenated in that order; the signature covers the list, so only lists the server presigned (small blobs
+grouped by ``POST /api/v1/blob-urls`` with ``bundle: true``) are served. A reader fetching thousands of
+small files thus pays one request per few MiB instead of one per file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+from urllib.parse import parse_qsl
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from ..errors import (
+    BlobNotFoundError,
+    ChecksumError,
+    InvalidInputError,
+    RequestTooLargeError,
+    WanllmdbError,
+)
+from ..registry.blobstore import IncomingBlob
+from .context import ServerState
+from .responses import (
+    BlobResponse,
+    BundleResponse,
+    JSONResponse,
+    RangeError,
+    error_payload,
+    error_response,
+    parse_range,
+)
+from .signing import bundle_digest
+
+logger = logging.getLogger(__name__)
+
+BLOB_PREFIX = "/api/v1/blobs/"
+#: A refused upload whose body is at most this large is read and dropped before the answer, so the client
+#: reads the answer instead of a reset connection; a larger one is answered at once and the connection closed.
+DRAIN_LIMIT = 16 * 1024 * 1024
+#: Bytes of an upload handed at once to the thread that hashes and writes it.
+WRITE_BATCH = 1 << 20
+#: Largest list of digests a bundle request may send (about 16,000 blobs).
+MAX_BUNDLE_LIST = 1024 * 1024
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+class LengthRequiredError(InvalidInputError):
+    """A blob upload without Content-Length (411): its size must be known before a byte is read."""
+
+    code = InvalidInputError.code
+    http_status = 411
+
+
+class _Disconnected(Exception):
+    """The client went away mid-body."""
+
+
+class _Body:
+    """The request body as ASGI messages, remembering whether it was read to its end."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.done = False
+
+    async def read_into(self, incoming: IncomingBlob | None) -> None:
+        """Read the body to its end, into ``incoming`` (or nowhere, to drain it).
+
+        Pieces are gathered into batches of about 1 MiB that a worker thread hashes and writes while the
+        event loop receives the next batch (hashlib and file writes release the GIL): receiving, hashing
+        and writing overlap instead of taking turns. At most one batch is in flight, so memory stays at
+        about two batches whatever the blob's size.
+        """
+        loop = asyncio.get_running_loop()
+        in_flight: asyncio.Future | None = None
+        batch: list[bytes] = []
+        batch_bytes = 0
+        try:
+            while not self.done:
+                message = await self._receive()
+                if message["type"] == "http.disconnect":
+                    raise _Disconnected()
+                self.done = not message.get("more_body", False)
+                piece = message.get("body", b"")
+                if incoming is None or not piece:
+                    continue
+                batch.append(piece)
+                batch_bytes += len(piece)
+                if batch_bytes >= WRITE_BATCH or (self.done and in_flight is not None):
+                    if in_flight is not None:
+                        await in_flight
+                    in_flight = loop.run_in_executor(None, _write_all, incoming, batch)
+                    batch, batch_bytes = [], 0
+            if in_flight is not None:
+                await in_flight
+                in_flight = None
+            if batch:  # a small blob: written here, a thread hop would cost more
+                _write_all(incoming, batch)
+        finally:
+            if in_flight is not None:  # never leave a thread writing into a blob being aborted
+                await asyncio.wait([in_flight])
+
+    async def read_small(self, limit: int) -> bytes:
+        """The whole body of a request known to be small (at most ``limit`` bytes)."""
+        pieces: list[bytes] = []
+        received = 0
+        while not self.done:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected()
+            piece = message.get("body", b"")
+            received += len(piece)
+            if received > limit:
+                raise RequestTooLargeError(f"request body exceeds its declared {limit} bytes")
+            pieces.append(piece)
+            self.done = not message.get("more_body", False)
+        return b"".join(pieces)
+
+
+class BlobEndpoint:
+    """ASGI handler for every request under :data:`BLOB_PREFIX`."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sha256 = scope["path"][len(BLOB_PREFIX) :]
+        method = scope["method"]
+        headers = dict(scope["headers"])
+        body = _Body(receive)
+        try:
+            query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+            if sha256 == "bundle" and method == "POST":
+                response = await self._bundle(query, headers, body)
+            elif method in ("GET", "HEAD"):
+                response = self._download(sha256, method, query, headers)
+            elif method == "PUT":
+                response = await self._upload(sha256, query, headers, body)
+            else:
+                response = JSONResponse(
+                    error_payload(InvalidInputError.code, f"method {method} not allowed on blobs"),
+                    status_code=405,
+                    headers={"Allow": "GET, HEAD, PUT"},
+                )
+        except _Disconnected:
+            return
+        except WanllmdbError as exc:
+            if not body.done and not isinstance(exc, RequestTooLargeError) and _declared(headers) <= DRAIN_LIMIT:
+                try:
+                    await body.read_into(None)
+                except _Disconnected:
+                    return
+            response = error_response(exc)
+        except Exception as exc:
+            logger.exception("%s %s failed", method, scope["path"])
+            response = JSONResponse(error_payload("server_error", f"internal error: {type(exc).__name__}"), 500)
+        await response(scope, receive, send)
+
+    def _download(self, sha256: str, method: str, query: dict[str, str], headers: dict[bytes, bytes]) -> Response:
+        self.state.signer.verify(method, sha256, None, _int(query, "expires"), query.get("sig"))
+        fd = _open_blob(self.state.registry.blobs.path(sha256), sha256)
+        try:
+            size = os.fstat(fd).st_size
+            range_header = headers.get(b"range")
+            span = parse_range(range_header.decode("latin-1") if range_header else None, size)
+        except RangeError as exc:
+            os.close(fd)
+            return JSONResponse(
+                error_payload(InvalidInputError.code, str(exc)),
+                status_code=416,
+                headers={"Content-Range": f"bytes */{size}"},
+            )
+        except BaseException:
+            os.close(fd)
+            raise
+        start, stop = span if span is not None else (0, size)
+        return BlobResponse(fd, start, stop, size, partial=span is not None, etag=sha256)
+
+    async def _bundle(self, query: dict[str, str], headers: dict[bytes, bytes], body: _Body) -> Response:
+        expires, sig = _int(query, "expires"), query.get("sig")
+        if expires is None or sig is None:
+            self.state.signer.verify("BUNDLE", "", None, expires, sig)  # raises: not presigned
+        declared = _content_length(headers)
+        if declared > MAX_BUNDLE_LIST:
+            raise RequestTooLargeError(f"a bundle lists at most {MAX_BUNDLE_LIST} bytes of digests")
+        listing = await body.read_small(declared)
+        sha256s = listing.decode("ascii", "replace").split()
+        self.state.signer.verify("BUNDLE", bundle_digest(sha256s), None, expires, sig)
+        store = self.state.registry.blobs
+        fds: list[int] = []
+        sizes: list[int] = []
+        try:
+            for sha256 in sha256s:
+                fds.append(_open_blob(store.path(sha256), sha256))
+                sizes.append(os.fstat(fds[-1]).st_size)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return BundleResponse(fds, sizes)
+
+    async def _upload(self, sha256: str, query: dict[str, str], headers: dict[bytes, bytes], body: _Body) -> Response:
+        size = _int(query, "size")
+        self.state.signer.verify("PUT", sha256, size, _int(query, "expires"), query.get("sig"))
+        assert size is not None  # a valid signature was made with one
+        store = self.state.registry.blobs
+        store.path(sha256)
+        declared = _content_length(headers)
+        if declared > size:
+            raise RequestTooLargeError(f"body of {declared} bytes exceeds the {size} bytes this URL was signed for")
+        if declared < size:
+            raise ChecksumError(
+                f"blob {sha256[:12]}: Content-Length {declared} differs from its size {size}",
+                expected=str(size),
+                actual=str(declared),
+            )
+        if store.exists(sha256):
+            await body.read_into(None)
+            return JSONResponse({"sha256": sha256, "size": size, "stored": False})
+        md5 = headers.get(b"content-md5")
+        incoming = store.begin(sha256, size, md5.decode("latin-1") if md5 else None)
+        try:
+            await body.read_into(incoming)
+            stored = incoming.commit()
+        except _Disconnected:
+            logger.info("upload of blob %s broke off after %d bytes; nothing stored", sha256[:12], incoming.received)
+            raise
+        finally:
+            incoming.abort()  # removes the temporary file unless commit renamed it (a no-op then)
+        return JSONResponse({"sha256": sha256, "size": size, "stored": stored}, status_code=201 if stored else 200)
+
+
+def _write_all(incoming: IncomingBlob, pieces: list[bytes]) -> None:
+    for piece in pieces:
+        incoming.write(piece)
+
+
+def _open_blob(path: str, sha256: str) -> int:
+    """Open a stored blob for reading; a symlink in its place is refused, never followed out of the root.
+
+    ``path`` comes from ``BlobStore.path``, which accepts only a hex digest, so no request can name a file
+    other than a blob.
+    """
+    try:
+        return os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise BlobNotFoundError(f"blob {sha256} is not stored") from None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        logger.warning("refusing to serve %s: it is a symlink", path)
+        raise BlobNotFoundError(f"blob {sha256} is not stored") from None
+
+
+def _int(query: dict[str, str], name: str) -> int | None:
+    raw = query.get(name)
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidInputError(f"query parameter {name}={raw[:40]!r} is not an integer") from None
+
+
+def _content_length(headers: dict[bytes, bytes]) -> int:
+    raw = headers.get(b"content-length")
+    if raw is None:
+        raise LengthRequiredError("a blob upload needs a Content-Length header (chunked uploads are not accepted)")
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise InvalidInputError(f"invalid Content-Length {raw[:40]!r}")
+    return value
+
+
+def _declared(headers: dict[bytes, bytes]) -> int:
+    """The declared body length, or a huge number when it is missing or unreadable (never drained)."""
+    try:
+        return int(headers.get(b"content-length", b""))
+    except ValueError:
+        return 1 << 62

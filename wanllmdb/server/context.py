@@ -1,0 +1,83 @@
+"""What the server is configured with, and the objects every request shares."""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..errors import AuthenticationError
+from ..registry.local import DEFAULT_DRAFT_MAX_AGE, LocalRegistry
+from .signing import DEFAULT_URL_TTL, URLSigner, load_or_create_secret
+
+#: JSON request bodies (manifests) larger than this are refused before they are read.
+DEFAULT_MAX_JSON_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Settings of one ``wanllmdb server``.
+
+    Attributes:
+        root: the registry directory it serves (SQLite + blobs), as for the embedded registry.
+        api_keys: bearer keys accepted on API routes; empty means no authentication.
+        secret: URL signing key; None reads or creates ``<root>/server.secret``.
+        url_ttl: seconds a presigned URL stays valid.
+        draft_max_age: seconds before an unfinished draft (and stale temporary blob files) are removed.
+        max_json_bytes: largest JSON request body accepted.
+        public_url: base of the presigned URLs; None uses the address each request came to.
+    """
+
+    root: str
+    api_keys: tuple[str, ...] = ()
+    secret: bytes | None = field(default=None, repr=False)
+    url_ttl: float = DEFAULT_URL_TTL
+    draft_max_age: float = DEFAULT_DRAFT_MAX_AGE
+    max_json_bytes: int = DEFAULT_MAX_JSON_BYTES
+    public_url: str | None = None
+
+
+class KeyChecker:
+    """Checks ``Authorization: Bearer <key>`` against the configured keys in constant time."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self._keys = [k.encode() for k in keys if k]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def check(self, authorization: str | None) -> None:
+        """Raises:
+        AuthenticationError: keys are configured and the header does not carry one of them.
+        """
+        if not self._keys:
+            return
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise AuthenticationError("an API key is required (Authorization: Bearer <key>)")
+        presented = token.strip().encode()
+        matched = False
+        for key in self._keys:  # compare with every key: the time taken reveals nothing
+            matched |= hmac.compare_digest(presented, key)
+        if not matched:
+            raise AuthenticationError("invalid API key")
+
+
+class ServerState:
+    """The registry, the URL signer and the key checker, shared by every request."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        root = os.path.abspath(os.path.expanduser(config.root))
+        self.registry = LocalRegistry(root, draft_max_age=config.draft_max_age)
+        secret = config.secret or load_or_create_secret(root)
+        self.signer = URLSigner(secret, config.url_ttl)
+        self.keys = KeyChecker(config.api_keys)
+
+    def base_url(self, request_base_url: str) -> str:
+        return (self.config.public_url or request_base_url).rstrip("/")
+
+    def close(self) -> None:
+        self.registry.close()

@@ -1,0 +1,66 @@
+"""Request bodies of the JSON API (they also document the API at ``/docs``).
+
+Only shapes are checked here; names, paths and manifests are validated by the registry with the same
+rules and messages as everywhere else (a bad one is a 400 carrying the registry's error code).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class DraftRequest(BaseModel):
+    """A whole version to be: the server answers with the blobs it lacks, each with an upload URL."""
+
+    project: str
+    name: str
+    type: str
+    manifest: dict[str, Any] = Field(description='{"format": 1, "entries": [{path, size, md5, sha256, ...}]}')
+    description: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    run_id: str | None = None
+
+
+class FinalizeRequest(BaseModel):
+    aliases: list[str] = Field(default_factory=list)
+
+
+class AliasRequest(BaseModel):
+    version: int = Field(ge=1, description="the version number the alias should name (3 for v3)")
+
+
+class BlobUrlsRequest(BaseModel):
+    """Blobs to presign for download in one request (a reader's whole fetch plan)."""
+
+    sha256s: list[str]
+    bundle: bool = Field(
+        False, description="also group small blobs into bundle URLs (one request fetches many small blobs)"
+    )
+
+
+class RunCreateRequest(BaseModel):
+    project: str
+    id: str
+    name: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list)
+    notes: str | None = None
+    group: str | None = None
+    job_type: str | None = None
+
+
+class RunUpdateRequest(BaseModel):
+    """Everything a run reports since its last update, in one request (history rows are appended)."""
+
+    config: dict[str, Any] | None = None
+    summary: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = Field(default_factory=list)
+    state: str | None = None
+
+
+class UseRequest(BaseModel):
+    project: str
+    name: str
+    version: int = Field(ge=1)

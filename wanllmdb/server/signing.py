@@ -1,0 +1,127 @@
+"""Presigned blob URLs: HMAC-SHA256 over (method, blob, size for uploads, expiry) with the server's secret.
+
+Like S3 presigned URLs, a signed URL is its own authorization: whoever holds it may GET (or PUT) that one
+blob until it expires, and nothing else. The secret is generated once and kept in the server root with
+mode 0600 (or given by flag/environment), so URLs stay valid across restarts.
+
+    /api/v1/blobs/<sha256>?expires=<unix seconds>&size=<bytes, uploads only>&sig=<hex>
+    /api/v1/blobs/bundle?expires=<unix seconds>&sig=<hex>     (signs a list of small blobs, see .blobs)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from ..errors import AuthenticationError, ConfigError, ForbiddenError, PresignedURLExpiredError
+
+logger = logging.getLogger(__name__)
+
+SECRET_FILE = "server.secret"
+DEFAULT_URL_TTL = 3600.0
+
+
+@dataclass(frozen=True)
+class SignedURL:
+    url: str
+    expires_at: int
+
+
+def bundle_digest(sha256s: Sequence[str]) -> str:
+    """What a bundle URL signs: the SHA-256 of its blob list, one digest per line, in order."""
+    return hashlib.sha256("\n".join(sha256s).encode("ascii", "replace")).hexdigest()
+
+
+class URLSigner:
+    """Signs and checks blob URLs.
+
+    Args:
+        secret: the HMAC key.
+        ttl: seconds a URL stays valid.
+    """
+
+    def __init__(self, secret: bytes, ttl: float = DEFAULT_URL_TTL) -> None:
+        if len(secret) < 16:
+            raise ConfigError("the URL signing secret must be at least 16 bytes")
+        self._secret = secret
+        self.ttl = ttl
+
+    def _signature(self, method: str, subject: str, size: int | None, expires: int) -> str:
+        message = f"{method}\n{subject}\n{'' if size is None else size}\n{expires}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    def _expiry(self) -> int:
+        return math.ceil(time.time() + self.ttl)
+
+    def presign(self, base_url: str, method: str, sha256: str, size: int | None = None) -> SignedURL:
+        """A URL under ``base_url`` allowing ``method`` on blob ``sha256`` (``size`` binds an upload)."""
+        expires = self._expiry()
+        query = {"expires": expires}
+        if method == "PUT":
+            query["size"] = int(size or 0)
+        query["sig"] = self._signature(method, sha256, query.get("size"), expires)
+        return SignedURL(f"{base_url.rstrip('/')}/api/v1/blobs/{sha256}?{urlencode(query)}", expires)
+
+    def presign_bundle(self, base_url: str, sha256s: Sequence[str]) -> SignedURL:
+        """A URL to POST the list ``sha256s`` to (one per line) and receive those blobs concatenated."""
+        expires = self._expiry()
+        sig = self._signature("BUNDLE", bundle_digest(sha256s), None, expires)
+        return SignedURL(f"{base_url.rstrip('/')}/api/v1/blobs/bundle?expires={expires}&sig={sig}", expires)
+
+    def verify(self, method: str, subject: str, size: int | None, expires: int | None, sig: str | None) -> None:
+        """Accept the request or raise.
+
+        Args:
+            method: the request method (HEAD is checked as GET), or ``"BUNDLE"``.
+            subject: the blob's SHA-256, or a bundle's :func:`bundle_digest`.
+
+        Raises:
+            AuthenticationError: the URL carries no signature at all (401).
+            ForbiddenError: the signature is not valid for this method, blob and size (403).
+            PresignedURLExpiredError: it was valid, but its time is over (403, the client asks anew).
+        """
+        if sig is None or expires is None:
+            raise AuthenticationError(
+                "blob URLs must be presigned: ask the API for one (POST /api/v1/blob-urls, or create a draft)"
+            )
+        signed_method = "GET" if method == "HEAD" else method
+        expected = self._signature(signed_method, subject, size if signed_method == "PUT" else None, expires)
+        if not hmac.compare_digest(expected, sig):
+            what = "blob bundle" if signed_method == "BUNDLE" else f"{signed_method} of blob {subject[:12]}"
+            raise ForbiddenError(f"invalid signature for {what}")
+        if time.time() > expires:
+            raise PresignedURLExpiredError(f"presigned URL for {subject[:12]} expired at {expires}")
+
+
+def load_or_create_secret(root: str) -> bytes:
+    """The secret kept in ``<root>/server.secret``, created (mode 0600) on first use.
+
+    Raises:
+        ConfigError: the file exists but holds no usable secret.
+    """
+    path = os.path.join(root, SECRET_FILE)
+    os.makedirs(root, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        fd = None
+    if fd is not None:
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_hex(32).encode())
+        logger.info("generated a URL signing secret in %s", path)
+    elif os.stat(path).st_mode & 0o077:
+        logger.warning("%s was readable by others; restricting it to its owner", path)
+        os.chmod(path, 0o600)
+    with open(path, "rb") as f:
+        secret = f.read().strip()
+    if len(secret) < 16:
+        raise ConfigError(f"{path} holds no usable secret: delete it to have a new one generated")
+    return secret

@@ -1,0 +1,359 @@
+"""``HttpTransport``: JSON calls to a ``wanllmdb server`` and streaming blob transfers to presigned URLs.
+
+This is the only code that sends HTTP requests. Blob bytes never pass through ``Response.content`` or the
+default ``iter_content()`` (10 KB pieces): uploads stream the file in 1 MiB blocks, downloads read 1 MiB
+pieces straight into the caller's writer. A download whose body breaks off is resumed with a ``Range``
+request from the first missing byte, so a reset connection costs only the bytes in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, BinaryIO
+
+import requests
+from requests.hooks import dispatch_hook
+
+from ..cache.store import BlobWriter
+from ..errors import ConfigError, ServerError, ServerUnreachableError, TransportError
+from .errors import error_for_exception, raise_for_status
+from .session import BLOCK_SIZE, DEFAULT_BACKOFF, DEFAULT_RETRIES, IDEMPOTENT_METHODS, RETRY_STATUSES, make_session
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+#: Seconds to wait for a TCP connection (reads wait ``timeout``).
+CONNECT_TIMEOUT = 10.0
+#: A download that breaks off this many times in a row without receiving a byte is given up.
+MAX_STALLED_RESUMES = 3
+#: ... and one that breaks off this many times in all.
+MAX_RESUMES = 20
+
+
+def normalize_base_url(url: str) -> str:
+    """``http://host:8080/`` or ``http://host:8080/api/v1`` -> ``http://host:8080``.
+
+    Raises:
+        ConfigError: not an http(s) URL.
+    """
+    cleaned = (url or "").strip().rstrip("/")
+    if not cleaned.startswith(("http://", "https://")) or len(cleaned.split("://", 1)[1]) == 0:
+        raise ConfigError(f"not a server URL: {url!r} (expected e.g. http://127.0.0.1:8080)")
+    if cleaned.endswith(API_PREFIX):
+        cleaned = cleaned[: -len(API_PREFIX)]
+    return cleaned
+
+
+class HttpTransport:
+    """A pooled session bound to one server.
+
+    Args:
+        base_url: the server, e.g. ``http://127.0.0.1:8080``.
+        api_key: sent as ``Authorization: Bearer`` to API routes only (never to presigned URLs, which may
+            point elsewhere and carry their own authorization).
+        timeout: seconds a stalled read may wait.
+        pool_size: keep-alive connections per host (at least the number of transfer threads).
+        retries, backoff: see :mod:`.session`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        pool_size: int = 16,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = DEFAULT_BACKOFF,
+    ) -> None:
+        self.base_url = normalize_base_url(base_url)
+        self.server = f"server {self.base_url}"
+        self.timeout = (min(CONNECT_TIMEOUT, timeout), timeout)
+        self.retries = retries
+        self.backoff = backoff
+        self.session = make_session(pool_size, retries=retries, backoff=backoff, base_url=self.base_url)
+        self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._blob_headers = {"User-Agent": self.session.headers["User-Agent"], "Accept-Encoding": "identity"}
+
+    def close(self) -> None:
+        self.session.close()
+
+    # --- URLs -------------------------------------------------------------------------------------------
+
+    def api_url(self, endpoint: str) -> str:
+        """Absolute URL of an API endpoint: ``"projects"``, ``"/projects"`` and ``"/api/v1/projects"`` agree."""
+        if endpoint.startswith(("http://", "https://")):
+            return endpoint
+        path = endpoint if endpoint.startswith(API_PREFIX + "/") else f"{API_PREFIX}/{endpoint.lstrip('/')}"
+        return self.base_url + path
+
+    def absolute(self, url: str) -> str:
+        """A presigned URL as the server gave it, made absolute if it was relative."""
+        if url.startswith(("http://", "https://")):
+            return url
+        return self.base_url + ("" if url.startswith("/") else "/") + url
+
+    # --- JSON API ---------------------------------------------------------------------------------------
+
+    def request_json(
+        self,
+        method: str,
+        endpoint: str,
+        *,
+        body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        repeatable: bool = False,
+    ) -> Any:
+        """Call an API endpoint; returns its parsed JSON answer (None for an empty one).
+
+        Args:
+            repeatable: the call may be repeated after a lost answer or a 429/5xx even though its method
+                is not idempotent (e.g. creating a draft: a second draft is harmless and expires).
+
+        Raises:
+            WanllmdbError: the typed error for a failed status (see :func:`.errors.raise_for_status`).
+            ServerUnreachableError: no answer after the retries.
+        """
+        method = method.upper()
+        url = self.api_url(endpoint)
+        headers = dict(self._auth)
+        data = None
+        if body is not None:
+            data = json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        attempts = 1 + (self.retries if repeatable and method not in IDEMPOTENT_METHODS else 0)
+        for attempt in range(attempts):
+            try:
+                response = self._send(method, url, data=data, params=params, headers=headers)
+                with response:
+                    raise_for_status(response, server=self.server)
+                    return _parse_json(response, self.server)
+            except (ServerError, ServerUnreachableError) as exc:
+                retry = isinstance(exc, ServerUnreachableError) or exc.status in RETRY_STATUSES
+                if not retry or attempt + 1 >= attempts:
+                    raise
+                delay = min(10.0, self.backoff * 2**attempt)
+                logger.debug("%s %s failed (%s); retrying in %.2fs", method, url, exc, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        try:
+            return self.session.request(method, url, timeout=self.timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise error_for_exception(exc, server=self.server) from exc
+
+    def _send_blob(
+        self, method: str, url: str, *, headers: Mapping[str, str] | None = None, data: Any = None
+    ) -> requests.Response:
+        """A streamed blob request through the session's adapter (same pool, same retries).
+
+        It skips ``Session.request``'s merging of settings, cookies and environment, which costs more than
+        the request itself when the blobs are small; the session's response hooks still run.
+        """
+        prepared = requests.PreparedRequest()
+        prepared.prepare(method=method, url=url, headers={**self._blob_headers, **(headers or {})}, data=data)
+        try:
+            response = self.session.get_adapter(url).send(
+                prepared, stream=True, timeout=self.timeout, verify=self.session.verify, proxies=self.session.proxies
+            )
+        except requests.RequestException as exc:
+            raise error_for_exception(exc, server=self.server) from exc
+        return dispatch_hook("response", self.session.hooks, response)
+
+    # --- blobs ------------------------------------------------------------------------------------------
+
+    def put_file(
+        self,
+        url: str,
+        path: str,
+        size: int,
+        *,
+        progress: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Stream ``size`` bytes of the local file ``path`` to a presigned upload URL.
+
+        The body is the open file itself (read in 1 MiB blocks), so urllib3 can rewind it for a retry.
+
+        Returns:
+            the server's parsed JSON answer, or None.
+        """
+        sent_headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        sent_headers.update(headers or {})
+        with open(path, "rb") as f:
+            body = _FileBody(f, size, progress)
+            response = self._send_blob("PUT", self.absolute(url), data=body if size else b"", headers=sent_headers)
+            with response:
+                raise_for_status(response, server=self.server)
+                return _parse_json(response, self.server)
+
+    def get_into(
+        self,
+        url: str,
+        writer: BlobWriter,
+        *,
+        start: int = 0,
+        stop: int | None = None,
+        size: int | None = None,
+        progress: Any = None,
+    ) -> int:
+        """Write the bytes ``[start, stop)`` of a presigned download URL into ``writer``.
+
+        Args:
+            start: first byte (a ``Range`` request when above 0).
+            stop: end of the range (exclusive); None means the end of the blob.
+            size: the blob's size when known, so that a body ending early is noticed and resumed.
+            progress: called with each piece's byte count.
+
+        Returns:
+            bytes written.
+
+        Raises:
+            WanllmdbError: a failed status (an expired URL is a ``PresignedURLExpiredError``).
+            TransportError: the body kept breaking off.
+        """
+        url = self.absolute(url)
+        pos = start
+        target = stop if stop is not None else size
+        stalls = resumes = 0
+        while True:
+            ranged = pos > 0 or stop is not None
+            headers = {"Range": f"bytes={pos}-{'' if stop is None else stop - 1}"} if ranged else {}
+            before = pos
+            response = self._send_blob("GET", url, headers=headers)
+            with response:
+                raise_for_status(response, server=self.server)
+                if ranged and response.status_code != 206:
+                    raise TransportError(
+                        f"{self.server} ignored a Range request (status {response.status_code})",
+                        status=response.status_code,
+                        response=response,
+                    )
+                if ranged:
+                    target = _range_end(response, target)
+                try:
+                    for piece in response.iter_content(BLOCK_SIZE):
+                        writer.write(piece)
+                        pos += len(piece)
+                        if progress:
+                            progress(len(piece))
+                    if target is None or pos >= target:
+                        return pos - start
+                    failure: Exception = TransportError(f"body ended at byte {pos} of {target}")
+                except requests.RequestException as exc:
+                    failure = exc
+            stalls = 0 if pos > before else stalls + 1
+            resumes += 1
+            if stalls >= MAX_STALLED_RESUMES or resumes > MAX_RESUMES:
+                raise TransportError(
+                    f"download from {self.server} broke off at byte {pos} and could not be resumed: {failure}"
+                ) from failure
+            logger.debug("download of %s broke off at byte %d (%s); resuming", url.split("?")[0], pos, failure)
+            time.sleep(min(2.0, self.backoff * stalls))
+
+    def fetch_bundle(self, url: str, sha256s: Sequence[str], sizes: Sequence[int]) -> dict[str, bytes]:
+        """POST a presigned bundle URL its list of blobs; returns each blob's bytes (a bundle is a few MiB).
+
+        Raises:
+            WanllmdbError: a failed status.
+            TransportError: the body was shorter or longer than the sizes announce.
+        """
+        total = sum(sizes)
+        body = "\n".join(sha256s).encode("ascii")
+        headers = {"Content-Type": "text/plain"}
+        response = self._send_blob("POST", self.absolute(url), data=body, headers=headers)
+        with response:
+            raise_for_status(response, server=self.server)
+            buffer = bytearray()
+            try:
+                for piece in response.iter_content(BLOCK_SIZE):
+                    buffer += piece
+                    if len(buffer) > total:
+                        break
+            except requests.RequestException as exc:
+                raise TransportError(f"bundle download from {self.server} broke off: {exc}") from exc
+        if len(buffer) != total:
+            raise TransportError(f"bundle from {self.server} holds {len(buffer)} bytes, expected {total}")
+        view = memoryview(buffer)
+        pieces: dict[str, bytes] = {}
+        offset = 0
+        for sha, size in zip(sha256s, sizes, strict=True):
+            pieces[sha] = bytes(view[offset : offset + size])
+            offset += size
+        return pieces
+
+    def get_range(self, url: str, start: int, length: int) -> bytes:
+        """``length`` bytes from ``start`` of a presigned download URL (fewer at the end of the blob)."""
+        if length <= 0:
+            return b""
+        pieces = _ListWriter()
+        self.get_into(url, pieces, start=start, stop=start + length)
+        return b"".join(pieces.pieces)
+
+
+class _FileBody:
+    """A file as a request body: ``read`` in blocks with progress, ``seek``/``tell`` so urllib3 can rewind.
+
+    Progress counts each byte once even when a retry rewinds the file.
+    """
+
+    def __init__(self, f: BinaryIO, size: int, progress: Any) -> None:
+        self._f = f
+        self._size = size
+        self._progress = progress
+        self._reported = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def read(self, n: int = -1) -> bytes:
+        remaining = self._size - self._f.tell()
+        data = self._f.read(remaining if n is None or n < 0 else min(n, remaining))
+        if self._progress and data:
+            pos = self._f.tell()
+            if pos > self._reported:
+                self._progress(pos - self._reported)
+                self._reported = pos
+        return data
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+
+class _ListWriter:
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        self.pieces.append(bytes(data))
+        return len(data)
+
+
+def _range_end(response: requests.Response, target: int | None) -> int | None:
+    """The end a 206 answer will reach: the requested end, clamped to the blob size Content-Range gives."""
+    content_range = response.headers.get("Content-Range", "")
+    try:
+        total = int(content_range.rsplit("/", 1)[1])
+    except (IndexError, ValueError):
+        return target
+    return total if target is None else min(target, total)
+
+
+def _parse_json(response: requests.Response, server: str) -> Any:
+    if response.status_code == 204 or not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise TransportError(
+            f"{server} answered with invalid JSON: {response.text[:200]!r}",
+            status=response.status_code,
+            response=response,
+        ) from exc
