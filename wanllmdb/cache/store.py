@@ -23,6 +23,7 @@ import errno
 import hashlib
 import logging
 import os
+import queue
 import secrets
 import shutil
 import threading
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 TOUCH_INTERVAL = 60.0
 #: New blobs are indexed in batches of this many (or at least every INDEX_FLUSH_SECONDS).
 INDEX_BATCH = 256
+#: Blobs at least this large are hashed on a worker thread while the next piece is received.
+PIPELINE_THRESHOLD = 4 * 1024 * 1024
 INDEX_FLUSH_SECONDS = 1.0
 
 
@@ -75,6 +78,51 @@ class _VerifyingWriter:
 
     def hexdigest(self) -> str:
         return self._sha.hexdigest()
+
+    def finish(self) -> None:
+        """Wait until everything written has been hashed and written."""
+
+
+class _PipelinedWriter(_VerifyingWriter):
+    """A verifying writer that hashes and writes on a worker thread.
+
+    The caller (a socket read loop) hands over a piece and goes back to receiving while the previous piece
+    is hashed and written: on two cores a download then costs about max(receive, hash) instead of their sum.
+    The queue is bounded, so memory stays at a few pieces whatever the blob size.
+    """
+
+    def __init__(self, file: BinaryIO, limit: int, label: str) -> None:
+        super().__init__(file, limit, label)
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self._error: BaseException | None = None
+        self._queued = 0
+        self._thread = threading.Thread(target=self._drain, name="wanllmdb-verify", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while (piece := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    super().write(piece)
+                except BaseException as exc:  # handed to the caller at its next write or at finish
+                    self._error = exc
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        if self._error is not None:
+            raise self._error
+        n = len(data)
+        self._queued += n
+        if self._queued > self._limit:
+            raise ChecksumError(f"{self._label}: received more than the expected {self._limit} bytes")
+        # Pieces may live in a buffer the caller reuses: keep a copy of anything that is not immutable bytes.
+        self._queue.put(data if isinstance(data, bytes) else bytes(data))
+        return n
+
+    def finish(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 @dataclass(frozen=True)
@@ -209,8 +257,12 @@ class BlobCache:
         tmp = self._tmp_path(sha256)
         try:
             with open(tmp, "wb") as out:
-                writer = _VerifyingWriter(out, size, label or f"blob {sha256[:12]}")
-                fetch(writer)
+                kind = _PipelinedWriter if size >= PIPELINE_THRESHOLD else _VerifyingWriter
+                writer = kind(out, size, label or f"blob {sha256[:12]}")
+                try:
+                    fetch(writer)
+                finally:
+                    writer.finish()
             _check(writer.size, writer.hexdigest(), size, sha256, label)
             self._admit(tmp, sha256, size)
         finally:

@@ -1,0 +1,163 @@
+"""Logging and downloading through ``wanllmdb server`` on loopback, beside plain ``requests`` PUT/GET.
+
+- log_artifact of the big file vs hashing it alone and vs a plain ``requests`` PUT of the same bytes to the
+  same server (through a presigned URL); 10,000 x 4 KB files (files/s, API requests); re-log unchanged
+- download() cold of the big file vs a plain ``requests`` GET; the small files cold (files/s); the same
+  fully cached (seconds; blob requests must be 0)
+
+Clients run in subprocesses (fresh interpreters, their own cache), the server in another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import requests
+
+from .context import Context
+from .data import make_file, make_small_files
+from .harness import Result, mbps, timed
+from .servers import BenchServer, start_server
+
+CLIENT = r"""
+import json, os, resource, sys, time
+import wanllmdb
+action, name, path = sys.argv[1:4]
+t0 = time.perf_counter()
+if action == "log":
+    with wanllmdb.init(project="bench") as run:
+        art = wanllmdb.Artifact(name, "dataset")
+        (art.add_dir if os.path.isdir(path) else art.add_file)(path)
+        t1 = time.perf_counter()
+        run.log_artifact(art)
+    out = {"hash": t1 - t0, "upload": time.perf_counter() - t1, "version": art.version, "files": art.file_count}
+else:
+    art = wanllmdb.Api().artifact(f"bench/{name}:latest")
+    t1 = time.perf_counter()
+    art.download(path)
+    out = {"resolve": t1 - t0, "download": time.perf_counter() - t1, "files": art.file_count}
+out["total"] = time.perf_counter() - t0
+out["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps(out))
+"""
+
+
+def client(ctx: Context, server: BenchServer, cache: str, *args: str) -> dict:
+    env = ctx.env("http-client", WANLLMDB_BASE_URL=server.url, WANLLMDB_API_KEY=server.api_key,
+                  WANLLMDB_CACHE_DIR=cache)
+    proc = subprocess.run([sys.executable, "-c", CLIENT, *args], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"client {args} failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _blob_file(server: BenchServer, sha: str) -> str:
+    return os.path.join(server.root, "blobs", sha[:2], sha)
+
+
+def plain_put(server: BenchServer, path: str, digest) -> float:
+    """A plain ``requests`` PUT of the file to a presigned URL of the same server (blob removed first)."""
+    from wanllmdb.manifest import Manifest, ManifestEntry
+    from wanllmdb.registry import DraftSpec
+    from wanllmdb.registry.http import HttpRegistry
+
+    blob = _blob_file(server, digest.sha256)
+    if os.path.exists(blob):
+        os.unlink(blob)
+    registry = HttpRegistry(server.url, api_key=server.api_key)
+    entry = ManifestEntry("baseline.bin", digest.size, digest.md5, digest.sha256, digest.chunk_size, digest.chunks)
+    draft = registry.create_draft(DraftSpec("bench-baseline", "baseline", "dataset", Manifest.from_entries([entry])))
+    url = draft.missing[0].url
+    registry.abort_draft(draft.id)
+    registry.close()
+    with open(path, "rb") as f:
+        seconds, response = timed(lambda: requests.put(url, data=f, timeout=600))
+    response.raise_for_status()
+    return seconds
+
+
+def plain_get(server: BenchServer, sha: str, target: str) -> float:
+    urls = requests.post(f"{server.url}/api/v1/blob-urls", json={"sha256s": [sha]},
+                         headers={"Authorization": f"Bearer {server.api_key}"}, timeout=60).json()
+    url = urls["urls"][sha]["url"]
+
+    def get() -> None:
+        with requests.get(url, stream=True, timeout=600) as response, open(target, "wb") as out:
+            response.raise_for_status()
+            for block in response.iter_content(1 << 20):
+                out.write(block)
+
+    seconds, _ = timed(get)
+    os.unlink(target)
+    return seconds
+
+
+def run(ctx: Context) -> list[Result]:
+    from wanllmdb.manifest import hash_file
+
+    big = make_file(ctx.path("inputs", "big.bin"), ctx.sizes.big)
+    count = ctx.sizes.small_count
+    small = make_small_files(ctx.path("inputs", f"small{count}", ""), count, seed=2)
+    server = start_server(ctx.path("http", "server", ""))
+    results: list[Result] = []
+    try:
+        hashing, digest = timed(lambda: hash_file(big))
+        put_seconds = plain_put(server, big, digest)
+        os.unlink(_blob_file(server, digest.sha256))  # the SDK must upload it again
+
+        mark = server.log_offset()
+        logged = client(ctx, server, ctx.path("http", "cache-log", ""), "log", "big", big)
+        sent = server.requests_since(mark)
+        results.append(Result("http log", "log_artifact big file", mbps(ctx.sizes.big, logged["total"]), "MB/s",
+                              "plain requests PUT", mbps(ctx.sizes.big, put_seconds),
+                              target=">= 0.7x min(PUT, hashing)",
+                              met=logged["total"] <= max(put_seconds, hashing) / 0.7,
+                              notes={**logged, "requests": sent, "hashing_s": hashing}))
+        results.append(Result("http log", "log_artifact big file vs hashing alone",
+                              mbps(ctx.sizes.big, logged["total"]), "MB/s", "hashing", mbps(ctx.sizes.big, hashing)))
+        mark = server.log_offset()
+        relog = client(ctx, server, ctx.path("http", "cache-log", ""), "log", "big", big)
+        sent = server.requests_since(mark)
+        results.append(Result("http log", "re-log unchanged big file", relog["total"], "s", "hashing", hashing,
+                              higher_is_better=False, target="< 1.5x hashing, 0 bytes uploaded",
+                              met=relog["total"] < 1.5 * hashing and sent["blob_put"] == 0,
+                              notes={**relog, "requests": sent}))
+
+        mark = server.log_offset()
+        small_log = client(ctx, server, ctx.path("http", "cache-log", ""), "log", "small", small)
+        sent = server.requests_since(mark)
+        results.append(Result("http log", f"log_artifact {count:,} x 4 KB files", count / small_log["total"],
+                              "files/s", target=">= 1,000 files/s", met=count / small_log["total"] >= 1000,
+                              notes={**small_log, "requests": sent}))
+
+        get_seconds = plain_get(server, digest.sha256, ctx.path("http", "plain-get.bin"))
+        cold_cache = ctx.path("http", "cache-cold", "")
+        out = ctx.path("http", "out-big", "")
+        got = client(ctx, server, cold_cache, "download", "big", out)
+        results.append(Result("http download", "download() big file cold", mbps(ctx.sizes.big, got["download"]),
+                              "MB/s", "plain requests GET", mbps(ctx.sizes.big, get_seconds),
+                              target=">= 0.8x plain GET", met=got["download"] <= get_seconds / 0.8, notes=got))
+        shutil.rmtree(out, ignore_errors=True)
+
+        mark = server.log_offset()
+        got = client(ctx, server, cold_cache, "download", "small", ctx.path("http", "out-small", ""))
+        sent = server.requests_since(mark)
+        rate = count / got["download"]
+        results.append(Result("http download", f"download() {count:,} small files cold", rate, "files/s",
+                              target=">= 1,000 files/s", met=rate >= 1000, notes={**got, "requests": sent}))
+        mark = server.log_offset()
+        again = client(ctx, server, cold_cache, "download", "small", ctx.path("http", "out-small-2", ""))
+        sent = server.requests_since(mark)
+        results.append(Result("http download", f"download() {count:,} small files fully cached", again["download"],
+                              "s", target="< 2 s, 0 blob requests",
+                              met=again["download"] < 2 and sent["blob_get"] + sent["bundle"] == 0,
+                              notes={**again, "requests": sent}))
+    finally:
+        server.stop()
+    time.sleep(0)
+    return results
