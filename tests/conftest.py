@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-pytest_plugins = ["tests.support.server"]
+pytest_plugins = ["tests.support.server", "tests.support.mount"]
 
 REGISTRY_KINDS = ["local", "http"]
 

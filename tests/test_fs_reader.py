@@ -1,0 +1,336 @@
+"""The mount's chunk reader against a fake, fault-injecting registry: no FUSE, no server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import pytest
+
+from wanllmdb.cache import BlobCache
+from wanllmdb.errors import ChecksumError, FetchError, TransportError
+from wanllmdb.fs.reader import ChunkReader
+from wanllmdb.manifest import ManifestEntry, hash_bytes
+
+CHUNK = 64 * 1024
+
+
+def make_entry(data: bytes, path: str = "f.bin", chunk_size: int = CHUNK) -> ManifestEntry:
+    d = hash_bytes(data, chunk_size)
+    return ManifestEntry(path, d.size, d.md5, d.sha256, d.chunk_size, d.chunks)
+
+
+class FakeRemote:
+    """Blobs by SHA-256, with injectable delays, stalls, failures and corruption."""
+
+    def __init__(self, *blobs: bytes) -> None:
+        self.blobs = {hash_bytes(b).sha256: b for b in blobs}
+        self.lock = threading.Lock()
+        self.ranges: list[tuple[str, int, int]] = []
+        self.whole: list[str] = []
+        self.stall: dict[str, threading.Event] = {}  # sha -> released when set
+        self.fail_next: list[Exception] = []
+        self.corrupt: set[tuple[str, int]] = set()  # (sha, start) ranges returned with a flipped byte
+        self.short: set[tuple[str, int]] = set()
+
+    def fetch_range(self, sha256: str, start: int, length: int) -> bytes:
+        with self.lock:
+            self.ranges.append((sha256, start, length))
+            failure = self.fail_next.pop(0) if self.fail_next else None
+        gate = self.stall.get(sha256)
+        if gate is not None:
+            gate.wait(10)
+        if failure is not None:
+            raise failure
+        data = self.blobs[sha256][start : start + length]
+        if (sha256, start) in self.corrupt:
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
+        if (sha256, start) in self.short:
+            data = data[:-1]
+        return data
+
+    def fetch_blob(self, sha256: str, size: int, writer) -> None:
+        with self.lock:
+            self.whole.append(sha256)
+        gate = self.stall.get(sha256)
+        if gate is not None:
+            gate.wait(10)
+        writer.write(self.blobs[sha256])
+
+    def chunks_fetched(self, sha256: str) -> list[int]:
+        with self.lock:
+            return sorted({start // CHUNK for sha, start, _ in self.ranges if sha == sha256})
+
+
+@pytest.fixture
+def stop():
+    future: Future[None] = Future()
+    yield future
+    if not future.done():
+        future.set_result(None)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    c = BlobCache(str(tmp_path / "cache"), 1 << 30)
+    yield c
+    c.close()
+
+
+def make_reader(cache, remote, stop, **options) -> ChunkReader:
+    options.setdefault("timeout", 5.0)
+    return ChunkReader(cache, remote.fetch_range, remote.fetch_blob, stop=stop, **options)
+
+
+def read_all(reader, handle, size: int, piece: int = 128 * 1024) -> bytes:
+    out = bytearray()
+    while len(out) < size:
+        data = reader.read(handle, piece, len(out))
+        assert data, "unexpected EOF"
+        out += data
+    return bytes(out)
+
+
+def eventually(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def settle(reader: ChunkReader, timeout: float = 5.0) -> None:
+    """Wait until no fetch is queued or running."""
+    deadline = time.monotonic() + timeout
+    while len(reader._flights) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not len(reader._flights), "fetches still running"
+
+
+def test_small_file_is_fetched_whole_once_then_served_from_the_cache(cache, stop):
+    data = os.urandom(5000)
+    remote = FakeRemote(data)
+    entry = make_entry(data, chunk_size=CHUNK)
+    reader = make_reader(cache, remote, stop)
+    handle = reader.open(entry, "p/a:v1/small")
+    assert reader.read(handle, 10_000, 0) == data
+    assert reader.read(handle, 100, 4990) == data[4990:]
+    assert cache.lookup(entry.sha256) is not None
+    reader.release(handle)
+    again = reader.open(entry, "p/a:v1/small")
+    assert reader.read(again, 10, 0) == data[:10]
+    assert remote.whole == [entry.sha256]
+    assert reader.stats.cache_hits == 1
+
+
+def test_head_of_a_cold_large_file_fetches_at_most_two_chunks(cache, stop):
+    data = os.urandom(100 * CHUNK)
+    remote = FakeRemote(data)
+    entry = make_entry(data)
+    reader = make_reader(cache, remote, stop)
+    handle = reader.open(entry, "p/a:v1/big")
+    assert reader.read(handle, 100, 0) == data[:100]
+    settle(reader)
+    assert remote.chunks_fetched(entry.sha256) in ([0], [0, 1])
+    assert remote.whole == []
+
+
+def test_sequential_reads_grow_the_read_ahead_window_and_complete_into_the_cache(cache, stop):
+    data = os.urandom(40 * CHUNK + 123)
+    remote = FakeRemote(data)
+    entry = make_entry(data)
+    reader = make_reader(cache, remote, stop, max_window=8)
+    handle = reader.open(entry, "p/a:v1/seq")
+    assert reader.read(handle, 1000, 0) == data[:1000]
+    settle(reader)
+    assert remote.chunks_fetched(entry.sha256) == [0, 1]
+    assert reader.read(handle, CHUNK, CHUNK) == data[CHUNK : 2 * CHUNK]  # enters chunk 1: window 2
+    settle(reader)
+    assert remote.chunks_fetched(entry.sha256) == [0, 1, 2, 3]
+    assert read_all(reader, handle, len(data), piece=CHUNK // 2) == data
+    settle(reader)
+    eventually(lambda: reader.stats.promoted == 1)
+    assert reader.stats.readahead_chunks > 0
+    assert len(remote.ranges) == 41  # every chunk fetched once
+    blob = cache.lookup(entry.sha256)
+    assert blob is not None and open(blob, "rb").read() == data
+    assert reader.read(handle, 50, len(data) - 50) == data[-50:]  # the open handle keeps working
+    reader.release(handle)
+
+
+def test_random_reads_fetch_only_the_chunks_they_touch(cache, stop):
+    data = os.urandom(64 * CHUNK)
+    remote = FakeRemote(data)
+    entry = make_entry(data)
+    reader = make_reader(cache, remote, stop)
+    handle = reader.open(entry, "p/a:v1/random")
+    touched = [50, 7, 33, 12, 60]
+    for index in touched:
+        offset = index * CHUNK + 17
+        assert reader.read(handle, 4096, offset) == data[offset : offset + 4096]
+    settle(reader)
+    assert remote.chunks_fetched(entry.sha256) == sorted(touched)
+    assert reader.stats.readahead_chunks == 0
+
+
+def test_wrong_bytes_fail_the_read_and_are_never_served(cache, stop, caplog):
+    data = os.urandom(8 * CHUNK)
+    remote = FakeRemote(data)
+    entry = make_entry(data)
+    remote.corrupt.add((entry.sha256, 3 * CHUNK))
+    reader = make_reader(cache, remote, stop)
+    handle = reader.open(entry, "p/a:v1/corrupt.bin")
+    with pytest.raises(ChecksumError, match="chunk 3"):
+        reader.read(handle, 100, 3 * CHUNK + 5)
+    assert "p/a:v1/corrupt.bin" in caplog.text and "SHA-256 mismatch" in caplog.text
+    assert reader.read(handle, 100, 5 * CHUNK) == data[5 * CHUNK : 5 * CHUNK + 100]  # other chunks are fine
+    with pytest.raises(ChecksumError):
+        reader.read(handle, 100, 3 * CHUNK + 5)  # still refused: the bad chunk was not kept
+    remote.corrupt.clear()
+    assert reader.read(handle, 100, 3 * CHUNK + 5) == data[3 * CHUNK + 5 : 3 * CHUNK + 105]
+
+
+def test_a_short_range_fails_the_read(cache, stop):
+    data = os.urandom(4 * CHUNK)
+    remote = FakeRemote(data)
+    entry = make_entry(data)
+    remote.short.add((entry.sha256, 0))
+    reader = make_reader(cache, remote, stop)
+    handle = reader.open(entry, "p/a:v1/short.bin")
+    with pytest.raises(ChecksumError, match="expected 65536 bytes"):
+        reader.read(handle, 10, 0)
+
+
+def test_a_failed_fetch_fails_the_read_and_the_next_read_retries(cache, stop):
+    data = os.urandom(4 * CHUNK)
+    remote = FakeRemote(data)
+    entry = make_entry(data)
+    remote.fail_next.append(TransportError("connection reset"))
+    reader = make_reader(cache, remote, stop)
+    handle = reader.open(entry, "p/a:v1/flaky.bin")
+    with pytest.raises(TransportError):
+        reader.read(handle, 10, 3 * CHUNK)
+    assert reader.read(handle, 10, 3 * CHUNK) == data[3 * CHUNK : 3 * CHUNK + 10]
+    assert reader.stats.failures == 1
+
+
+def test_a_stalled_fetch_times_out_while_other_files_keep_reading(cache, stop):
+    slow, fast = os.urandom(4 * CHUNK), os.urandom(4 * CHUNK + 1)
+    remote = FakeRemote(slow, fast)
+    slow_entry, fast_entry = make_entry(slow, "slow.bin"), make_entry(fast, "fast.bin")
+    gate = remote.stall[slow_entry.sha256] = threading.Event()
+    reader = make_reader(cache, remote, stop, timeout=0.5)
+    slow_handle = reader.open(slow_entry, "p/a:v1/slow.bin")
+    fast_handle = reader.open(fast_entry, "p/a:v1/fast.bin")
+    outcome: dict[str, object] = {}
+
+    def read_slow():
+        started = time.monotonic()
+        try:
+            reader.read(slow_handle, 10, 0)
+        except FetchError as exc:
+            outcome["error"] = exc
+        outcome["elapsed"] = time.monotonic() - started
+
+    thread = threading.Thread(target=read_slow)
+    thread.start()
+    assert read_all(reader, fast_handle, len(fast)) == fast  # not blocked by the stalled file
+    thread.join(5)
+    assert "timeout" in str(outcome["error"])
+    assert outcome["elapsed"] < 3
+    gate.set()
+    settle(reader)
+    assert reader.read(slow_handle, 10, 0) == slow[:10]  # the late chunk landed and is served
+
+
+def test_shutdown_makes_waiting_reads_give_up_at_once(cache, stop):
+    data = os.urandom(4 * CHUNK)
+    remote = FakeRemote(data)
+    entry = make_entry(data)
+    gate = remote.stall[entry.sha256] = threading.Event()
+    reader = make_reader(cache, remote, stop, timeout=60)
+    handle = reader.open(entry, "p/a:v1/stuck.bin")
+    with ThreadPoolExecutor(4) as pool:
+        waiting = [pool.submit(reader.read, handle, 10, 0) for _ in range(4)]
+        time.sleep(0.2)
+        assert not any(f.done() for f in waiting)
+        started = time.monotonic()
+        stop.set_result(None)
+        for future in waiting:
+            with pytest.raises(FetchError, match="shutting down"):
+                future.result(timeout=2)
+        assert time.monotonic() - started < 1
+    gate.set()
+
+
+def test_concurrent_readers_of_one_chunk_fetch_it_once(cache, stop):
+    data = os.urandom(16 * CHUNK)
+    remote = FakeRemote(data)
+    entry = make_entry(data)
+    gate = remote.stall[entry.sha256] = threading.Event()
+    reader = make_reader(cache, remote, stop)
+    handles = [reader.open(entry, "p/a:v1/shared.bin") for _ in range(8)]
+    offset = 9 * CHUNK + 100
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(reader.read, h, 1000, offset) for h in handles]
+        time.sleep(0.2)
+        gate.set()
+        assert all(f.result(5) == data[offset : offset + 1000] for f in futures)
+    assert remote.chunks_fetched(entry.sha256) == [9]
+    assert len(remote.ranges) == 1
+
+
+def test_a_cached_file_evicted_while_open_keeps_reading(cache, stop):
+    small, big = os.urandom(3000), os.urandom(6 * CHUNK)
+    remote = FakeRemote(small, big)
+    small_entry, big_entry = make_entry(small, "s"), make_entry(big, "b")
+    reader = make_reader(cache, remote, stop)
+    big_handle = reader.open(big_entry, "p/a:v1/b")
+    read_all(reader, big_handle, len(big))
+    settle(reader)
+    reader.release(big_handle)
+    small_handle = reader.open(small_entry, "p/a:v1/s")
+    big_handle = reader.open(big_entry, "p/a:v1/b")
+    freed = cache.plan_cleanup(max_bytes=0).execute()
+    assert freed > 0 and cache.lookup(small_entry.sha256) is None and cache.lookup(big_entry.sha256) is None
+    assert reader.read(small_handle, 5000, 0) == small
+    assert read_all(reader, big_handle, len(big)) == big
+
+
+def test_a_file_whose_whole_digest_contradicts_its_chunks_is_refused(cache, stop, caplog):
+    data = os.urandom(4 * CHUNK)
+    remote = FakeRemote(data)
+    good = make_entry(data)
+    lying = ManifestEntry("f.bin", good.size, good.md5, "b" * 64, good.chunk_size, good.chunks)
+    remote.blobs["b" * 64] = data
+    reader = make_reader(cache, remote, stop)
+    handle = reader.open(lying, "p/a:v1/lying.bin")
+    with contextlib.suppress(ChecksumError):  # refused as soon as the whole file is checked, maybe mid-way
+        read_all(reader, handle, len(data))
+    settle(reader)
+    eventually(lambda: "does not match its digest" in caplog.text)
+    with pytest.raises(ChecksumError):
+        reader.read(handle, 10, 0)
+    assert cache.lookup("b" * 64) is None
+    assert "does not match its digest" in caplog.text
+
+
+def test_an_empty_file_reads_as_empty(cache, stop):
+    remote = FakeRemote(b"")
+    reader = make_reader(cache, remote, stop)
+    handle = reader.open(make_entry(b"", "empty"), "p/a:v1/empty")
+    assert reader.read(handle, 100, 0) == b""
+    assert remote.whole == [] and remote.ranges == []
+
+
+def test_reads_past_the_end_return_nothing(cache, stop):
+    data = os.urandom(3 * CHUNK + 7)
+    remote = FakeRemote(data)
+    entry = make_entry(data)
+    reader = make_reader(cache, remote, stop)
+    handle = reader.open(entry, "p/a:v1/end.bin")
+    assert reader.read(handle, 100, len(data) - 3) == data[-3:]
+    assert reader.read(handle, 100, len(data)) == b""
+    assert reader.read(handle, 100, len(data) + 10_000) == b""

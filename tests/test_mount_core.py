@@ -1,0 +1,210 @@
+"""ArtifactFS — the mount's logic without FUSE — over both registries: layout, errors, TTLs, failures."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+
+import pytest
+
+from tests.support.mount import log_version
+from wanllmdb.cache import BlobCache
+from wanllmdb.errors import (
+    FetchError,
+    IsDirectoryError,
+    NotDirectoryError,
+    NotFoundError,
+    ReadOnlyError,
+    ServerUnreachableError,
+)
+from wanllmdb.fs.core import AttributeMissingError, AttributeUnsupportedError, open_filesystem
+
+CHUNK = 64 * 1024
+
+
+@pytest.fixture
+def cache(tmp_path):
+    c = BlobCache(str(tmp_path / "fs-cache"), 1 << 30)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def make_fs(cache):
+    made = []
+
+    def make(registry, **options):
+        options.setdefault("timeout", 5.0)
+        fs = open_filesystem(registry, cache, **options)
+        made.append(fs)
+        return fs
+
+    yield make
+    for fs in made:
+        fs.close()
+
+
+def read_file(fs, path: str) -> bytes:
+    fh = fs.open(path, os.O_RDONLY)
+    try:
+        out = bytearray()
+        while chunk := fs.read(fh, 1 << 20, len(out)):
+            out += chunk
+        return bytes(out)
+    finally:
+        fs.release(fh)
+
+
+class Switchable:
+    """A registry proxy that can be made unreachable or stalled, for failure tests."""
+
+    def __init__(self, registry) -> None:
+        self._registry = registry
+        self.down = False
+        self.stall = threading.Event()
+        self.stall.set()
+
+    def __getattr__(self, name):
+        attr = getattr(self._registry, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            self.stall.wait(30)
+            if self.down:
+                raise ServerUnreachableError("registry switched off by the test")
+            return attr(*args, **kwargs)
+
+        return call
+
+
+def test_layout_listings_and_attributes(registry, make_fs, project, tmp_path):
+    first = log_version(registry, tmp_path, project, "mnist", {"train.csv": b"a,b\n1,2\n"})
+    second = log_version(
+        registry, tmp_path, project, "mnist",
+        {"train.csv": b"a,b\n3,4\n", "img/0.png": b"png", "big.bin": os.urandom(3 * CHUNK + 5)},
+        chunk_size=CHUNK, aliases=["best"],
+    )
+    fs = make_fs(registry)
+    root = dict(fs.readdir("/"))
+    assert project in root and root["."].is_dir
+    listing = dict(fs.readdir(f"/{project}"))
+    assert listing["mnist"].nlink == 2 + 2
+    versions = dict(fs.readdir(f"/{project}/mnist"))
+    assert {"v1", "v2", "latest", "best"} <= set(versions)
+    assert fs.readlink(f"/{project}/mnist/latest") == "v2"
+    assert fs.readlink(f"/{project}/mnist/best") == "v2"
+    assert stat.S_ISLNK(fs.getattr(f"/{project}/mnist/latest").mode)
+    v2 = dict(fs.readdir(f"/{project}/mnist/v2"))
+    assert v2["big.bin"].size == 3 * CHUNK + 5
+    assert v2["big.bin"].mode == stat.S_IFREG | 0o444
+    assert v2["big.bin"].mtime == second.version.created_at
+    assert v2["img"].mode == stat.S_IFDIR | 0o555
+    assert fs.getattr(f"/{project}/mnist/v2").nlink == 3
+    assert fs.getattr(f"/{project}/mnist/v1/train.csv").mtime == first.version.created_at
+    assert fs.stats()["chunks_fetched"] == 0 and fs.stats()["blobs_fetched"] == 0  # listings fetch no bytes
+    entry = second.version.manifest.get("big.bin")
+    assert fs.getxattr(f"/{project}/mnist/v2/big.bin", "user.wanllmdb.sha256") == entry.sha256.encode()
+    assert fs.getxattr(f"/{project}/mnist/v2/big.bin", "user.wanllmdb.md5") == entry.md5.encode()
+    assert fs.listxattr(f"/{project}/mnist/v2/big.bin") == ["user.wanllmdb.sha256", "user.wanllmdb.md5"]
+
+
+def test_reads_go_through_the_shared_cache(registry, make_fs, cache, project, tmp_path):
+    big = os.urandom(5 * CHUNK + 1)
+    result = log_version(registry, tmp_path, project, "a", {"s.txt": b"small", "big.bin": big}, chunk_size=CHUNK)
+    fs = make_fs(registry)
+    assert read_file(fs, f"/{project}/a/v1/s.txt") == b"small"
+    assert read_file(fs, f"/{project}/a/v1/big.bin") == big
+    manifest = result.version.manifest
+    deadline = time.monotonic() + 5
+    while cache.lookup(manifest.get("big.bin").sha256) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for name in ("s.txt", "big.bin"):
+        assert cache.lookup(manifest.get(name).sha256) is not None, f"{name} is not a complete cached blob"
+
+
+def test_errors_are_typed(registry, make_fs, project, tmp_path):
+    log_version(registry, tmp_path, project, "a", {"d/f.txt": b"x"})
+    fs = make_fs(registry)
+    for missing in (f"/{project}/a/v9", f"/{project}/a/v1/nope", f"/{project}/zzz", "/no-project", f"/{project}/a/nope",
+                    f"/{project}/bad name", f"/{project}/a/v0"):
+        with pytest.raises(NotFoundError):
+            fs.getattr(missing)
+    with pytest.raises(ReadOnlyError):
+        fs.open(f"/{project}/a/v1/d/f.txt", os.O_WRONLY)
+    with pytest.raises(ReadOnlyError):
+        fs.open(f"/{project}/a/v1/d/f.txt", os.O_RDONLY | os.O_TRUNC)
+    with pytest.raises(ReadOnlyError):
+        fs.refuse_write("mkdir", f"/{project}/a/v1/new")
+    with pytest.raises(IsDirectoryError):
+        fs.open(f"/{project}/a/v1/d", os.O_RDONLY)
+    with pytest.raises(NotDirectoryError):
+        fs.readdir(f"/{project}/a/v1/d/f.txt")
+    with pytest.raises(AttributeUnsupportedError):
+        fs.getxattr(f"/{project}/a/v1/d/f.txt", "security.selinux")
+    with pytest.raises(AttributeMissingError):
+        fs.getxattr(f"/{project}/a/v1/d/f.txt", "user.other")
+
+
+def test_project_mode_puts_the_project_at_the_root(registry, make_fs, project, tmp_path):
+    log_version(registry, tmp_path, project, "a", {"f.txt": b"x"})
+    fs = make_fs(registry, project=project)
+    assert {"a"} <= set(dict(fs.readdir("/")))
+    assert read_file(fs, "/a/latest/f.txt".replace("latest", "v1")) == b"x"
+    empty = make_fs(registry, project=project + "-none")
+    assert [name for name, _ in empty.readdir("/")] == [".", ".."]
+    assert empty.getattr("/").is_dir
+
+
+def test_new_versions_and_moved_aliases_show_after_the_ttl(registry, make_fs, project, tmp_path):
+    log_version(registry, tmp_path, project, "a", {"f.txt": b"1"}, aliases=["best"])
+    fs = make_fs(registry, metadata_ttl=0.3)
+    assert fs.readlink(f"/{project}/a/latest") == "v1"
+    with pytest.raises(NotFoundError):
+        fs.getattr(f"/{project}/a/v2")
+    log_version(registry, tmp_path, project, "a", {"f.txt": b"2"})
+    registry.set_alias(project, "a", "best", 2)
+    time.sleep(0.35)  # exactly one TTL: the point of this test is that it is enough
+    assert fs.readlink(f"/{project}/a/latest") == "v2"
+    assert fs.readlink(f"/{project}/a/best") == "v2"
+    assert "v2" in dict(fs.readdir(f"/{project}/a"))
+    assert read_file(fs, f"/{project}/a/v2/f.txt") == b"2"
+
+
+def test_listings_and_cached_files_survive_the_registry_going_down(registry, make_fs, project, tmp_path):
+    log_version(registry, tmp_path, project, "a", {"f.txt": b"cached", "g.txt": b"never read"})
+    switch = Switchable(registry)
+    fs = make_fs(switch, metadata_ttl=0.05, timeout=2)
+    assert read_file(fs, f"/{project}/a/v1/f.txt") == b"cached"
+    assert project in dict(fs.readdir("/")) and "v1" in dict(fs.readdir(f"/{project}/a"))
+    switch.down = True
+    time.sleep(0.1)  # past the TTL: the listings now have to be refreshed, and cannot be
+    assert project in dict(fs.readdir("/"))
+    assert "v1" in dict(fs.readdir(f"/{project}/a"))
+    assert fs.readlink(f"/{project}/a/latest") == "v1"
+    assert read_file(fs, f"/{project}/a/v1/f.txt") == b"cached"
+    with pytest.raises(ServerUnreachableError):
+        read_file(fs, f"/{project}/a/v1/g.txt")
+
+
+def test_a_stalled_registry_fails_lookups_after_the_timeout(registry, make_fs, project, tmp_path):
+    log_version(registry, tmp_path, project, "a", {"f.txt": b"x"})
+    switch = Switchable(registry)
+    fs = make_fs(switch, timeout=0.5)
+    switch.stall.clear()
+    started = time.monotonic()
+    with pytest.raises(FetchError, match="timeout"):
+        fs.readdir("/")
+    assert time.monotonic() - started < 3
+    switch.stall.set()
+
+
+def test_version_trees_in_memory_stay_within_their_bound(registry, make_fs, project, tmp_path):
+    for i in range(4):
+        log_version(registry, tmp_path, project, "a", {f"f{j}.txt": bytes([i, j]) for j in range(30)})
+    fs = make_fs(registry, max_tree_entries=70)
+    for version in range(1, 5):
+        assert len(fs.readdir(f"/{project}/a/v{version}")) == 32
+        assert fs.catalog.tree_entries() <= 70

@@ -1,0 +1,213 @@
+"""What the mount lists, fetched from the registry and held in bounded in-memory caches.
+
+- Listings that change — the projects, a project's artifacts, an artifact's versions and aliases — are
+  kept ``ttl`` seconds (``--metadata-ttl``), so a version logged elsewhere or a moved alias shows within
+  that time. An expired listing is still served when the registry cannot be reached (stale-while-error):
+  paths that were visible stay usable while the server is down, and cached files stay readable.
+- "Not found" answers are kept ``ttl`` seconds as well, so a shell probing names does not hammer the server.
+- Version trees never change once finalized: an LRU bounded by the total number of entries it holds keeps
+  the recently used ones (a version larger than the whole bound is still kept, alone), so memory stays flat
+  however many files a ``find`` walks.
+
+Every registry call goes through :class:`~wanllmdb.fs.flight.Flights`: concurrent lookups of one thing make
+one request, each wait is bounded by the timeout, and all waits end when the filesystem shuts down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from cachetools import LRUCache
+
+from ..errors import FetchError, NotFoundError, TransportError
+from ..registry import ArtifactInfo, ArtifactSummary, Registry
+from .flight import Flights
+from .tree import VersionTree
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Entries (files) of version trees kept in memory; roughly 0.5 KB each.
+DEFAULT_TREE_ENTRIES = 100_000
+#: Listings (projects, artifacts, aliases, not-found answers) kept in memory.
+DEFAULT_LISTINGS = 4096
+STALE_WARNING_INTERVAL = 60.0
+#: Large (chunked) files of a newly loaded version whose downloads are prepared at once.
+PRESIGN_LARGE = 1000
+
+
+@dataclass(slots=True)
+class _Listing:
+    value: Any
+    error: NotFoundError | None
+    fetched_at: float
+
+
+class Catalog:
+    """Projects, artifacts, aliases and version trees of one registry, cached as described above.
+
+    Args:
+        registry: where metadata comes from.
+        flights: runs and deduplicates registry calls with deadlines.
+        ttl: seconds a listing (or a "not found") stays fresh.
+        timeout: seconds a registry call may take.
+        max_tree_entries: bound on the entries of all cached version trees together.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        flights: Flights,
+        *,
+        ttl: float = 5.0,
+        timeout: float = 30.0,
+        max_tree_entries: int = DEFAULT_TREE_ENTRIES,
+        max_listings: int = DEFAULT_LISTINGS,
+    ) -> None:
+        self.registry = registry
+        self._flights = flights
+        self._ttl = ttl
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._listings: LRUCache = LRUCache(max_listings)
+        self._trees: LRUCache = LRUCache(max_tree_entries, getsizeof=lambda tree: tree.weight)
+        self._oversized: tuple[tuple, VersionTree] | None = None
+        self._last_stale_warning = 0.0
+
+    # --- listings ---------------------------------------------------------------------------------------
+
+    def projects(self) -> list[str]:
+        return self._listing(("projects",), self.registry.list_projects, "listing projects")
+
+    def artifacts(self, project: str) -> list[ArtifactSummary]:
+        return self._listing(
+            ("artifacts", project),
+            lambda: self.registry.list_artifacts(project),
+            f"listing artifacts of project '{project}'",
+        )
+
+    def artifact(self, project: str, name: str) -> ArtifactInfo:
+        return self._listing(
+            ("artifact", project, name),
+            lambda: self.registry.get_artifact(project, name),
+            f"looking up artifact '{project}/{name}'",
+        )
+
+    def _listing(self, key: tuple, load: Callable[[], T], what: str) -> T:
+        with self._lock:
+            cached: _Listing | None = self._listings.get(key)
+        now = time.monotonic()
+        if cached is not None and now - cached.fetched_at < self._ttl:
+            if cached.error is not None:
+                raise cached.error.with_traceback(None)
+            return cached.value
+        try:
+            value = self._flights.call(key, load, self._timeout, what)
+        except NotFoundError as exc:
+            self._store(key, _Listing(None, exc, time.monotonic()))
+            raise
+        except (TransportError, FetchError) as exc:
+            if cached is not None and cached.error is None:
+                self._warn_stale(what, exc)
+                return cached.value
+            raise
+        self._store(key, _Listing(value, None, time.monotonic()))
+        return value
+
+    def _store(self, key: tuple, listing: _Listing) -> None:
+        with self._lock:
+            self._listings[key] = listing
+
+    def _warn_stale(self, what: str, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._last_stale_warning > STALE_WARNING_INTERVAL:
+            self._last_stale_warning = now
+            logger.warning("%s failed (%s); serving the last known listing", what, exc)
+
+    # --- version trees ----------------------------------------------------------------------------------
+
+    def cached_tree(self, project: str, name: str, version: int) -> VersionTree | None:
+        """The tree if it is in memory (never asks the registry)."""
+        key = (project, name, version)
+        with self._lock:
+            tree = self._trees.get(key)
+            if tree is None and self._oversized is not None and self._oversized[0] == key:
+                tree = self._oversized[1]
+        return tree
+
+    def tree(self, project: str, name: str, version: int) -> VersionTree:
+        """The files and directories of ``project/name:v<version>``.
+
+        Raises:
+            NotFoundError: no such project, artifact or version (remembered for ``ttl`` seconds).
+            FetchError, TransportError: the registry did not answer in time.
+        """
+        tree = self.cached_tree(project, name, version)
+        if tree is not None:
+            return tree
+        key = ("tree", project, name, version)
+        with self._lock:
+            missing: _Listing | None = self._listings.get(key)
+        if missing is not None and time.monotonic() - missing.fetched_at < self._ttl and missing.error:
+            raise missing.error.with_traceback(None)
+        what = f"loading the manifest of '{project}/{name}:v{version}'"
+        try:
+            tree = self._flights.call(key, lambda: self._load_tree(project, name, version), self._timeout, what)
+        except NotFoundError as exc:
+            self._store(key, _Listing(None, exc, time.monotonic()))
+            raise
+        self._keep_tree((project, name, version), tree)
+        # Large files are read in ranges: have their download URLs ready before the first read needs one.
+        large = [e.sha256 for e in tree.large_entries[:PRESIGN_LARGE]]
+        self.prepare_fetch(("tree", project, name, version), large)
+        return tree
+
+    def _load_tree(self, project: str, name: str, version: int) -> VersionTree:
+        info = self.registry.resolve(project, name, f"v{version}")
+        if info.manifest is None:
+            raise FetchError(f"the registry returned '{project}/{name}:v{version}' without its manifest")
+        started = time.monotonic()
+        tree = VersionTree(info.manifest, info.created_at)
+        logger.debug(
+            "loaded %s/%s:v%d (%d files) in %.3fs", project, name, version, tree.file_count,
+            time.monotonic() - started,
+        )
+        return tree
+
+    def _keep_tree(self, key: tuple, tree: VersionTree) -> None:
+        with self._lock:
+            if tree.weight <= self._trees.maxsize:
+                self._trees[key] = tree
+            else:
+                self._oversized = (key, tree)
+
+    def tree_entries(self) -> int:
+        """Entries held by cached trees (for tests and stats)."""
+        with self._lock:
+            extra = self._oversized[1].weight if self._oversized else 0
+            return int(self._trees.currsize) + extra
+
+    # --- hints ------------------------------------------------------------------------------------------
+
+    def prepare_fetch(self, key: tuple, sha256s: Iterable[str]) -> None:
+        """Ask the registry to prepare downloads of ``sha256s`` in the background (one call per ``key``)."""
+        wanted = list(sha256s)
+        if not wanted:
+            return
+        try:
+            future, created = self._flights.start(("prepare", *key), lambda: self.registry.prepare_fetch(wanted))
+        except FetchError:
+            return
+        if created:
+            future.add_done_callback(_log_prepare_failure)
+
+
+def _log_prepare_failure(future: Any) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.debug("preparing downloads failed (each file will ask on its own): %s", future.exception())

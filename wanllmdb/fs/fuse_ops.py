@@ -1,0 +1,352 @@
+"""The thin FUSE skin over :class:`~wanllmdb.fs.core.ArtifactFS`: the only module that imports fuse or knows errno.
+
+Binding: mfusepy (fusepy's maintained fork) on libfuse 3 when it is installed — ``FUSE_LIBRARY_NAME=fuse3``
+is set before the import, since mfusepy otherwise prefers libfuse 2 — else whatever mfusepy finds, else
+fusepy on libfuse 2.
+
+Three callbacks bypass mfusepy's generic wrappers, because they carry the volume:
+
+- ``read`` fills the kernel's buffer with ``preadv`` directly (no intermediate bytes object, no memmove);
+- ``readdir`` (libfuse 3) answers READDIRPLUS with full attributes and real offsets, so ``ls -l`` and
+  ``find`` of a 100,000-file version cost a few hundred requests instead of one lookup per entry
+  (libfuse only forwards the attributes of entries given with an offset and ``FUSE_FILL_DIR_PLUS``);
+- directory listings are snapshot at ``opendir`` and served by offset from the snapshot.
+
+Kernel options: read-only (``ro``), ``kernel_cache`` (version content never changes, so pages stay cached
+across opens), entry/attribute timeouts equal to the metadata TTL (they are global in the high-level API,
+so listings of new versions and aliases still refresh in time), no negative caching, many worker threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import functools
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import (
+    InvalidInputError,
+    IsDirectoryError,
+    MountError,
+    NotDirectoryError,
+    NotFoundError,
+    ReadOnlyError,
+    WanllmdbError,
+)
+from .core import ArtifactFS, AttributeMissingError, AttributeUnsupportedError
+from .tree import BLOCK_SIZE, DIR_MODE, Attr
+
+logger = logging.getLogger(__name__)
+
+
+def _import_fuse() -> Any:
+    if "FUSE_LIBRARY_NAME" not in os.environ and ctypes.util.find_library("fuse3"):
+        os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
+    try:
+        import mfusepy
+
+        return mfusepy
+    except ImportError:
+        pass
+    except OSError as exc:
+        raise MountError(f"FUSE is not available on this machine: {exc} (install fuse3)") from None
+    try:
+        import fuse  # fusepy
+
+        return fuse
+    except (ImportError, OSError) as exc:
+        raise MountError(f"FUSE is not available on this machine: {exc} (install fuse3 and mfusepy)") from None
+
+
+fuse = _import_fuse()
+FUSE_MAJOR: int = getattr(fuse, "fuse_version_major", 2)
+_FILL_DIR_PLUS = 2
+_READDIR_PLUS = 1
+
+_ERRNO: tuple[tuple[type[BaseException], int], ...] = (
+    (AttributeMissingError, errno.ENODATA),
+    (AttributeUnsupportedError, errno.EOPNOTSUPP),
+    (NotFoundError, errno.ENOENT),
+    (ReadOnlyError, errno.EROFS),
+    (IsDirectoryError, errno.EISDIR),
+    (NotDirectoryError, errno.ENOTDIR),
+    (InvalidInputError, errno.EINVAL),
+    (WanllmdbError, errno.EIO),
+)
+
+
+def errno_for(exc: BaseException) -> int:
+    """The errno a failed operation answers with: EIO for every fetch, transport or checksum failure."""
+    for kind, number in _ERRNO:
+        if isinstance(exc, kind):
+            return number
+    return errno.EIO
+
+
+def _translated(method: Callable) -> Callable:
+    """Turn wanllmdb errors into FuseOSError(errno); log what is not a plain "no such file"."""
+
+    @functools.wraps(method)
+    def wrapper(self: FuseOperations, *args: Any) -> Any:
+        try:
+            return method(self, *args)
+        except WanllmdbError as exc:
+            number = errno_for(exc)
+            if number == errno.EIO and method.__name__ not in ("read", "read_into", "open"):
+                logger.error("%s %s failed: %s", method.__name__, args[0] if args else "", exc)
+            raise fuse.FuseOSError(number) from None
+        except OSError:
+            raise
+        except Exception:
+            logger.exception("%s %s failed unexpectedly", method.__name__, args[0] if args else "")
+            raise fuse.FuseOSError(errno.EIO) from None
+
+    return wrapper
+
+
+def attr_dict(attr: Attr, uid: int, gid: int) -> dict[str, int]:
+    """A stat dict as mfusepy wants it (times in nanoseconds: ``use_ns``)."""
+    ns = int(attr.mtime * 1e9)
+    return {
+        "st_mode": attr.mode,
+        "st_nlink": attr.nlink,
+        "st_size": attr.size,
+        "st_uid": uid,
+        "st_gid": gid,
+        "st_blksize": BLOCK_SIZE,
+        "st_blocks": attr.blocks,
+        "st_mtime": ns,
+        "st_ctime": ns,
+        "st_atime": ns,
+    }
+
+
+class FuseOperations(fuse.Operations):  # type: ignore[misc, name-defined]
+    """Operations for mfusepy: each one a call into ArtifactFS.
+
+    Args:
+        fs: the filesystem logic.
+        metadata_ttl: seconds the kernel may cache entries and attributes.
+        on_init: called (on a FUSE thread) once the kernel connection is initialised.
+    """
+
+    use_ns = True
+
+    def __init__(self, fs: ArtifactFS, *, metadata_ttl: float, on_init: Callable[[], None] | None = None) -> None:
+        self.fs = fs
+        self.metadata_ttl = metadata_ttl
+        self._on_init = on_init
+        self._uid = os.getuid()
+        self._gid = os.getgid()
+        self._dirs: dict[int, list[tuple[bytes, dict[str, int], bool]]] = {}
+        self._dir_lock = threading.Lock()
+        self._next_dir = 1
+
+    # --- lifecycle --------------------------------------------------------------------------------------
+
+    def init_with_config(self, conn_info: Any, config_3: Any) -> None:
+        if config_3 is not None:
+            config_3.kernel_cache = 1
+            config_3.entry_timeout = self.metadata_ttl
+            config_3.attr_timeout = self.metadata_ttl
+            config_3.negative_timeout = 0.0
+        if conn_info is not None:
+            # The kernel caps this by the device's read_ahead_kb; the mount process raises that too.
+            conn_info.max_readahead = 8 << 20
+        if self._on_init is not None:
+            self._on_init()
+
+    def destroy(self, path: str) -> None:
+        self.fs.shutdown()
+
+    # --- metadata ---------------------------------------------------------------------------------------
+
+    @_translated
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
+        return attr_dict(self.fs.getattr(path), self._uid, self._gid)
+
+    @_translated
+    def readlink(self, path: str) -> str:
+        return self.fs.readlink(path)
+
+    @_translated
+    def opendir(self, path: str) -> int:
+        listing = []
+        for name, attr in self.fs.readdir(path):
+            if attr is None or name in (".", ".."):  # dot entries never carry READDIRPLUS attributes
+                mode = attr.mode if attr is not None else DIR_MODE
+                listing.append((name.encode("utf-8", "surrogateescape"), {"st_mode": mode}, False))
+            else:
+                listing.append((name.encode("utf-8", "surrogateescape"), attr_dict(attr, self._uid, self._gid), True))
+        with self._dir_lock:
+            fh = self._next_dir
+            self._next_dir += 1
+            self._dirs[fh] = listing
+        return fh
+
+    def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
+        """Generic path (libfuse 2): names with their modes."""
+        return [(name.decode("utf-8", "surrogateescape"), st, 0) for name, st, _ in self._dirs.get(fh, [])]
+
+    def listing(self, fh: int) -> list[tuple[bytes, dict[str, int], bool]]:
+        return self._dirs.get(fh, [])
+
+    def releasedir(self, path: str, fh: int) -> int:
+        with self._dir_lock:
+            self._dirs.pop(fh, None)
+        return 0
+
+    @_translated
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        return self.fs.getxattr(path, name)
+
+    @_translated
+    def listxattr(self, path: str) -> list[str]:
+        return self.fs.listxattr(path)
+
+    def statfs(self, path: str) -> dict[str, int]:
+        return {"f_bsize": BLOCK_SIZE, "f_frsize": BLOCK_SIZE, "f_namemax": 255}
+
+    # --- files ------------------------------------------------------------------------------------------
+
+    @_translated
+    def open(self, path: str, flags: int) -> int:
+        return self.fs.open(path, flags)
+
+    @_translated
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        return self.fs.read(fh, size, offset)
+
+    @_translated
+    def read_into(self, view: memoryview, offset: int, fh: int) -> int:
+        return self.fs.read_into(fh, offset, view)
+
+    def release(self, path: str, fh: int) -> int:
+        self.fs.release(fh)
+        return 0
+
+    # --- everything that would change the tree ----------------------------------------------------------
+
+    @_translated
+    def _refuse(self, operation: str, path: str) -> int:
+        self.fs.refuse_write(operation, path)
+        return 0
+
+    def chmod(self, path: str, mode: int) -> int:
+        return self._refuse("chmod", path)
+
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        return self._refuse("chown", path)
+
+    def create(self, path: str, mode: int, fi: Any = None) -> int:
+        return self._refuse("create", path)
+
+    def link(self, target: str, source: str) -> int:
+        return self._refuse("link", target)
+
+    def mkdir(self, path: str, mode: int) -> int:
+        return self._refuse("mkdir", path)
+
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        return self._refuse("mknod", path)
+
+    def removexattr(self, path: str, name: str) -> int:
+        return self._refuse("removexattr", path)
+
+    def rename(self, old: str, new: str) -> int:
+        return self._refuse("rename", old)
+
+    def rmdir(self, path: str) -> int:
+        return self._refuse("rmdir", path)
+
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        return self._refuse("setxattr", path)
+
+    def symlink(self, target: str, source: str) -> int:
+        return self._refuse("symlink", target)
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+        return self._refuse("truncate", path)
+
+    def unlink(self, path: str) -> int:
+        return self._refuse("unlink", path)
+
+    def utimens(self, path: str, times: Any = None) -> int:
+        return self._refuse("utimens", path)
+
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        return self._refuse("write", path)
+
+
+class _KernelFUSE(fuse.FUSE):  # type: ignore[misc, name-defined]
+    """mfusepy's FUSE with the zero-copy read and the READDIRPLUS listing described in the module docstring."""
+
+    def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        if size == 0:
+            return 0
+        address = ctypes.cast(buf, ctypes.c_void_p).value
+        view = memoryview((ctypes.c_char * size).from_address(address)).cast("B")
+        return self.operations.read_into(view, offset, fip.contents.fh)
+
+    def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
+        entries = self.operations.listing(fip.contents.fh)
+        plus = flags & _READDIR_PLUS
+        st = fuse.c_stat()
+        for index in range(offset, len(entries)):
+            name, attrs, complete = entries[index]
+            ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
+            fuse.set_st_attrs(st, attrs, use_ns=True)
+            fill = _FILL_DIR_PLUS if plus and complete else 0
+            if filler(buf, name, st, index + 1, fill) != 0:
+                break
+        return 0
+
+
+def run_fuse(
+    operations: FuseOperations,
+    mountpoint: str,
+    *,
+    fsname: str,
+    allow_other: bool = False,
+    debug: bool = False,
+) -> None:
+    """Mount and serve until unmounted (blocks the calling thread, which must be the main thread).
+
+    Raises:
+        MountError: libfuse could not mount (its own message went to stderr/the log).
+    """
+    options: dict[str, Any] = {
+        "foreground": True,
+        "ro": True,
+        "fsname": fsname.replace(",", "_"),
+        "subtype": "wanllmdb",
+        "default_permissions": True,
+        "max_threads": 64,
+        "max_idle_threads": 16,
+        "entry_timeout": operations.metadata_ttl,
+        "attr_timeout": operations.metadata_ttl,
+        "negative_timeout": 0,
+    }
+    if FUSE_MAJOR < 3:
+        options["kernel_cache"] = True
+        options["max_read"] = 1 << 20
+        del options["max_threads"], options["max_idle_threads"]
+    if allow_other:
+        options["allow_other"] = True
+    if debug:
+        options["debug"] = True
+    fuse_class = _KernelFUSE if hasattr(fuse, "c_stat") else fuse.FUSE
+    try:
+        fuse_class(operations, mountpoint, **options)
+    except RuntimeError as exc:
+        raise MountError(f"could not mount {mountpoint} (libfuse error {exc}); see the log for its message") from None
+
+
+def fuse_library() -> str:
+    """Which binding and libfuse major version serve mounts (for logs and ``--version``-style reports)."""
+    return f"{fuse.__name__} on libfuse {FUSE_MAJOR}"
