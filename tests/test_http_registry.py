@@ -285,3 +285,43 @@ def test_health_and_openapi_docs_are_served(live_server):
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     assert "/api/v1/drafts" in schema["paths"] and "/api/v1/blobs/{sha256}" in schema["paths"]
     assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+
+def test_sdk_uploads_many_small_files_in_a_few_bundles(live_server, project, tmp_path, monkeypatch):
+    import wanllmdb
+    from wanllmdb.sdk.client import get_client
+
+    monkeypatch.setenv("WANLLMDB_BASE_URL", live_server.url)
+    monkeypatch.setenv("WANLLMDB_API_KEY", live_server.api_key)
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(1500):
+        (src / f"f{i:04d}.txt").write_text(f"file {i} " + "x" * (i % 50))
+    log = RequestLog(get_client().registry)
+    with wanllmdb.init(project=project) as run:
+        art = wanllmdb.Artifact("bundled", type="dataset")
+        art.add_dir(str(src))
+        run.log_artifact(art)
+    assert art.version == "v1" and art.file_count == 1500
+    bundles = log.count("POST", "/blobs/bundle-upload")
+    assert 2 <= bundles <= 3, log.calls  # at most 1,000 blobs per bundle
+    assert log.count("PUT", "/blobs/") == 0
+    assert log.count() - bundles <= 5  # run, draft, finalize, run update
+    root = wanllmdb.Api().artifact(f"{project}/bundled:v1").download(str(tmp_path / "out"))
+    assert open(os.path.join(root, "f0777.txt")).read() == "file 777 " + "x" * (777 % 50)
+
+
+def test_upload_bundle_with_a_tampered_listing_is_refused(http_registry, live_server, project, tmp_path):
+    files = write_files(tmp_path / "src", 3, size=100)
+    manifest, by_sha = manifest_of(files)
+    draft = http_registry.create_draft(DraftSpec(project, "tamper", "dataset", manifest))
+    (bundle,) = draft.bundles
+    listing = "".join(f"{t.sha256} {t.size}\n" for t in bundle.targets[:2]).encode()
+    response = requests.post(
+        http_registry.transport.absolute(bundle.url),
+        data=listing + b"x" * 200,
+        headers={"Content-Type": "application/octet-stream"},
+        timeout=30,
+    )
+    assert response.status_code == 403 and response.json()["error"]["code"] == "forbidden"
+    assert not any(os.path.exists(os.path.join(live_server.root, "blobs", s[:2], s)) for s in by_sha)

@@ -185,3 +185,14 @@ def test_hash_file_memory_does_not_grow_with_file_size(tmp_path):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 8 * (1 << 20), f"peak {peak} bytes for a 64 MiB file"
+
+
+@pytest.mark.parametrize("piece", [1, 1000, 4096, 5000, 3 * 4096])
+def test_digester_gives_the_same_digest_whatever_the_piece_sizes(piece):
+    from wanllmdb.manifest.digest import Digester
+
+    data = os.urandom(3 * 4096 + 123)
+    digester = Digester(chunk_size=4096)
+    for i in range(0, len(data), piece):
+        digester.update(data[i : i + piece])
+    assert digester.result() == hash_bytes(data, chunk_size=4096)

@@ -10,6 +10,7 @@
 | WANLLMDB_PROJECT          | default project for refs without one                | unset                            |
 | WANLLMDB_TIMEOUT          | seconds before a stalled network read fails         | 30                               |
 | WANLLMDB_TRANSFER_THREADS | parallel blob transfers                             | 8                                |
+| WANLLMDB_SINGLE_PASS_MIN  | new files this large are hashed while uploaded      | 64MiB                            |
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ class Settings:
     project: str | None = None
     timeout: float = 30.0
     transfer_threads: int = 8
+    #: New files at least this large are uploaded in the same read that hashes them (see sdk/transfer.py).
+    single_pass_min: int = 64 * 1024 * 1024
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -128,5 +131,6 @@ def load_settings(**overrides: object) -> Settings:
         project=env.get("WANLLMDB_PROJECT") or None,
         timeout=_env_float("WANLLMDB_TIMEOUT", 30.0),
         transfer_threads=int(_env_float("WANLLMDB_TRANSFER_THREADS", 8)),
+        single_pass_min=parse_size(env.get("WANLLMDB_SINGLE_PASS_MIN") or 64 * 1024 * 1024),
     )
     return settings.with_overrides(**overrides)

@@ -1,8 +1,9 @@
-"""Streaming digests: MD5, SHA-256 and per-chunk SHA-256 of a file in one read.
+"""Streaming digests: MD5, SHA-256 and per-chunk SHA-256 of a byte stream in one pass.
 
-Memory stays at two chunk-sized buffers whatever the file size. For files larger than one buffer, MD5 runs
-on a worker thread while the reading thread computes SHA-256 (hashlib releases the GIL on large buffers),
-so both digests cost about the time of the slower one; see benchmarks/ for the measurement.
+:class:`Digester` takes the bytes in pieces of any size (a file read, an upload being sent) and yields a
+:class:`FileDigest`. For large pieces MD5 runs on a worker thread while the caller's thread computes the
+SHA-256s (hashlib releases the GIL on large buffers), so all three cost about the time of the slowest; see
+benchmarks/ for the measurement. Memory stays at the caller's buffers whatever the stream's length.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from dataclasses import dataclass
 
 from ..iobuf import buffer_for
 from ..settings import CHUNK_SIZE
+
+#: Pieces at least this large have their MD5 computed on the worker thread.
+THREAD_MIN_PIECE = 1 << 20
 
 _md5_pool: ThreadPoolExecutor | None = None
 _md5_pool_lock = threading.Lock()
@@ -38,6 +42,65 @@ class FileDigest:
     chunks: tuple[str, ...] = ()
 
 
+class Digester:
+    """MD5, SHA-256 and chunk SHA-256s of a stream fed with :meth:`update`.
+
+    A piece handed to ``update`` must stay unchanged until the next ``update`` (or ``result``) returns:
+    its MD5 may still be running on the worker thread. Immutable ``bytes``, or two buffers used in turn,
+    satisfy this.
+    """
+
+    def __init__(self, chunk_size: int = CHUNK_SIZE) -> None:
+        self.chunk_size = chunk_size
+        self.size = 0
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._sha = hashlib.sha256()
+        self._chunk = hashlib.sha256()
+        self._chunk_fill = 0
+        self._chunks: list[str] = []
+        self._pending: Future[None] | None = None
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        n = len(view)
+        if not n:
+            return
+        self._wait_md5()
+        if n >= THREAD_MIN_PIECE:
+            self._pending = _pool().submit(self._md5.update, view)
+        else:
+            self._md5.update(view)
+        self._sha.update(view)
+        self.size += n
+        offset = 0
+        while offset < n:
+            take = min(n - offset, self.chunk_size - self._chunk_fill)
+            if take == self.chunk_size:  # a whole chunk in one piece: no copy into the running hasher
+                self._chunks.append(hashlib.sha256(view[offset : offset + take]).hexdigest())
+            else:
+                self._chunk.update(view[offset : offset + take])
+                self._chunk_fill += take
+                if self._chunk_fill == self.chunk_size:
+                    self._chunks.append(self._chunk.hexdigest())
+                    self._chunk = hashlib.sha256()
+                    self._chunk_fill = 0
+            offset += take
+
+    def _wait_md5(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+
+    def result(self) -> FileDigest:
+        self._wait_md5()
+        if self.size <= self.chunk_size:
+            return FileDigest(self.size, self._md5.hexdigest(), self._sha.hexdigest())
+        chunks = list(self._chunks)
+        if self._chunk_fill:
+            chunks.append(self._chunk.hexdigest())
+        return FileDigest(self.size, self._md5.hexdigest(), self._sha.hexdigest(), self.chunk_size, tuple(chunks))
+
+
 def _read_full(fd: int, view: memoryview) -> int:
     """Fill ``view`` from ``fd`` unless EOF comes first; returns the byte count."""
     total = 0
@@ -54,12 +117,7 @@ def hash_file(
     chunk_size: int = CHUNK_SIZE,
     progress: Callable[[int], object] | None = None,
 ) -> FileDigest:
-    """Digest a file in one streaming pass.
-
-    Args:
-        path: the file.
-        chunk_size: chunk length for per-chunk SHA-256 (files no larger than this get none).
-        progress: called with the number of bytes just read.
+    """Digest a file in one streaming pass (two chunk-sized buffers used in turn).
 
     Raises:
         OSError: the file cannot be read.
@@ -67,80 +125,23 @@ def hash_file(
     fd = os.open(path, os.O_RDONLY)
     try:
         size_hint = os.fstat(fd).st_size
-        if size_hint <= chunk_size:
-            return _hash_small(fd, size_hint, chunk_size, progress)
-        return _hash_large(fd, chunk_size, progress)
+        digester = Digester(chunk_size)
+        # Two buffers in turn when MD5 may still be reading the previous one on the worker thread.
+        count = 1 if size_hint < THREAD_MIN_PIECE else 2
+        buffers = [memoryview(buffer_for(size_hint, cap=chunk_size)) for _ in range(count)]
+        index = 0
+        while n := _read_full(fd, buffers[index % count]):
+            digester.update(buffers[index % count][:n])
+            index += 1
+            if progress:
+                progress(n)
+        return digester.result()
     finally:
         os.close(fd)
 
 
-def _hash_small(fd: int, size_hint: int, chunk_size: int, progress: Callable[[int], object] | None) -> FileDigest:
-    md5 = hashlib.md5(usedforsecurity=False)
-    sha = hashlib.sha256()
-    size = 0
-    buf = buffer_for(size_hint, cap=1 << 20)
-    view = memoryview(buf)
-    while True:
-        n = os.readv(fd, [view])
-        if n == 0:
-            break
-        md5.update(view[:n])
-        sha.update(view[:n])
-        size += n
-        if progress:
-            progress(n)
-    if size > chunk_size:  # the file grew between fstat and read: fall back to the chunked path
-        os.lseek(fd, 0, os.SEEK_SET)
-        return _hash_large(fd, chunk_size, progress)
-    return FileDigest(size, md5.hexdigest(), sha.hexdigest())
-
-
-def _hash_large(fd: int, chunk_size: int, progress: Callable[[int], object] | None) -> FileDigest:
-    md5 = hashlib.md5(usedforsecurity=False)
-    sha = hashlib.sha256()
-    chunks: list[str] = []
-    buffers = [memoryview(bytearray(chunk_size)), memoryview(bytearray(chunk_size))]
-    pending: Future[None] | None = None
-    size = 0
-    index = 0
-    pool = _pool()
-    try:
-        while True:
-            view = buffers[index % 2]
-            n = _read_full(fd, view)
-            if n == 0:
-                break
-            data = view[:n]
-            # The buffer read next was handed to MD5 two rounds ago; wait for that round to finish first.
-            if pending is not None:
-                pending.result()
-            pending = pool.submit(md5.update, data)
-            sha.update(data)
-            chunks.append(hashlib.sha256(data).hexdigest())
-            size += n
-            index += 1
-            if progress:
-                progress(n)
-    finally:
-        if pending is not None:
-            pending.result()
-    if size <= chunk_size:
-        return FileDigest(size, md5.hexdigest(), sha.hexdigest())
-    return FileDigest(size, md5.hexdigest(), sha.hexdigest(), chunk_size, tuple(chunks))
-
-
 def hash_bytes(data: bytes | memoryview, chunk_size: int = CHUNK_SIZE) -> FileDigest:
     """Digest of in-memory bytes (tests and small generated files)."""
-    view = memoryview(data)
-    chunks: tuple[str, ...] = ()
-    if len(view) > chunk_size:
-        chunks = tuple(
-            hashlib.sha256(view[i : i + chunk_size]).hexdigest() for i in range(0, len(view), chunk_size)
-        )
-    return FileDigest(
-        len(view),
-        hashlib.md5(view, usedforsecurity=False).hexdigest(),
-        hashlib.sha256(view).hexdigest(),
-        chunk_size if chunks else 0,
-        chunks,
-    )
+    digester = Digester(chunk_size)
+    digester.update(data)
+    return digester.result()

@@ -197,9 +197,18 @@ class Manifest:
         return cls.from_dict(data)
 
 
-def _check_no_file_dir_clash(ordered: Mapping[str, ManifestEntry]) -> None:
-    # In sorted order, "a/b" sorts after "a" and before "a0"; checking every parent prefix of every path
-    # against the set of file paths finds each clash in O(total path segments).
+def check_tree(paths: Iterable[str]) -> None:
+    """Refuse a set of file paths in which one path is also the directory of another (``a`` and ``a/b``).
+
+    Raises:
+        InvalidManifestError: naming both paths.
+    """
+    _check_no_file_dir_clash(dict.fromkeys(paths))
+
+
+def _check_no_file_dir_clash(ordered: Mapping[str, object]) -> None:
+    # Checking every parent prefix of every path against the set of file paths finds each clash in
+    # O(total path segments).
     files = ordered.keys()
     for path in files:
         cut = path.rfind("/")

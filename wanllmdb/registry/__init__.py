@@ -17,6 +17,7 @@ from .base import (
     Registry,
     RunInfo,
     RunSpec,
+    UploadBundle,
     VersionInfo,
 )
 
@@ -47,6 +48,7 @@ __all__ = [
     "Registry",
     "RunInfo",
     "RunSpec",
+    "UploadBundle",
     "VersionInfo",
     "open_registry",
 ]

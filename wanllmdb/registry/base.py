@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..cache.store import BlobWriter
 from ..manifest import Manifest
+from ..manifest.digest import FileDigest
 
 #: Called with a number of bytes just transferred.
 Progress = Callable[[int], object]
@@ -167,10 +168,27 @@ class BlobTarget:
 
 
 @dataclass(frozen=True)
+class UploadBundle:
+    """Several small missing blobs sent in one request (HTTP registry); ``url`` is presigned for the list."""
+
+    url: str
+    targets: tuple[BlobTarget, ...]
+    expires_at: float | None = None
+
+
+def upload_listing(targets: Sequence[tuple[str, int]]) -> bytes:
+    """What an upload bundle's body starts with (and its URL signs): one ``<sha256> <size>`` line per blob."""
+    return "".join(f"{sha} {size}\n" for sha, size in targets).encode("ascii")
+
+
+@dataclass(frozen=True)
 class Draft:
+    """A version being written. ``missing`` lists every blob to upload; ``bundles`` group some of them."""
+
     id: str
     digest: str
     missing: tuple[BlobTarget, ...]
+    bundles: tuple[UploadBundle, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -262,12 +280,31 @@ class Registry(Protocol):
         ...
 
     # --- writing ----------------------------------------------------------------------------------------
+    def known_sizes(self, sizes: Iterable[int]) -> set[int]:
+        """Which of ``sizes`` some stored blob has. A file of any other size cannot be stored yet, so the
+        SDK may upload it in the same read that hashes it (:meth:`store_unhashed`)."""
+        ...
+
+    def store_unhashed(self, path: str, size: int, progress: Progress | None = None) -> FileDigest:
+        """Store a local file whose digests are not known yet, computing them in the same read.
+
+        Raises:
+            ChecksumError: the file changed while it was read (the storage side disagrees).
+        """
+        ...
+
     def create_draft(self, spec: DraftSpec) -> Draft: ...
 
     def upload_blob(
         self, draft: Draft, target: BlobTarget, path: str, progress: Progress | None = None
     ) -> None:
         """Store the local file ``path`` as the blob ``target`` names; refused if its digest differs."""
+        ...
+
+    def upload_bundle(
+        self, draft: Draft, bundle: UploadBundle, paths: Mapping[str, str], progress: Progress | None = None
+    ) -> None:
+        """Upload the small blobs of ``bundle`` (``paths``: sha256 -> local file) in one request."""
         ...
 
     def finalize_draft(self, draft_id: str, aliases: Sequence[str] = ()) -> FinalizeResult: ...

@@ -4,6 +4,13 @@
 (size, SHA-256, and MD5 when one is given), then renamed into place, so a blob that exists is complete
 and correct; a writer killed at any point leaves at most a stale temporary file, removed by
 :meth:`BlobStore.remove_stale_tmp`.
+
+A blob can also arrive *unaddressed* (``begin(None, size)``, :meth:`BlobStore.put_unhashed`): its SHA-256
+is computed while it is written and names it at the end. That lets a client upload a new large file in the
+same read that hashes it, instead of reading it once to hash and again to upload.
+
+The store reports every newly installed blob to ``on_install`` (the registry keeps an index of blob sizes
+from it, see ``LocalRegistry.known_sizes``).
 """
 
 from __future__ import annotations
@@ -12,12 +19,17 @@ import base64
 import hashlib
 import logging
 import os
+import queue
 import re
 import secrets
+import threading
 import time
+from collections.abc import Callable, Sequence
 
 from ..errors import BlobNotFoundError, ChecksumError, InvalidInputError
 from ..iobuf import buffer_for
+from ..manifest.digest import Digester, FileDigest
+from ..settings import CHUNK_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +44,18 @@ def _check_sha(sha256: str) -> str:
     return sha256
 
 
-class IncomingBlob:
-    """A blob being written: ``write`` pieces, then ``commit`` (checks and renames) or ``abort``."""
+#: Called with (sha256, size) pairs of newly installed blobs.
+InstallListener = Callable[[Sequence[tuple[str, int]]], None]
 
-    def __init__(self, store: BlobStore, sha256: str, size: int, md5_hex: str | None) -> None:
+
+class IncomingBlob:
+    """A blob being written: ``write`` pieces, then ``commit`` (checks and renames) or ``abort``.
+
+    With ``sha256=None`` the blob is unaddressed: ``commit`` names it by the SHA-256 of what was written
+    (and sets :attr:`sha256`).
+    """
+
+    def __init__(self, store: BlobStore, sha256: str | None, size: int, md5_hex: str | None) -> None:
         self.store = store
         self.sha256 = sha256
         self.size = size
@@ -43,24 +63,30 @@ class IncomingBlob:
         self.received = 0
         self._sha = hashlib.sha256()
         self._md5 = hashlib.md5(usedforsecurity=False) if md5_hex else None
-        self.tmp = os.path.join(store.root, "tmp", f"{sha256}.{os.getpid()}.{secrets.token_hex(6)}")
+        name = sha256 or "unaddressed"
+        self.tmp = os.path.join(store.root, "tmp", f"{name}.{os.getpid()}.{secrets.token_hex(6)}")
         self._file = open(self.tmp, "wb")
+
+    @property
+    def label(self) -> str:
+        return f"blob {self.sha256[:12]}" if self.sha256 else "upload"
 
     def write(self, data: bytes | memoryview) -> int:
         n = len(data)
         self.received += n
         if self.received > self.size:
-            raise ChecksumError(
-                f"blob {self.sha256[:12]}: more than the declared {self.size} bytes", expected=str(self.size)
-            )
+            raise ChecksumError(f"{self.label}: more than the declared {self.size} bytes", expected=str(self.size))
         self._sha.update(data)
         if self._md5 is not None:
             self._md5.update(data)
         self._file.write(data)
         return n
 
-    def commit(self) -> bool:
+    def commit(self, *, notify: bool = True) -> bool:
         """Check and store; returns False when the blob was already stored (the copy is dropped).
+
+        Args:
+            notify: tell the store's install listener (callers installing many blobs notify once, later).
 
         Raises:
             ChecksumError: size, SHA-256 or MD5 differ; nothing is stored.
@@ -69,12 +95,14 @@ class IncomingBlob:
             self._file.close()
             if self.received != self.size:
                 raise ChecksumError(
-                    f"blob {self.sha256[:12]}: expected {self.size} bytes, received {self.received}",
+                    f"{self.label}: expected {self.size} bytes, received {self.received}",
                     expected=str(self.size),
                     actual=str(self.received),
                 )
             actual = self._sha.hexdigest()
-            if actual != self.sha256:
+            if self.sha256 is None:
+                self.sha256 = actual
+            elif actual != self.sha256:
                 raise ChecksumError(
                     f"blob {self.sha256[:12]}: content hashes to {actual}, not {self.sha256}",
                     expected=self.sha256,
@@ -86,7 +114,7 @@ class IncomingBlob:
                     expected=self.md5_hex,
                     actual=self._md5.hexdigest(),
                 )
-            return self.store._install(self.tmp, self.sha256)
+            return self.store._install(self.tmp, self.sha256, self.size, notify=notify)
         finally:
             self.abort()
 
@@ -102,8 +130,9 @@ class IncomingBlob:
 class BlobStore:
     """Blobs by SHA-256 under ``root``."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, on_install: InstallListener | None = None) -> None:
         self.root = os.path.abspath(root)
+        self.on_install = on_install
         os.makedirs(os.path.join(self.root, "blobs"), exist_ok=True)
         os.makedirs(os.path.join(self.root, "tmp"), exist_ok=True)
 
@@ -120,9 +149,10 @@ class BlobStore:
         except FileNotFoundError:
             raise BlobNotFoundError(f"blob {sha256} is not stored") from None
 
-    def begin(self, sha256: str, size: int, md5: str | None = None) -> IncomingBlob:
-        """Start receiving a blob; ``md5`` may be hex or the base64 of a Content-MD5 header."""
-        _check_sha(sha256)
+    def begin(self, sha256: str | None, size: int, md5: str | None = None) -> IncomingBlob:
+        """Start receiving a blob (``sha256=None``: unaddressed); ``md5`` may be hex or a Content-MD5 header."""
+        if sha256 is not None:
+            _check_sha(sha256)
         if size < 0:
             raise InvalidInputError(f"blob size must not be negative: {size}")
         return IncomingBlob(self, sha256, size, _md5_hex(md5) if md5 else None)
@@ -147,13 +177,70 @@ class BlobStore:
             raise
         return incoming.commit()
 
-    def _install(self, tmp: str, sha256: str) -> bool:
+    def put_unhashed(self, src: str, size: int, chunk_size: int = CHUNK_SIZE) -> FileDigest:
+        """Copy a local file in while computing its digests, in one read; returns the digests.
+
+        The reading thread hashes (MD5 on the digester's worker) and a writer thread writes, so the copy
+        costs about the hashing time instead of hashing plus copying.
+
+        Raises:
+            ChecksumError: the file no longer has ``size`` bytes (it changed since it was listed).
+        """
+        digester = Digester(chunk_size)
+        tmp = os.path.join(self.root, "tmp", f"unaddressed.{os.getpid()}.{secrets.token_hex(6)}")
+        # Three buffers in turn: one being read, one whose MD5 may still run, one with the writer.
+        buffers = [memoryview(buffer_for(size, cap=chunk_size)) for _ in range(3)]
+        pending: queue.Queue[memoryview | None] = queue.Queue(maxsize=1)
+        failure: list[BaseException] = []
+
+        def write_out(out) -> None:
+            while (piece := pending.get()) is not None:
+                if not failure:
+                    try:
+                        out.write(piece)
+                    except BaseException as exc:  # reported by the reading thread
+                        failure.append(exc)
+
+        try:
+            with open(src, "rb", buffering=0) as f, open(tmp, "wb") as out:
+                writer = threading.Thread(target=write_out, args=(out,), name="wanllmdb-blob-writer", daemon=True)
+                writer.start()
+                try:
+                    index = 0
+                    while n := f.readinto(buffers[index % 3]):
+                        piece = buffers[index % 3][:n]
+                        digester.update(piece)
+                        pending.put(piece)
+                        index += 1
+                        if failure:
+                            break
+                finally:
+                    pending.put(None)
+                    writer.join()
+            if failure:
+                raise failure[0]
+            digest = digester.result()
+            if digest.size != size:
+                raise ChecksumError(
+                    f"{src}: expected {size} bytes, read {digest.size} (the file changed while it was stored)",
+                    expected=str(size),
+                    actual=str(digest.size),
+                )
+            self._install(tmp, digest.sha256, digest.size)
+            return digest
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def _install(self, tmp: str, sha256: str, size: int, *, notify: bool = True) -> bool:
         final = self.path(sha256)
         if os.path.exists(final):
             return False
         os.makedirs(os.path.dirname(final), exist_ok=True)
         os.chmod(tmp, 0o444)
         os.replace(tmp, final)
+        if notify and self.on_install is not None:
+            self.on_install([(sha256, size)])
         return True
 
     def open(self, sha256: str):

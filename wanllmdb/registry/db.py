@@ -87,6 +87,11 @@ CREATE TABLE IF NOT EXISTS artifact_uses (
     PRIMARY KEY (run_id, version_id)
 );
 CREATE INDEX IF NOT EXISTS drafts_age ON drafts(created_at);
+CREATE TABLE IF NOT EXISTS blob_sizes (
+    sha256 TEXT PRIMARY KEY,
+    size INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS blob_sizes_size ON blob_sizes(size);
 """
 
 

@@ -28,8 +28,9 @@ from urllib.parse import quote
 from cachetools import LRUCache
 
 from ..cache.store import BlobWriter
-from ..errors import BlobNotFoundError, ForbiddenError, WanllmdbError
+from ..errors import BlobNotFoundError, ChecksumError, ForbiddenError, WanllmdbError
 from ..manifest import validate_alias, validate_artifact_name, validate_project
+from ..manifest.digest import Digester, FileDigest
 from ..transport import HttpTransport
 from ..transport.session import DEFAULT_BACKOFF, DEFAULT_RETRIES
 from .base import (
@@ -42,7 +43,9 @@ from .base import (
     Progress,
     RunInfo,
     RunSpec,
+    UploadBundle,
     VersionInfo,
+    upload_listing,
 )
 
 logger = logging.getLogger(__name__)
@@ -323,7 +326,54 @@ class HttpRegistry:
         )
         for target in missing:
             self._put_urls.put((data["id"], target.sha256), target.url, target.expires_at)
-        return Draft(data["id"], data["digest"], missing)
+        by_sha = {t.sha256: t for t in missing}
+        bundles = tuple(
+            UploadBundle(item["url"], tuple(by_sha[sha] for sha in item["sha256s"]), item.get("expires_at"))
+            for item in data.get("bundles", ())
+        )
+        return Draft(data["id"], data["digest"], missing, bundles)
+
+    def known_sizes(self, sizes: Iterable[int]) -> set[int]:
+        wanted = sorted({int(s) for s in sizes})
+        if not wanted:
+            return set()
+        return set(self._call("POST", "/blob-sizes", {"sizes": wanted}, repeatable=True)["known"])
+
+    def store_unhashed(self, path: str, size: int, progress: Progress | None = None) -> FileDigest:
+        """Upload through an unaddressed URL while hashing the file in the same read; the server names the
+        blob by the SHA-256 it computes, which must equal ours."""
+        for attempt in range(2):
+            url = self._call("POST", "/uploads", {"size": int(size)}, repeatable=True)["url"]
+            digester = Digester()
+            try:
+                answer = self.transport.put_file(url, path, size, progress=progress, observer=digester.update)
+            except ForbiddenError:
+                if attempt:
+                    raise
+                continue
+            digest = digester.result()
+            if digest.size != size or answer["sha256"] != digest.sha256:
+                raise ChecksumError(
+                    f"{path}: changed while it was uploaded (sent {digest.size} bytes hashing to "
+                    f"{digest.sha256[:12]}, the server received {answer['sha256'][:12]})",
+                    expected=digest.sha256,
+                    actual=answer["sha256"],
+                )
+            return digest
+        raise AssertionError("unreachable")
+
+    def upload_bundle(
+        self, draft: Draft, bundle: UploadBundle, paths: Mapping[str, str], progress: Progress | None = None
+    ) -> None:
+        listing = upload_listing([(t.sha256, t.size) for t in bundle.targets])
+        try:
+            self.transport.post_bundle(
+                bundle.url, listing, [paths[t.sha256] for t in bundle.targets], [t.size for t in bundle.targets],
+                progress=progress,
+            )
+        except ForbiddenError:  # expired: the blobs go one by one, each with a fresh URL
+            for target in bundle.targets:
+                self.upload_blob(draft, target, paths[target.sha256], None)
 
     def _refresh_upload_urls(self, draft_id: str) -> None:
         data = self._call("POST", f"/drafts/{_q(draft_id)}/upload-urls", repeatable=True)

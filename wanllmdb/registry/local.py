@@ -43,6 +43,7 @@ from ..manifest import (
     validate_artifact_type,
     validate_project,
 )
+from ..manifest.digest import FileDigest
 from .base import (
     ArtifactInfo,
     ArtifactSummary,
@@ -53,6 +54,7 @@ from .base import (
     Progress,
     RunInfo,
     RunSpec,
+    UploadBundle,
     VersionInfo,
 )
 from .blobstore import BlobStore
@@ -86,8 +88,8 @@ class LocalRegistry:
     def __init__(self, root: str, *, draft_max_age: float = DEFAULT_DRAFT_MAX_AGE) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
         os.makedirs(self.root, exist_ok=True)
-        self.blobs = BlobStore(self.root)
         self.db = Database(os.path.join(self.root, "registry.sqlite"))
+        self.blobs = BlobStore(self.root, on_install=self._note_blobs)
         self.draft_max_age = draft_max_age
         self.description = f"embedded registry at {self.root}"
 
@@ -247,6 +249,28 @@ class LocalRegistry:
     def fetch_range(self, sha256: str, start: int, length: int) -> bytes:
         return self.blobs.read_range(sha256, start, length)
 
+    def _note_blobs(self, items: Sequence[tuple[str, int]]) -> None:
+        with self.db.write() as conn:
+            conn.executemany("INSERT OR IGNORE INTO blob_sizes (sha256, size) VALUES (?, ?)", items)
+
+    def known_sizes(self, sizes: Iterable[int]) -> set[int]:
+        wanted = sorted({int(s) for s in sizes})
+        found: set[int] = set()
+        with self.db.read() as conn:
+            for i in range(0, len(wanted), 500):
+                part = wanted[i : i + 500]
+                rows = conn.execute(
+                    f"SELECT DISTINCT size FROM blob_sizes WHERE size IN ({','.join('?' * len(part))})", part
+                )
+                found.update(int(r[0]) for r in rows)
+        return found
+
+    def store_unhashed(self, path: str, size: int, progress: Progress | None = None) -> FileDigest:
+        digest = self.blobs.put_unhashed(path, size)
+        if progress:
+            progress(size)
+        return digest
+
     def prepare_fetch(self, sha256s: Iterable[str]) -> None:
         """Nothing to prepare: blobs are local files."""
 
@@ -313,12 +337,16 @@ class LocalRegistry:
         """Size of ``sha256`` if the draft's manifest holds it, else None."""
         return self._draft_manifest(draft_id).blobs().get(sha256)
 
-    def upload_blob(
-        self, draft: Draft, target: BlobTarget, path: str, progress: Progress | None = None
-    ) -> None:
+    def upload_blob(self, draft: Draft, target: BlobTarget, path: str, progress: Progress | None = None) -> None:
         self.blobs.put_file(target.sha256, target.size, path)
         if progress:
             progress(target.size)
+
+    def upload_bundle(
+        self, draft: Draft, bundle: UploadBundle, paths: Mapping[str, str], progress: Progress | None = None
+    ) -> None:
+        for target in bundle.targets:
+            self.upload_blob(draft, target, paths[target.sha256], progress)
 
     def finalize_draft(self, draft_id: str, aliases: Sequence[str] = ()) -> FinalizeResult:
         aliases = list(dict.fromkeys(validate_alias(a) for a in aliases))

@@ -33,8 +33,11 @@ from ..manifest import (
     validate_artifact_type,
     validate_path,
 )
+from ..manifest.digest import FileDigest
+from ..manifest.entry import check_tree
 from ..registry import RunInfo, VersionInfo
 from .client import Client
+from .hashing import cached_digest, digest_file
 
 logger = logging.getLogger(__name__)
 
@@ -50,38 +53,44 @@ class ArtifactFilePath(str):
 
 
 class ArtifactFile:
-    """One file of an artifact: its path inside the artifact, size and digests."""
+    """One file of an artifact: its path inside the artifact, size and digests.
 
-    def __init__(self, entry: ManifestEntry, artifact: Artifact, local_path: str | None = None) -> None:
-        self._entry = entry
+    A large file added but not logged yet may not be hashed yet (it will be hashed while it is uploaded);
+    asking for its digests hashes it now.
+    """
+
+    def __init__(self, path: str, artifact: Artifact, local_path: str | None = None) -> None:
+        self.path = path
         self._artifact = artifact
         self.local_path = local_path
 
-    path = property(lambda self: self._entry.path)
-    size = property(lambda self: self._entry.size)
-    md5 = property(lambda self: self._entry.md5)
-    sha256 = property(lambda self: self._entry.sha256)
-    ref = property(lambda self: self._entry.ref)
+    @property
+    def entry(self) -> ManifestEntry:
+        return self._artifact._entry_for(self.path)
+
+    @property
+    def size(self) -> int:
+        return self._artifact._size_of(self.path)
+
+    md5 = property(lambda self: self.entry.md5)
+    sha256 = property(lambda self: self.entry.sha256)
+    ref = property(lambda self: self.entry.ref)
 
     @property
     def digest(self) -> str:
         """The SHA-256 the file is stored and verified under."""
-        return self._entry.sha256
+        return self.entry.sha256
 
     # Seed names for the same values.
     md5_hash = md5
     sha256_hash = sha256
 
-    @property
-    def entry(self) -> ManifestEntry:
-        return self._entry
-
     def download(self, root: str | None = None) -> str:
         """Fetch this file (through the cache) under ``root``; returns its local path."""
-        return self._artifact._download_entries([self._entry], root)[self._entry.path]
+        return self._artifact._download_entries([self.entry], root)[self.path]
 
     def __repr__(self) -> str:
-        return f"ArtifactFile(path={self.path!r}, size={self.size}, sha256={self.sha256[:12]}...)"
+        return f"ArtifactFile(path={self.path!r}, size={self.size})"
 
 
 class Artifact:
@@ -107,6 +116,8 @@ class Artifact:
         self.description = description
         self.metadata: dict[str, Any] = dict(metadata or {})
         self._entries: dict[str, ManifestEntry] = {}
+        # Large files added but not hashed yet: artifact path -> local path (hashed while uploaded).
+        self._pending: dict[str, str] = {}
         self._local_paths: dict[str, str] = {}
         self._staging: str | None = None
         self._info: VersionInfo | None = None
@@ -172,6 +183,7 @@ class Artifact:
 
     @property
     def manifest(self) -> Manifest:
+        self._hash_pending()
         return Manifest(dict(self._entries))
 
     @property
@@ -181,14 +193,25 @@ class Artifact:
 
     @property
     def size(self) -> int:
-        return sum(e.size for e in self._entries.values())
+        return sum(e.size for e in self._entries.values()) + sum(self._size_of(p) for p in self._pending)
 
     @property
     def file_count(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + len(self._pending)
 
     def files(self) -> list[ArtifactFile]:
-        return [ArtifactFile(e, self, self._local_paths.get(e.path)) for e in self._entries.values()]
+        self._hash_pending()
+        return [ArtifactFile(path, self, self._local_paths.get(path)) for path in self._entries]
+
+    def _entry_for(self, path: str) -> ManifestEntry:
+        if path in self._pending:
+            self._hash_pending([path])
+        return self._entries[path]
+
+    def _size_of(self, path: str) -> int:
+        if path in self._pending:
+            return os.stat(self._pending[path]).st_size
+        return self._entries[path].size
 
     def __repr__(self) -> str:
         return f"<Artifact {self.qualified_name or self._name} type={self._type} files={self.file_count}>"
@@ -202,20 +225,64 @@ class Artifact:
                 f"create a new Artifact('{self._name}', ...) for a new version"
             )
 
-    def _add_entries(self, items: list[tuple[ManifestEntry, str]], overwrite: bool) -> None:
-        """Add (entry, local path) pairs all at once, or none of them if any conflicts."""
+    def _add_local(self, items: list[tuple[str, str]], overwrite: bool) -> None:
+        """Add (artifact path, local file) pairs all at once, or none of them if any conflicts.
+
+        Files smaller than ``single_pass_min`` are hashed now (several at once), or taken from the digest
+        cache; larger ones whose digest is not remembered wait in ``_pending``, to be hashed while they are
+        uploaded (``run.log_artifact``) or when their digests are first asked for.
+        """
+        from .client import get_client
+
+        client = get_client()
+        threshold = client.settings.single_pass_min
+        stats = {path: os.stat(local) for path, local in items}
+        later = {
+            path
+            for path, _ in items
+            if stats[path].st_size >= threshold
+            and cached_digest(client.digests, stats[path]) is None
+            and (overwrite or path not in self._entries)
+        }
+        now = [(path, local) for path, local in items if path not in later]
+        with ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="wanllmdb-hash") as pool:
+            digests = list(pool.map(lambda item: digest_file(client.digests, item[1], stats[item[0]]), now))
         trial = dict(self._entries)
-        for entry, _local in items:
-            existing = trial.get(entry.path)
-            if existing is not None and existing.sha256 != entry.sha256 and not overwrite:
+        for (path, _local), d in zip(now, digests, strict=True):
+            existing = trial.get(path)
+            if existing is not None and existing.sha256 != d.sha256 and not overwrite:
                 raise InvalidInputError(
-                    f"artifact '{self._name}' already holds a different file at {entry.path!r} "
+                    f"artifact '{self._name}' already holds a different file at {path!r} "
                     f"(pass overwrite=True to replace it)"
                 )
-            trial[entry.path] = entry
-        Manifest(trial)  # refuses a path that is both a file and a directory
+            trial[path] = ManifestEntry(path, d.size, d.md5, d.sha256, d.chunk_size, d.chunks)
+        for path in later:
+            trial.pop(path, None)
+        check_tree([*trial, *self._pending, *later])  # refuses a path that is both a file and a directory
         self._entries = trial
-        self._local_paths.update((entry.path, local) for entry, local in items)
+        for path in later:
+            self._pending[path] = dict(items)[path]
+        for path, _ in now:
+            self._pending.pop(path, None)
+        self._local_paths.update(items)
+
+    def _hash_pending(self, paths: list[str] | None = None) -> None:
+        """Hash pending large files now (their digests were asked for before logging)."""
+        from .client import get_client
+
+        for path in list(self._pending) if paths is None else paths:
+            local = self._pending.pop(path)
+            d = digest_file(get_client().digests, local)
+            self._entries[path] = ManifestEntry(path, d.size, d.md5, d.sha256, d.chunk_size, d.chunks)
+
+    def _take_pending(self) -> dict[str, str]:
+        """The pending large files (artifact path -> local path), for the logging path to hash and store."""
+        return dict(self._pending)
+
+    def _set_digests(self, digests: dict[str, FileDigest]) -> None:
+        for path, d in digests.items():
+            self._pending.pop(path, None)
+            self._entries[path] = ManifestEntry(path, d.size, d.md5, d.sha256, d.chunk_size, d.chunks)
 
     def add_file(
         self,
@@ -240,10 +307,8 @@ class Artifact:
         if not os.path.isfile(local):
             raise InvalidPathError(f"add_file: {local!r} is not a regular file")
         path = validate_path(name if name is not None else os.path.basename(local))
-        digest = hash_file(local)
-        entry = ManifestEntry(path, digest.size, digest.md5, digest.sha256, digest.chunk_size, digest.chunks)
-        self._add_entries([(entry, os.path.abspath(local))], overwrite)
-        return ArtifactFile(entry, self, os.path.abspath(local))
+        self._add_local([(path, os.path.abspath(local))], overwrite)
+        return ArtifactFile(path, self, os.path.abspath(local))
 
     def add_dir(self, local_path: str | os.PathLike[str], name: str | None = None, **_: Any) -> None:
         """Add every file under a directory (recursively), under the prefix ``name`` if given.
@@ -268,16 +333,8 @@ class Artifact:
                     logger.warning("add_dir: skipping %s (not a regular file)", full)
                     continue
                 rel = os.path.relpath(full, root).replace(os.sep, "/")
-                files.append((validate_path(prefix + rel), full))
-        with ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="wanllmdb-hash") as pool:
-            digests = list(pool.map(lambda item: hash_file(item[1]), files))
-        self._add_entries(
-            [
-                (ManifestEntry(path, d.size, d.md5, d.sha256, d.chunk_size, d.chunks), os.path.abspath(full))
-                for (path, full), d in zip(files, digests, strict=True)
-            ],
-            overwrite=True,
-        )
+                files.append((validate_path(prefix + rel), os.path.abspath(full)))
+        self._add_local(files, overwrite=True)
 
     @contextlib.contextmanager
     def new_file(self, name: str, mode: str = "w", encoding: str | None = None) -> Iterator[IO[Any]]:
@@ -297,7 +354,7 @@ class Artifact:
     def remove(self, name: str) -> None:
         """Remove a file added before logging."""
         self._check_mutable()
-        if self._entries.pop(name, None) is None:
+        if self._entries.pop(name, None) is None and self._pending.pop(name, None) is None:
             raise FileNotInArtifactError(f"artifact '{self._name}' has no file {name!r}")
         self._local_paths.pop(name, None)
 
@@ -316,12 +373,12 @@ class Artifact:
         return self._client
 
     def get_entry(self, name: str) -> ArtifactFile:
-        entry = self._entries.get(name)
+        entry = self._entries.get(name) or (self._entry_for(name) if name in self._pending else None)
         if entry is None:
             close = sorted(p for p in self._entries if os.path.basename(p) == os.path.basename(name))[:5]
             hint = f"; did you mean {', '.join(close)}?" if close else f" ({self.file_count} files)"
             raise FileNotInArtifactError(f"artifact '{self.source_name}' has no file {name!r}{hint}")
-        return ArtifactFile(entry, self, self._local_paths.get(name))
+        return ArtifactFile(name, self, self._local_paths.get(name))
 
     def default_root(self) -> str:
         return os.path.join(".", "artifacts", f"{self._name}:{self.version}")

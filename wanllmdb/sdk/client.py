@@ -6,6 +6,7 @@ import threading
 
 from ..cache import BlobCache, open_cache
 from ..cache.artifacts import ArtifactCache
+from ..cache.digests import DigestCache
 from ..registry import Registry, open_registry
 from ..settings import Settings, load_settings
 
@@ -18,6 +19,7 @@ class Client:
         self._lock = threading.Lock()
         self._registry: Registry | None = None
         self._cache: BlobCache | None = None
+        self._digests: DigestCache | None = None
 
     @property
     def registry(self) -> Registry:
@@ -33,6 +35,13 @@ class Client:
                 self._cache = open_cache(self.settings)
             return self._cache
 
+    @property
+    def digests(self) -> DigestCache:
+        with self._lock:
+            if self._digests is None:
+                self._digests = DigestCache(self.settings.cache_dir)
+            return self._digests
+
     def artifact_cache(self) -> ArtifactCache:
         """The seed-compatible view over the same cache (shares its blobs and index)."""
         return ArtifactCache(blob_cache=self.cache)
@@ -45,6 +54,9 @@ class Client:
             if self._cache is not None:
                 self._cache.close()
                 self._cache = None
+            if self._digests is not None:
+                self._digests.close()
+                self._digests = None
 
 
 _clients: dict[Settings, Client] = {}

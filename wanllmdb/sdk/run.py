@@ -23,7 +23,7 @@ from ..manifest import parse_ref, validate_project
 from ..registry import DraftSpec, RunSpec
 from .artifact import Artifact
 from .client import Client, get_client
-from .transfer import upload_version
+from .transfer import store_pending, upload_version
 
 logger = logging.getLogger(__name__)
 
@@ -333,6 +333,9 @@ def _log(
         raise InvalidInputError(
             f"artifact {artifact.qualified_name} is already logged; create a new Artifact for a new version"
         )
+    pending = artifact._take_pending()
+    if pending:
+        artifact._set_digests(store_pending(client, pending))
     manifest = artifact.manifest
     spec = DraftSpec(
         project=validate_project(project),

@@ -1,17 +1,34 @@
-"""The two data paths of the SDK: logging a version (draft, parallel uploads, finalize) and fetching files
-of a version into the cache and onto disk (cache hits first, parallel fetches for the rest)."""
+"""The two data paths of the SDK: logging a version and fetching files of a version.
+
+Logging:
+
+1. Large files whose digests are not known yet (``Artifact._pending``) are stored first. If no stored blob
+   has a file's size (``registry.known_sizes``, one request for all), its content cannot be stored yet, so it
+   is uploaded in the same read that hashes it (``registry.store_unhashed``): the log costs about
+   max(hash, upload) instead of their sum. Otherwise it is hashed, and the draft decides.
+2. ``create_draft`` with the whole manifest; the registry answers what it lacks; small missing blobs go in
+   bundles (one request per few MiB), the rest one request each, in parallel; ``finalize_draft``.
+
+Fetching: cache hits first (no registry request), then parallel fetches into the cache, then placement.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from functools import partial
 from typing import TypeVar
 
+from ..cache.digests import stamp
 from ..cache.materialize import Placer
+from ..errors import ChecksumError
 from ..manifest import ManifestEntry
+from ..manifest.digest import FileDigest
 from ..registry import DraftSpec, FinalizeResult
 from .client import Client
+from .hashing import digest_file, remember
 from .progress import ByteProgress
 
 logger = logging.getLogger(__name__)
@@ -39,6 +56,40 @@ def run_parallel(fn: Callable[[T], object], items: Sequence[T], threads: int) ->
             future.result()
 
 
+def store_pending(client: Client, pending: Mapping[str, str]) -> dict[str, FileDigest]:
+    """Hash the pending large files, storing new content in the same read (step 1 above).
+
+    Args:
+        pending: artifact path -> local file.
+
+    Returns:
+        artifact path -> digests.
+    """
+    registry = client.registry
+    stats = {path: os.stat(local) for path, local in pending.items()}
+    known = registry.known_sizes({st.st_size for st in stats.values()})
+    digests: dict[str, FileDigest] = {}
+    new = [path for path in pending if stats[path].st_size not in known]
+    total = sum(stats[path].st_size for path in new)
+
+    with ByteProgress(total, "hash+upload") as progress:
+
+        def one(path: str) -> None:
+            local, st = pending[path], stats[path]
+            if path in new:
+                digest = registry.store_unhashed(local, st.st_size, progress)
+                if stamp(os.stat(local)) != stamp(st):
+                    raise ChecksumError(f"{local} changed while it was uploaded; log it again once it is complete")
+                remember(client.digests, local, st, digest)
+            else:
+                digest = digest_file(client.digests, local, st)
+            digests[path] = digest
+
+        # Large files: two at a time keep both cores busy without thrashing the disk.
+        run_parallel(one, list(pending), min(2, client.settings.transfer_threads))
+    return digests
+
+
 def upload_version(
     client: Client, spec: DraftSpec, local_paths: Mapping[str, str], aliases: Sequence[str]
 ) -> FinalizeResult:
@@ -55,12 +106,17 @@ def upload_version(
         if draft.missing:
             total = sum(t.size for t in draft.missing)
             logger.debug("uploading %d blob(s), %d bytes, for %s", len(draft.missing), total, spec.name)
+            bundled = {t.sha256 for bundle in draft.bundles for t in bundle.targets}
+            jobs: list[Callable[[ByteProgress], object]] = [
+                partial(registry.upload_bundle, draft, bundle, local_paths) for bundle in draft.bundles
+            ]
+            jobs += [
+                partial(registry.upload_blob, draft, t, local_paths[t.sha256])
+                for t in draft.missing
+                if t.sha256 not in bundled
+            ]
             with ByteProgress(total, f"upload {spec.name}") as progress:
-                run_parallel(
-                    lambda t: registry.upload_blob(draft, t, local_paths[t.sha256], progress),
-                    draft.missing,
-                    client.settings.transfer_threads,
-                )
+                run_parallel(lambda job: job(progress), jobs, client.settings.transfer_threads)
         return registry.finalize_draft(draft.id, aliases)
     except BaseException:
         try:

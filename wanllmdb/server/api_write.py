@@ -1,8 +1,13 @@
 """Write routes: the batched draft workflow and download URLs for many blobs at once.
 
-1. ``POST /drafts`` with the whole manifest -> the blobs the server lacks, each with a presigned PUT URL;
-2. ``PUT`` each missing blob to its URL (see :mod:`.api_blobs`);
+1. ``POST /drafts`` with the whole manifest -> the blobs the server lacks, each with a presigned PUT URL,
+   and the small ones also grouped into presigned upload bundles;
+2. ``PUT`` each missing blob to its URL, or ``POST`` a bundle of small ones (see :mod:`.blobs`);
 3. ``POST /drafts/{id}/finalize`` with the aliases -> the version (``vN`` assigned atomically).
+
+Before step 1, a client holding a large file whose digest it has not computed yet asks ``POST /blob-sizes``
+whether any stored blob has that size; if none has, the content cannot be stored, and it uploads the file
+through ``POST /uploads`` (an unaddressed PUT URL) while hashing it in the same read.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from ..errors import InvalidInputError
 from ..manifest import Manifest
 from ..registry.base import BlobTarget, DraftSpec
 from .context import ServerState
-from .models import BlobUrlsRequest, DraftRequest, FinalizeRequest
+from .models import BlobSizesRequest, BlobUrlsRequest, DraftRequest, FinalizeRequest, NewUploadRequest
 from .responses import JSONResponse, no_content
 
 router = APIRouter(tags=["write"])
@@ -54,7 +59,48 @@ def create_draft(request: Request, body: DraftRequest) -> JSONResponse:
     )
     draft = state.registry.create_draft(spec)
     missing = _upload_targets(state, request, draft.missing)
-    return JSONResponse({"id": draft.id, "digest": draft.digest, "missing": missing}, status_code=201)
+    bundles = _upload_bundles(state, request, draft.missing)
+    return JSONResponse(
+        {"id": draft.id, "digest": draft.digest, "missing": missing, "bundles": bundles}, status_code=201
+    )
+
+
+def _upload_bundles(state: ServerState, request: Request, targets: tuple[BlobTarget, ...]) -> list[dict]:
+    """Small missing blobs grouped into presigned upload bundles (a few MiB, up to a thousand blobs each)."""
+    base = state.base_url(str(request.base_url))
+    bundles: list[dict] = []
+    group: list[tuple[str, int]] = []
+    group_bytes = 0
+
+    def flush() -> None:
+        if len(group) >= 2:
+            signed = state.signer.presign_upload_bundle(base, group)
+            bundles.append({"url": signed.url, "sha256s": [s for s, _ in group], "sizes": [n for _, n in group],
+                            "expires_at": signed.expires_at})  # fmt: skip
+        group.clear()
+
+    for target in targets:
+        if target.size > BUNDLE_BLOB_MAX:
+            continue
+        if group and (group_bytes + target.size > BUNDLE_MAX_BYTES or len(group) >= BUNDLE_MAX_BLOBS):
+            flush()
+            group_bytes = 0
+        group.append((target.sha256, target.size))
+        group_bytes += target.size
+    flush()
+    return bundles
+
+
+@router.post("/blob-sizes", summary="Which of these sizes some stored blob has", tags=["blobs"])
+def blob_sizes(request: Request, body: BlobSizesRequest) -> JSONResponse:
+    return JSONResponse({"known": sorted(_state(request).registry.known_sizes(body.sizes))})
+
+
+@router.post("/uploads", summary="A presigned URL to upload a file whose SHA-256 is not known yet", tags=["blobs"])
+def new_upload(request: Request, body: NewUploadRequest) -> JSONResponse:
+    state = _state(request)
+    signed = state.signer.presign_new_upload(state.base_url(str(request.base_url)), body.size)
+    return JSONResponse({"url": signed.url, "expires_at": signed.expires_at}, status_code=201)
 
 
 @router.post("/drafts/{draft_id}/upload-urls", summary="Fresh upload URLs for the blobs a draft still lacks")

@@ -12,6 +12,14 @@ if its SHA-256 (and ``Content-MD5``, when sent) match; a mismatch stores nothing
 A blob that is already stored is not written again: its body is drained and dropped, keeping the connection
 usable.
 
+``PUT /api/v1/blobs/new?size=&nonce=&expires=&sig=`` uploads a blob whose SHA-256 the client does not know
+yet (it is hashing the file in the same read that sends it): the server names the blob by the SHA-256 of the
+bytes received and answers it, and the client compares it with its own digest.
+
+``POST /api/v1/blobs/bundle-upload?listing=&expires=&sig=`` uploads several small blobs in one request: the
+body is a listing of ``<sha256> <size>`` lines (``listing`` bytes, covered by the signature) followed by the
+blobs concatenated in that order; each is checked and stored on its own, as a single PUT would be.
+
 ``POST /api/v1/blobs/bundle?expires=&sig=`` with a body listing digests (one per line) answers those blobs
 concatenated in that order; the signature covers the list, so only lists the server presigned (small blobs
 grouped by ``POST /api/v1/blob-urls`` with ``bundle: true``) are served. A reader fetching thousands of
@@ -22,10 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import logging
 import os
 from urllib.parse import parse_qsl
 
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -79,6 +89,7 @@ class _Body:
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
         self.done = False
+        self._leftover = b""
 
     async def read_into(self, incoming: IncomingBlob | None) -> None:
         """Read the body to its end, into ``incoming`` (or nowhere, to drain it).
@@ -117,6 +128,31 @@ class _Body:
             if in_flight is not None:  # never leave a thread writing into a blob being aborted
                 await asyncio.wait([in_flight])
 
+    async def read_exact(self, n: int, sink: IncomingBlob | None = None) -> bytes:
+        """The next ``n`` bytes of the body: written into ``sink`` (returns b"") or returned (small reads).
+
+        Keeps what a message carried past ``n`` for the next call, so a body of several parts can be read
+        piece by piece (upload bundles).
+        """
+        pieces: list[bytes] = []
+        while n > 0:
+            if not self._leftover:
+                if self.done:
+                    raise ChecksumError(f"request body ended {n} bytes early")
+                message = await self._receive()
+                if message["type"] == "http.disconnect":
+                    raise _Disconnected()
+                self.done = not message.get("more_body", False)
+                self._leftover = message.get("body", b"")
+                continue
+            piece, self._leftover = self._leftover[:n], self._leftover[n:]
+            n -= len(piece)
+            if sink is not None:
+                sink.write(piece)
+            else:
+                pieces.append(piece)
+        return b"".join(pieces)
+
     async def read_small(self, limit: int) -> bytes:
         """The whole body of a request known to be small (at most ``limit`` bytes)."""
         pieces: list[bytes] = []
@@ -149,6 +185,10 @@ class BlobEndpoint:
             query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
             if sha256 == "bundle" and method == "POST":
                 response = await self._bundle(query, headers, body)
+            elif sha256 == "bundle-upload" and method == "POST":
+                response = await self._bundle_upload(query, headers, body)
+            elif sha256 == "new" and method == "PUT":
+                response = await self._upload_new(query, headers, body)
             elif method in ("GET", "HEAD"):
                 response = self._download(sha256, method, query, headers)
             elif method == "PUT":
@@ -245,6 +285,59 @@ class BlobEndpoint:
         finally:
             incoming.abort()  # removes the temporary file unless commit renamed it (a no-op then)
         return JSONResponse({"sha256": sha256, "size": size, "stored": stored}, status_code=201 if stored else 200)
+
+
+    async def _upload_new(self, query: dict[str, str], headers: dict[bytes, bytes], body: _Body) -> Response:
+        size = _int(query, "size")
+        self.state.signer.verify("PUT-NEW", query.get("nonce", ""), size, _int(query, "expires"), query.get("sig"))
+        assert size is not None
+        declared = _content_length(headers)
+        if declared > size:
+            raise RequestTooLargeError(f"body of {declared} bytes exceeds the {size} bytes this URL was signed for")
+        if declared < size:
+            raise ChecksumError(f"upload: Content-Length {declared} differs from the signed size {size}")
+        incoming = self.state.registry.blobs.begin(None, size)
+        try:
+            await body.read_into(incoming)
+            stored = incoming.commit()
+        except _Disconnected:
+            logger.info("unaddressed upload broke off after %d bytes; nothing stored", incoming.received)
+            raise
+        finally:
+            incoming.abort()
+        return JSONResponse({"sha256": incoming.sha256, "size": size, "stored": stored}, status_code=201)
+
+    async def _bundle_upload(self, query: dict[str, str], headers: dict[bytes, bytes], body: _Body) -> Response:
+        expires, sig, listing_size = _int(query, "expires"), query.get("sig"), _int(query, "listing")
+        if expires is None or sig is None or listing_size is None:
+            self.state.signer.verify("BUNDLE-PUT", "", None, expires, sig)  # raises: not presigned
+            raise InvalidInputError("an upload bundle URL needs its listing size")
+        if not 0 < listing_size <= MAX_BUNDLE_LIST:
+            raise RequestTooLargeError(f"an upload bundle lists at most {MAX_BUNDLE_LIST} bytes")
+        declared = _content_length(headers)
+        listing = await body.read_exact(listing_size)
+        self.state.signer.verify("BUNDLE-PUT", hashlib.sha256(listing).hexdigest(), None, expires, sig)
+        items = [(sha, int(size)) for sha, size in (line.split() for line in listing.decode("ascii").splitlines())]
+        if declared != listing_size + sum(size for _, size in items):
+            raise ChecksumError(f"upload bundle: Content-Length {declared} does not match its listing")
+        store = self.state.registry.blobs
+        stored: list[tuple[str, int]] = []
+        try:
+            for sha256, size in items:
+                if store.exists(sha256):
+                    await body.read_exact(size)
+                    continue
+                incoming = store.begin(sha256, size)
+                try:
+                    await body.read_exact(size, incoming)
+                    if incoming.commit(notify=False):
+                        stored.append((sha256, size))
+                finally:
+                    incoming.abort()
+        finally:
+            if stored and store.on_install is not None:
+                await run_in_threadpool(store.on_install, stored)
+        return JSONResponse({"stored": len(stored), "blobs": len(items)}, status_code=201)
 
 
 def _write_all(incoming: IncomingBlob, pieces: list[bytes]) -> None:

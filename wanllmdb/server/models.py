@@ -64,3 +64,15 @@ class UseRequest(BaseModel):
     project: str
     name: str
     version: int = Field(ge=1)
+
+
+class BlobSizesRequest(BaseModel):
+    """Sizes of files a client is about to upload."""
+
+    sizes: list[int] = Field(max_length=1_000_000)
+
+
+class NewUploadRequest(BaseModel):
+    """An upload whose SHA-256 the client computes while sending it."""
+
+    size: int = Field(ge=0)

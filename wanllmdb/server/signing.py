@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from ..errors import AuthenticationError, ConfigError, ForbiddenError, PresignedURLExpiredError
+from ..registry.base import upload_listing
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,10 @@ class SignedURL:
 def bundle_digest(sha256s: Sequence[str]) -> str:
     """What a bundle URL signs: the SHA-256 of its blob list, one digest per line, in order."""
     return hashlib.sha256("\n".join(sha256s).encode("ascii", "replace")).hexdigest()
+
+
+#: Methods whose signature binds a size.
+_SIZED = ("PUT", "PUT-NEW")
 
 
 class URLSigner:
@@ -70,6 +75,22 @@ class URLSigner:
         query["sig"] = self._signature(method, sha256, query.get("size"), expires)
         return SignedURL(f"{base_url.rstrip('/')}/api/v1/blobs/{sha256}?{urlencode(query)}", expires)
 
+    def presign_new_upload(self, base_url: str, size: int) -> SignedURL:
+        """A URL to PUT ``size`` bytes whose SHA-256 is not known yet; the server names the blob by it."""
+        expires = self._expiry()
+        nonce = secrets.token_hex(8)
+        sig = self._signature("PUT-NEW", nonce, int(size), expires)
+        query = urlencode({"size": int(size), "nonce": nonce, "expires": expires, "sig": sig})
+        return SignedURL(f"{base_url.rstrip('/')}/api/v1/blobs/new?{query}", expires)
+
+    def presign_upload_bundle(self, base_url: str, items: Sequence[tuple[str, int]]) -> SignedURL:
+        """A URL to POST several small blobs to: the body is :func:`upload_listing` then the blobs."""
+        expires = self._expiry()
+        listing = upload_listing(items)
+        sig = self._signature("BUNDLE-PUT", hashlib.sha256(listing).hexdigest(), None, expires)
+        query = urlencode({"listing": len(listing), "expires": expires, "sig": sig})
+        return SignedURL(f"{base_url.rstrip('/')}/api/v1/blobs/bundle-upload?{query}", expires)
+
     def presign_bundle(self, base_url: str, sha256s: Sequence[str]) -> SignedURL:
         """A URL to POST the list ``sha256s`` to (one per line) and receive those blobs concatenated."""
         expires = self._expiry()
@@ -93,7 +114,7 @@ class URLSigner:
                 "blob URLs must be presigned: ask the API for one (POST /api/v1/blob-urls, or create a draft)"
             )
         signed_method = "GET" if method == "HEAD" else method
-        expected = self._signature(signed_method, subject, size if signed_method == "PUT" else None, expires)
+        expected = self._signature(signed_method, subject, size if signed_method in _SIZED else None, expires)
         if not hmac.compare_digest(expected, sig):
             what = "blob bundle" if signed_method == "BUNDLE" else f"{signed_method} of blob {subject[:12]}"
             raise ForbiddenError(f"invalid signature for {what}")

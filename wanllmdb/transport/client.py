@@ -18,7 +18,7 @@ import requests
 from requests.hooks import dispatch_hook
 
 from ..cache.store import BlobWriter
-from ..errors import ConfigError, ServerError, ServerUnreachableError, TransportError
+from ..errors import ChecksumError, ConfigError, ServerError, ServerUnreachableError, TransportError
 from .errors import error_for_exception, raise_for_status
 from .session import BLOCK_SIZE, DEFAULT_BACKOFF, DEFAULT_RETRIES, IDEMPOTENT_METHODS, RETRY_STATUSES, make_session
 
@@ -174,10 +174,15 @@ class HttpTransport:
         *,
         progress: Any = None,
         headers: Mapping[str, str] | None = None,
+        observer: Any = None,
     ) -> Any:
         """Stream ``size`` bytes of the local file ``path`` to a presigned upload URL.
 
         The body is the open file itself (read in 1 MiB blocks), so urllib3 can rewind it for a retry.
+
+        Args:
+            observer: called once with every byte sent, in order (e.g. a digester hashing the file in the
+                same read), however often a retry rewinds the body.
 
         Returns:
             the server's parsed JSON answer, or None.
@@ -185,11 +190,22 @@ class HttpTransport:
         sent_headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
         sent_headers.update(headers or {})
         with open(path, "rb") as f:
-            body = _FileBody(f, size, progress)
+            body = _FileBody(f, size, progress, observer)
             response = self._send_blob("PUT", self.absolute(url), data=body if size else b"", headers=sent_headers)
             with response:
                 raise_for_status(response, server=self.server)
                 return _parse_json(response, self.server)
+
+    def post_bundle(
+        self, url: str, listing: bytes, paths: Sequence[str], sizes: Sequence[int], *, progress: Any = None
+    ) -> Any:
+        """POST ``listing`` followed by the local files ``paths`` (of ``sizes`` bytes) to an upload bundle URL."""
+        body = _BundleBody(listing, paths, sizes, progress)
+        sent_headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(body))}
+        response = self._send_blob("POST", self.absolute(url), data=body, headers=sent_headers)
+        with response:
+            raise_for_status(response, server=self.server)
+            return _parse_json(response, self.server)
 
     def get_into(
         self,
@@ -301,10 +317,11 @@ class _FileBody:
     Progress counts each byte once even when a retry rewinds the file.
     """
 
-    def __init__(self, f: BinaryIO, size: int, progress: Any) -> None:
+    def __init__(self, f: BinaryIO, size: int, progress: Any, observer: Any = None) -> None:
         self._f = f
         self._size = size
         self._progress = progress
+        self._observer = observer
         self._reported = 0
 
     def __len__(self) -> int:
@@ -313,10 +330,14 @@ class _FileBody:
     def read(self, n: int = -1) -> bytes:
         remaining = self._size - self._f.tell()
         data = self._f.read(remaining if n is None or n < 0 else min(n, remaining))
-        if self._progress and data:
+        if data:
             pos = self._f.tell()
             if pos > self._reported:
-                self._progress(pos - self._reported)
+                fresh = pos - self._reported
+                if self._observer:
+                    self._observer(data if fresh == len(data) else data[-fresh:])
+                if self._progress:
+                    self._progress(fresh)
                 self._reported = pos
         return data
 
@@ -325,6 +346,57 @@ class _FileBody:
 
     def seek(self, offset: int, whence: int = 0) -> int:
         return self._f.seek(offset, whence)
+
+
+class _BundleBody:
+    """A listing and several small files as one request body (read in order; rewindable to the start)."""
+
+    def __init__(self, listing: bytes, paths: Sequence[str], sizes: Sequence[int], progress: Any) -> None:
+        self._listing = listing
+        self._paths = list(paths)
+        self._sizes = list(sizes)
+        self._progress = progress
+        self._total = len(listing) + sum(self._sizes)
+        self.seek(0)
+
+    def __len__(self) -> int:
+        return self._total
+
+    def read(self, n: int = -1) -> bytes:
+        want = self._total - self._pos if n is None or n < 0 else n
+        out: list[bytes] = []
+        while want > 0 and self._pos < self._total:
+            if self._pending:
+                piece, self._pending = self._pending[:want], self._pending[want:]
+            else:
+                index = self._next
+                self._next += 1
+                with open(self._paths[index], "rb") as f:
+                    data = f.read(self._sizes[index] + 1)
+                if len(data) != self._sizes[index]:
+                    raise ChecksumError(
+                        f"{self._paths[index]}: has {len(data)} bytes, expected {self._sizes[index]} "
+                        "(it changed since it was hashed)"
+                    )
+                if self._progress:
+                    self._progress(len(data))
+                self._pending = data
+                continue
+            out.append(piece)
+            self._pos += len(piece)
+            want -= len(piece)
+        return b"".join(out)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if offset != 0 or whence != 0:
+            raise OSError("an upload bundle body can only be rewound to its start")
+        self._pos = 0
+        self._next = 0
+        self._pending = self._listing
+        return 0
 
 
 class _ListWriter:

@@ -1,0 +1,153 @@
+"""The write path's two shortcuts, over both registries: a new large file is uploaded in the same read that
+hashes it, and an unchanged file is never read again (its digest is remembered)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+import wanllmdb
+import wanllmdb.sdk.hashing as sdk_hashing
+from wanllmdb.errors import ChecksumError
+from wanllmdb.manifest import hash_file
+from wanllmdb.sdk.client import get_client
+
+
+@pytest.fixture(autouse=True)
+def small_threshold(monkeypatch):
+    monkeypatch.setenv("WANLLMDB_SINGLE_PASS_MIN", "1MiB")
+
+
+def _aged_file(path, size: int, seed: int = 0) -> str:
+    """A file old enough for its digest to be remembered (the racy-mtime rule)."""
+    with open(path, "wb") as f:
+        f.write(seed.to_bytes(4, "little") + os.urandom(size - 4))
+    past = time.time() - 60
+    os.utime(path, (past, past))
+    return str(path)
+
+
+@pytest.fixture
+def hash_calls(monkeypatch):
+    calls: list[str] = []
+    real = sdk_hashing.hash_file
+
+    def counting(path, *args, **kwargs):
+        calls.append(os.fspath(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(sdk_hashing, "hash_file", counting)
+    return calls
+
+
+def _spy(monkeypatch, registry, name: str) -> list:
+    calls: list = []
+    real = getattr(registry, name)
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(registry, name, spy)
+    return calls
+
+
+def test_a_new_large_file_is_stored_in_the_read_that_hashes_it(backend, project, tmp_path, hash_calls, monkeypatch):
+    big = _aged_file(tmp_path / "weights.bin", 9 * 1024 * 1024 + 77)
+    registry = get_client().registry
+    single_pass = _spy(monkeypatch, registry, "store_unhashed")
+    uploads = _spy(monkeypatch, registry, "upload_blob")
+    with wanllmdb.init(project=project) as run:
+        art = wanllmdb.Artifact("model", type="model")
+        art.add_file(big)
+        assert art.file_count == 1 and art.size == os.path.getsize(big)
+        run.log_artifact(art)
+    assert len(single_pass) == 1 and uploads == [] and hash_calls == []
+    expected = hash_file(big)
+    entry = art.get_entry("weights.bin").entry
+    assert (entry.sha256, entry.md5, entry.chunks) == (expected.sha256, expected.md5, expected.chunks)
+    root = wanllmdb.Api().artifact(f"{project}/model:v1").download(str(tmp_path / "out"))
+    assert open(os.path.join(root, "weights.bin"), "rb").read() == open(big, "rb").read()
+
+
+def test_content_of_a_known_size_is_hashed_first_and_not_uploaded_again(backend, project, tmp_path, monkeypatch):
+    first = _aged_file(tmp_path / "a.bin", 3 * 1024 * 1024)
+    with wanllmdb.init(project=project) as run:
+        art = wanllmdb.Artifact("one", type="dataset")
+        art.add_file(first)
+        run.log_artifact(art)
+    copy = str(tmp_path / "copy.bin")  # same bytes, another inode: its digest is not remembered
+    shutil.copyfile(first, copy)
+    registry = get_client().registry
+    single_pass = _spy(monkeypatch, registry, "store_unhashed")
+    uploads = _spy(monkeypatch, registry, "upload_blob")
+    with wanllmdb.init(project=project) as run:
+        other = wanllmdb.Artifact("two", type="dataset")
+        other.add_file(copy)
+        run.log_artifact(other)
+    assert single_pass == [] and uploads == []
+    assert other.version == "v1" and other.get_entry("copy.bin").sha256 == hash_file(first).sha256
+
+
+def test_an_unchanged_file_is_not_read_again(backend, project, tmp_path, hash_calls):
+    small = _aged_file(tmp_path / "small.txt", 1000)
+    big = _aged_file(tmp_path / "big.bin", 2 * 1024 * 1024, seed=1)
+    for _ in range(2):
+        with wanllmdb.init(project=project) as run:
+            art = wanllmdb.Artifact("data", type="dataset")
+            art.add_file(small)
+            art.add_file(big)
+            run.log_artifact(art)
+    assert hash_calls == [small], "the small file is hashed once; the big one only in its single-pass upload"
+    assert art.version == "v1"
+    with open(small, "r+b") as f:  # a change in place: new mtime and ctime, same size
+        f.write(b"X")
+    with wanllmdb.init(project=project) as run:
+        art = wanllmdb.Artifact("data", type="dataset")
+        art.add_file(small)
+        art.add_file(big)
+        run.log_artifact(art)
+    assert art.version == "v2" and hash_calls == [small, small]
+
+
+def test_a_file_changing_during_its_single_pass_upload_is_refused(backend, project, tmp_path, monkeypatch):
+    big = _aged_file(tmp_path / "growing.bin", 2 * 1024 * 1024 + 12345)  # a size no test stored
+    registry = get_client().registry
+    real = registry.store_unhashed
+
+    def grow_then_store(path, size, progress=None):
+        with open(path, "ab") as f:
+            f.write(b"more")
+        return real(path, size, progress)
+
+    monkeypatch.setattr(registry, "store_unhashed", grow_then_store)
+    with wanllmdb.init(project=project) as run:
+        art = wanllmdb.Artifact("g", type="dataset")
+        art.add_file(big)
+        with pytest.raises(ChecksumError, match="growing.bin"):
+            run.log_artifact(art)
+    with pytest.raises(LookupError):
+        wanllmdb.Api().artifact(f"{project}/g")
+
+
+def test_digests_of_a_pending_file_are_computed_when_asked(project, tmp_path):
+    big = _aged_file(tmp_path / "big.bin", 2 * 1024 * 1024)
+    art = wanllmdb.Artifact("lazy", type="dataset")
+    item = art.add_file(big)
+    assert item.size == 2 * 1024 * 1024
+    assert item.sha256 == hash_file(big).sha256
+    assert art.digest == art.manifest.digest
+
+
+def test_known_sizes_and_store_unhashed_contract(registry, tmp_path):
+    # a size no other test stores (the HTTP registry is a server shared by the session)
+    path = _aged_file(tmp_path / "blob.bin", 3 * 1024 * 1024 + int.from_bytes(os.urandom(2), "little") + 7)
+    size = os.path.getsize(path)
+    assert size not in registry.known_sizes([size])
+    digest = registry.store_unhashed(path, size)
+    assert digest == hash_file(path)
+    assert registry.known_sizes([size, size + 1]) == {size}
+    assert registry.fetch_range(digest.sha256, 10, 20) == open(path, "rb").read()[10:30]

@@ -1,0 +1,78 @@
+"""Digests of local files remembered by identity and change stamps, so an unchanged file is hashed once.
+
+A file is known by (device, inode, size, mtime_ns, ctime_ns): any write changes mtime and ctime, a rename
+or a copy changes the inode, so a hit means the very bytes that were hashed (as git's index trusts its stat
+data). Re-logging an unchanged 1 GB checkpoint then costs a ``stat`` instead of a full read.
+The table lives next to the blob cache and is bounded: past ``max_entries`` the least recently used go.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+
+from ..manifest.digest import FileDigest
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS digests (
+    dev INTEGER NOT NULL, ino INTEGER NOT NULL,
+    size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, chunk_size INTEGER NOT NULL,
+    md5 TEXT NOT NULL, sha256 TEXT NOT NULL, chunks TEXT NOT NULL, used REAL NOT NULL,
+    PRIMARY KEY (dev, ino)
+);
+CREATE INDEX IF NOT EXISTS digests_used ON digests(used);
+"""
+
+
+def stamp(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+class DigestCache:
+    """Remembered digests of local files (thread-safe; shared by processes through SQLite)."""
+
+    def __init__(self, root: str, max_entries: int = 1_000_000) -> None:
+        os.makedirs(root, exist_ok=True)
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(
+            os.path.join(root, "digests.sqlite"), timeout=60.0, isolation_level=None, check_same_thread=False
+        )
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        self._conn.executescript(_SCHEMA)
+        self._writes = 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def get(self, st: os.stat_result, chunk_size: int) -> FileDigest | None:
+        dev, ino, size, mtime_ns, ctime_ns = stamp(st)
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT md5, sha256, chunks FROM digests WHERE dev = ? AND ino = ? AND size = ? AND mtime_ns = ? "
+                "AND ctime_ns = ? AND chunk_size = ?",
+                (dev, ino, size, mtime_ns, ctime_ns, chunk_size),
+            ).fetchone()
+        if row is None:
+            return None
+        chunks = tuple(row[2].split(",")) if row[2] else ()
+        return FileDigest(size, row[0], row[1], chunk_size if chunks else 0, chunks)
+
+    def put(self, st: os.stat_result, chunk_size: int, digest: FileDigest) -> None:
+        """Remember ``digest`` for the file ``st`` describes (taken before the file was read)."""
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*stamp(st), chunk_size, digest.md5, digest.sha256, ",".join(digest.chunks), time.time()),
+            )
+            self._writes += 1
+            if self._writes % 1000 == 0:
+                self._conn.execute(
+                    "DELETE FROM digests WHERE rowid IN (SELECT rowid FROM digests ORDER BY used DESC LIMIT -1 "
+                    "OFFSET ?)",
+                    (self.max_entries,),
+                )
