@@ -3,17 +3,16 @@
 A file is known by (device, inode, size, mtime_ns, ctime_ns): any write changes mtime and ctime, a rename
 or a copy changes the inode, so a hit means the very bytes that were hashed (as git's index trusts its stat
 data). Re-logging an unchanged 1 GB checkpoint then costs a ``stat`` instead of a full read.
-The table lives next to the blob cache and is bounded: past ``max_entries`` the least recently used go.
+The table lives next to the blob cache and is bounded: past ``max_entries`` the oldest entries go.
 """
 
 from __future__ import annotations
 
 import os
-import sqlite3
-import threading
 import time
 
 from ..manifest.digest import FileDigest
+from ..sqlitedb import SQLiteDB
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS digests (
@@ -36,42 +35,35 @@ class DigestCache:
     def __init__(self, root: str, max_entries: int = 1_000_000) -> None:
         os.makedirs(root, exist_ok=True)
         self.max_entries = max_entries
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(
-            os.path.join(root, "digests.sqlite"), timeout=60.0, isolation_level=None, check_same_thread=False
-        )
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = NORMAL")
-        self._conn.executescript(_SCHEMA)
+        self._db = SQLiteDB(os.path.join(root, "digests.sqlite"), _SCHEMA)
         self._writes = 0
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._db.close()
 
     def get(self, st: os.stat_result, chunk_size: int) -> FileDigest | None:
         dev, ino, size, mtime_ns, ctime_ns = stamp(st)
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT md5, sha256, chunks FROM digests WHERE dev = ? AND ino = ? AND size = ? AND mtime_ns = ? "
-                "AND ctime_ns = ? AND chunk_size = ?",
-                (dev, ino, size, mtime_ns, ctime_ns, chunk_size),
-            ).fetchone()
-        if row is None:
+        rows = self._db.query(
+            "SELECT md5, sha256, chunks FROM digests WHERE dev = ? AND ino = ? AND size = ? AND mtime_ns = ? "
+            "AND ctime_ns = ? AND chunk_size = ?",
+            (dev, ino, size, mtime_ns, ctime_ns, chunk_size),
+        )
+        if not rows:
             return None
+        row = rows[0]
         chunks = tuple(row[2].split(",")) if row[2] else ()
         return FileDigest(size, row[0], row[1], chunk_size if chunks else 0, chunks)
 
     def put(self, st: os.stat_result, chunk_size: int, digest: FileDigest) -> None:
         """Remember ``digest`` for the file ``st`` describes (taken before the file was read)."""
-        with self._lock:
-            self._conn.execute(
+        with self._db.write() as conn:
+            conn.execute(
                 "INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (*stamp(st), chunk_size, digest.md5, digest.sha256, ",".join(digest.chunks), time.time()),
             )
             self._writes += 1
             if self._writes % 1000 == 0:
-                self._conn.execute(
+                conn.execute(
                     "DELETE FROM digests WHERE rowid IN (SELECT rowid FROM digests ORDER BY used DESC LIMIT -1 "
                     "OFFSET ?)",
                     (self.max_entries,),

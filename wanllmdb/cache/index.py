@@ -8,12 +8,11 @@ write costs one row read.
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from ..sqlitedb import SQLiteDB
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -65,32 +64,12 @@ class CacheIndex:
     """Thread-safe access to the index database (one connection, one lock)."""
 
     def __init__(self, path: str) -> None:
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA busy_timeout = 60000")
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = NORMAL")
-        with self._lock:
-            self._conn.executescript(_SCHEMA)
+        self._db = SQLiteDB(path, _SCHEMA)
+        self._tx = self._db.write
+        self._query = self._db.query
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-
-    def _query(self, sql: str, args: Iterable[object] = ()) -> list[tuple]:
-        with self._lock:
-            return self._conn.execute(sql, tuple(args)).fetchall()
+        self._db.close()
 
     # --- entries ----------------------------------------------------------------------------------------
 

@@ -7,10 +7,7 @@ and get consecutive version numbers.
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from ..sqlitedb import SQLiteDB
 
 SCHEMA_VERSION = 1
 
@@ -95,44 +92,8 @@ CREATE INDEX IF NOT EXISTS blob_sizes_size ON blob_sizes(size);
 """
 
 
-class Database:
-    """One SQLite connection guarded by a lock (safe to share between threads)."""
+class Database(SQLiteDB):
+    """The registry's database (one connection shared by threads; see :mod:`wanllmdb.sqlitedb`)."""
 
     def __init__(self, path: str) -> None:
-        self.path = path
-        self._lock = threading.RLock()
-        self._conn = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA busy_timeout = 60000")
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = NORMAL")
-        self._conn.execute("PRAGMA foreign_keys = ON")
-        with self._lock:
-            self._conn.executescript(_SCHEMA)
-            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """An immediate transaction: serialized against every other writer, in any process."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-
-    @contextmanager
-    def read(self) -> Iterator[sqlite3.Connection]:
-        """A consistent snapshot for several queries."""
-        with self._lock:
-            self._conn.execute("BEGIN")
-            try:
-                yield self._conn
-            finally:
-                self._conn.execute("COMMIT")
+        super().__init__(path, _SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};", rows_by_name=True)
