@@ -19,6 +19,12 @@ class BenchServer:
     process: subprocess.Popen
     log_path: str
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the server process has used so far."""
+        with open(f"/proc/{self.process.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log_offset(self) -> int:
         return os.path.getsize(self.log_path)
 
