@@ -16,6 +16,7 @@ from wanllmdb.fs.reader import ChunkReader
 from wanllmdb.manifest import ManifestEntry, hash_bytes
 
 CHUNK = 64 * 1024
+STREAM_PIECE = 5000  # not a divisor of CHUNK: the last piece of a chunk is short
 
 
 def make_entry(data: bytes, path: str = "f.bin", chunk_size: int = CHUNK) -> ManifestEntry:
@@ -52,6 +53,13 @@ class FakeRemote:
             data = data[:-1]
         return data
 
+    def fetch_range_into(self, sha256: str, start: int, length: int, writer) -> int:
+        """The streaming form (as HttpRegistry's): the same bytes, handed over in small pieces."""
+        data = self.fetch_range(sha256, start, length)
+        for pos in range(0, len(data), STREAM_PIECE):
+            writer.write(data[pos : pos + STREAM_PIECE])
+        return len(data)
+
     def fetch_blob(self, sha256: str, size: int, writer) -> None:
         with self.lock:
             self.whole.append(sha256)
@@ -80,8 +88,23 @@ def cache(tmp_path):
     c.close()
 
 
+@pytest.fixture(params=["whole-ranges", "streamed-ranges"], autouse=True)
+def range_mode(request):
+    """Every test runs over both ways a registry hands over a range: whole bytes, or streamed into the
+    partial file piece by piece (``fetch_range_into``, what the HTTP registry offers)."""
+    global STREAMED
+    STREAMED = request.param == "streamed-ranges"
+    yield request.param
+    STREAMED = False
+
+
+STREAMED = False
+
+
 def make_reader(cache, remote, stop, **options) -> ChunkReader:
     options.setdefault("timeout", 5.0)
+    if STREAMED:
+        options.setdefault("fetch_range_into", remote.fetch_range_into)
     return ChunkReader(cache, remote.fetch_range, remote.fetch_blob, stop=stop, **options)
 
 

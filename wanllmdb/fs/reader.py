@@ -15,9 +15,10 @@ handles of that blob in this process, with a bitmap of the chunks it holds. A re
 1. computes the chunks covering ``[offset, offset + size)``; for each missing one it joins the fetch in
    flight or starts one on the *demand* pool (a read-ahead of that chunk still queued is cancelled and
    replaced), then waits with the timeout, holding no lock;
-2. a fetch calls ``fetch_range``, checks the length and the SHA-256 against the manifest's chunk digest, and
-   only then ``pwrite``\\ s the bytes into the partial and marks the chunk present, so no read can ever see
-   unverified bytes;
+2. a fetch streams the range (``fetch_range_into``; ``fetch_range`` where the registry has no streaming
+   form) straight into the chunk's place in the partial file, hashing each piece on the way, and marks the
+   chunk present only once its length and SHA-256 match the manifest's chunk digest; reads only ever touch
+   present chunks, so no read can see unverified bytes;
 3. returns ``preadv`` of the partial.
 
 **Read-ahead** (per handle, after mountpoint-s3's prefetcher): a read starting within ``SEQ_SLACK`` (at most
@@ -38,7 +39,8 @@ A partial nobody holds open stays resumable for a while (``idle_partials``), the
 logged with the file and the reason; the chunk is fetched again by the next read that needs it.
 
 **Costs.** Per 1 MiB read of present data: a bitmap test and one ``preadv`` (one copy, no lock, no cache-index
-write). A chunk's bytes exist in memory only while its fetch runs.
+write). A fetch holds one network piece (1 MiB) in memory at a time, never a whole chunk: no chunk-sized
+buffers, so resident memory stays flat however many fetches run.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ logger = logging.getLogger(__name__)
 
 #: ``(sha256, start, length) -> bytes`` of a blob (``Registry.fetch_range``).
 RangeFetcher = Callable[[str, int, int], bytes]
+#: ``(sha256, start, length, writer) -> count`` streams a range of a blob into ``writer`` piece by piece
+#: (``HttpRegistry.fetch_range_into``).
+RangeStreamer = Callable[[str, int, int, BlobWriter], int]
 #: ``(sha256, size, writer)`` writes a whole blob (``Registry.fetch_blob``).
 BlobFetcher = Callable[[str, int, BlobWriter], object]
 
@@ -92,7 +97,7 @@ class _Partial:
     """A blob being filled chunk by chunk in this process."""
 
     __slots__ = (
-        "entry", "label", "path", "fd", "present", "count", "nchunks", "refs", "lock", "failed", "done", "fresh",
+        "entry", "label", "path", "fd", "present", "count", "nchunks", "refs", "lock", "failed", "done",
     )
 
     def __init__(self, entry: ManifestEntry, label: str, path: str, fd: int) -> None:
@@ -101,8 +106,7 @@ class _Partial:
         self.path = path
         self.fd = fd
         self.nchunks = len(entry.chunks)
-        self.present = bytearray(self.nchunks)  # chunks verified and written to the partial file
-        self.fresh: dict[int, bytes] = {}  # chunks verified, still being written: served from memory
+        self.present = bytearray(self.nchunks)  # chunks written to the partial file and verified there
         self.count = 0
         self.refs = 0
         self.lock = threading.Lock()
@@ -138,6 +142,8 @@ class ChunkReader:
         demand_workers: threads fetching what a read waits for (small files and missing chunks).
         max_window: most chunks a sequential reader is kept ahead by.
         idle_partials: partial files kept resumable after their last handle closed.
+        fetch_range_into: streams ranges into a writer (the HTTP registry's ``fetch_range_into``); when
+            given, chunks go from the socket into the partial file, hashed on the way, never whole in memory.
     """
 
     def __init__(
@@ -152,9 +158,11 @@ class ChunkReader:
         demand_workers: int = 16,
         max_window: int = 8,
         idle_partials: int = 8,
+        fetch_range_into: RangeStreamer | None = None,
     ) -> None:
         self.cache = self._cache = cache
         self._fetch_range = fetch_range
+        self._fetch_range_into = fetch_range_into
         self._fetch_blob = fetch_blob
         self._timeout = timeout
         self._max_window = max(1, max_window)
@@ -211,59 +219,49 @@ class ChunkReader:
             FetchError: a chunk could not be fetched in time (or the filesystem is shutting down).
             ChecksumError: fetched bytes did not match their digest.
         """
+        fd, n = self.source(handle, offset, len(view))
+        if fd is None or n == 0:
+            return 0
+        return os.preadv(fd, [view[:n]], offset)
+
+    def source(self, handle: Handle, offset: int, size: int) -> tuple[int | None, int]:
+        """A descriptor holding the verified bytes ``[offset, offset + n)`` of the file, and ``n``.
+
+        ``n`` is ``size`` except at the end of the file. Missing chunks are fetched (and verified) first,
+        so the caller may read those bytes from the descriptor at the same offset. The descriptor stays
+        open until the handle is released.
+
+        Raises:
+            FetchError, ChecksumError: as :meth:`read_into`.
+        """
         fd = handle.fd
         if fd is not None:
-            return os.preadv(fd, [view], offset)
+            return fd, max(0, min(size, handle.entry.size - offset))
         part = handle.partial
         if part is None:
-            return 0  # an empty file
-        size = handle.entry.size
-        if offset >= size:
-            return 0
-        end = min(size, offset + len(view))
-        if end - offset < len(view):
-            view = view[: end - offset]
+            return None, 0  # an empty file
+        end = min(handle.entry.size, offset + size)
+        if offset >= end:
+            return None, 0
         if part.count < part.nchunks:
-            return self._read_partial(handle, part, offset, end, view)
+            self._fill(handle, part, offset, end)
         if part.failed is not None:
             raise part.failed
-        return os.preadv(part.fd, [view], offset)
+        return part.fd, end - offset
 
-    def _read_partial(self, handle: Handle, part: _Partial, offset: int, end: int, view: memoryview) -> int:
+    def _fill(self, handle: Handle, part: _Partial, offset: int, end: int) -> None:
         chunk_size = handle.entry.chunk_size
         first, last = offset // chunk_size, (end - 1) // chunk_size
-        present, fresh = part.present, part.fresh
-        needed = [
-            (index, self._start_demand(part, index))
-            for index in range(first, last + 1)
-            if not present[index] and index not in fresh
-        ]
+        present = part.present
+        needed = [(index, self._start_demand(part, index)) for index in range(first, last + 1) if not present[index]]
         for index, future in needed:
             self._wait_demand(part, index, future)
         # Read-ahead only once what this read needed has arrived: on two cores a chunk fetched ahead would
         # otherwise compete with the one a reader is waiting for.
         self._read_ahead(handle, part, offset, end, last)
-        if part.failed is not None:
-            raise part.failed
-        if all(present[first : last + 1]):
-            return os.preadv(part.fd, [view], offset)
-        pos = offset
-        while pos < end:
-            index = pos // chunk_size
-            chunk_start = index * chunk_size
-            stop = min(end, chunk_start + chunk_size)
-            target = view[pos - offset : stop - offset]
-            if present[index]:
-                os.preadv(part.fd, [target], pos)
-            else:
-                data = fresh.get(index)
-                if data is None:
-                    if not present[index]:  # neither written nor in memory: its write failed; fetch again
-                        self._wait_demand(part, index, self._start_demand(part, index))
-                    continue
-                target[:] = memoryview(data)[pos - chunk_start : stop - chunk_start]
-            pos = stop
-        return end - offset
+        for index in range(first, last + 1):  # a fetch that ended without storing its chunk: fetch again
+            if not present[index]:
+                self._wait_demand(part, index, self._start_demand(part, index))
 
     def read(self, handle: Handle, size: int, offset: int) -> bytes:
         """Like :meth:`read_into`, returning new bytes."""
@@ -397,50 +395,31 @@ class ChunkReader:
         future.add_done_callback(lambda f: _log_readahead_failure(f, part.label, index))
 
     def _fetch_chunk(self, part: _Partial, index: int, publish: Callable[[], None], ahead: bool) -> None:
-        """Fetch, verify and store one chunk (runs on a pool thread).
+        """Fetch one chunk into the partial file, verify it there, mark it present (runs on a pool thread).
 
-        ``publish`` completes the flight as soon as the bytes are verified: readers take them from memory
-        while they are being written to the partial file.
+        The bytes are written into the chunk's own range of the partial file as they arrive and hashed on
+        the way; the chunk is marked present only once its length and SHA-256 match, and readers only ever
+        read present chunks, so unverified bytes are never served (a failed fetch leaves them unmarked, to
+        be overwritten by the next fetch). ``publish`` then completes the flight before the bookkeeping.
         """
-        if part.present[index] or index in part.fresh:
+        if part.present[index]:
             return
         entry = part.entry
         start, length = entry.chunk_range(index)
-        data = self._fetch_range(entry.sha256, start, length)
-        if len(data) != length:
-            raise ChecksumError(
-                f"{part.label}: chunk {index}: expected {length} bytes at offset {start}, received {len(data)}",
-                expected=str(length),
-                actual=str(len(data)),
-            )
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != entry.chunks[index]:
-            raise ChecksumError(
-                f"{part.label}: chunk {index} (offset {start}): SHA-256 mismatch "
-                f"(expected {entry.chunks[index]}, got {digest})",
-                expected=entry.chunks[index],
-                actual=digest,
-            )
-        part.fresh[index] = data
-        publish()
-        self._count(chunks_fetched=1, chunk_bytes=length, readahead_chunks=int(ahead))
-        try:
-            _pwrite_all(part.fd, data, start)
-        except OSError as exc:
-            with part.lock:
-                part.fresh.pop(index, None)
-            logger.warning(
-                "%s: could not write chunk %d to the cache (it will be fetched again): %s", part.label, index, exc
-            )
-            return
+        sink = _ChunkSink(part, index, start, length)
+        if self._fetch_range_into is not None:
+            self._fetch_range_into(entry.sha256, start, length, sink)
+        else:
+            sink.write(self._fetch_range(entry.sha256, start, length))
+        sink.verify()
         with part.lock:
-            part.fresh.pop(index, None)
             if part.present[index]:
                 return
             part.present[index] = 1
             part.count += 1
             complete = part.count == part.nchunks
-        del data
+        publish()
+        self._count(chunks_fetched=1, chunk_bytes=length, readahead_chunks=int(ahead))
         if complete:
             self._complete(part)  # on this worker: no reader waits for it any more
         else:
@@ -538,6 +517,53 @@ class _Progress:
                 return n
 
         return _Counting()
+
+
+class _ChunkSink:
+    """Writes a chunk's bytes into its range of the partial file as they arrive, hashing them on the way."""
+
+    __slots__ = ("part", "index", "start", "length", "pos", "sha")
+
+    def __init__(self, part: _Partial, index: int, start: int, length: int) -> None:
+        self.part = part
+        self.index = index
+        self.start = start
+        self.length = length
+        self.pos = 0
+        self.sha = hashlib.sha256()
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        n = len(data)
+        if self.pos + n > self.length:  # never write past the chunk: the next one may be present already
+            raise ChecksumError(
+                f"{self.part.label}: chunk {self.index}: received more than its {self.length} bytes",
+                expected=str(self.length),
+                actual=str(self.pos + n),
+            )
+        self.sha.update(data)
+        try:
+            _pwrite_all(self.part.fd, data, self.start + self.pos)
+        except OSError as exc:  # the cache's disk is full or failing: this read fails, a later one retries
+            raise FetchError(f"{self.part.label}: chunk {self.index}: could not write it to the cache: {exc}") from exc
+        self.pos += n
+        return n
+
+    def verify(self) -> None:
+        label, index = self.part.label, self.index
+        if self.pos != self.length:
+            raise ChecksumError(
+                f"{label}: chunk {index}: expected {self.length} bytes at offset {self.start}, received {self.pos}",
+                expected=str(self.length),
+                actual=str(self.pos),
+            )
+        digest = self.sha.hexdigest()
+        expected = self.part.entry.chunks[index]
+        if digest != expected:
+            raise ChecksumError(
+                f"{label}: chunk {index} (offset {self.start}): SHA-256 mismatch (expected {expected}, got {digest})",
+                expected=expected,
+                actual=digest,
+            )
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:

@@ -296,6 +296,24 @@ class HttpRegistry:
                 if attempt:
                     raise
 
+    def fetch_range_into(self, sha256: str, start: int, length: int, writer: BlobWriter) -> int:
+        """Stream ``length`` bytes of the blob from ``start`` into ``writer`` (fewer at its end); returns the count.
+
+        The bytes go to ``writer`` piece by piece as they arrive (the mount hashes and stores them without
+        holding the range in memory); the caller verifies them.
+        """
+        counted = _CountingWriter(writer)
+        for attempt in range(2):
+            url = self._download_url(sha256, fresh=attempt > 0)
+            try:
+                self.transport.get_into(url, counted, start=start + counted.count, stop=start + length)
+                return counted.count
+            except ForbiddenError:
+                self._get_urls.drop(sha256)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
     def fetch_range(self, sha256: str, start: int, length: int) -> bytes:
         for attempt in range(2):
             url = self._download_url(sha256, fresh=attempt > 0)
