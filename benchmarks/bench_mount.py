@@ -1,0 +1,420 @@
+"""Reading through ``wanllmdb mount`` (HTTP registry on loopback), each figure beside its baseline:
+
+- big file: cold sequential read vs a plain ``requests`` GET and vs a passthrough FUSE mount of the cache
+  file; warm first read (blob cached, page cache dropped, fresh mount) vs the passthrough and ``cat`` of the
+  cache file; second read (page cache hot) vs page-cache ``cat``
+- ``head -c 4096`` / ``head -c 100`` of cold big files: wall time and chunks fetched
+- ``cat`` of many cold small files (files/s); ``ls -lR`` of a version of 100,000 files
+- random 4 KB reads and 4 parallel readers on the cached big file vs the cache file itself
+- fio jobs after mountpoint-s3's (sequential/random 256k, 4 threads, time to first byte) vs the passthrough
+- ``numpy.load(mmap_mode="r")`` and ``safetensors.safe_open`` cold and warm vs local disk
+- peak RSS of the mount process while streaming the memory_big file
+
+"Cold" drops the whole page cache (the server's blob files too) and uses an empty mount cache; every mount
+is a ``wanllmdb mount`` background process with its own ``--cache-dir``, always unmounted afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+from .context import Context
+from .data import make_file, make_small_files
+from .fio_jobs import run_job
+from .harness import Result, RssSampler, drop_page_cache, mbps
+from .mounts import PassthroughMount, WanllmdbMount, fuse_mounts_under
+from .servers import BenchServer, start_server
+
+GROUP = "mount"
+PROJECT = "bench"
+CHUNK = 8 << 20
+TTFB_FILES = 7  # head -c 4096 x3, head -c 100 x3, fio ttfb x1: each a cold file of 3 chunks
+
+LOG_CLIENT = r"""
+import json, os, sys
+import wanllmdb
+out = {}
+with wanllmdb.init(project="bench") as run:
+    for name, path in json.loads(sys.argv[1]):
+        art = wanllmdb.Artifact(name, "dataset")
+        (art.add_dir if os.path.isdir(path) else art.add_file)(path)
+        run.log_artifact(art)
+        out[name] = art.version
+print(json.dumps(out))
+"""
+
+ARRAY_CLIENT = r"""
+import json, sys, time
+import numpy as np
+from safetensors import safe_open
+kind, path = sys.argv[1:3]
+t0 = time.perf_counter()
+if kind == "npy":
+    array = np.load(path, mmap_mode="r")
+    total, nbytes = float(array.sum(dtype=np.float64)), array.nbytes
+else:
+    total, nbytes = 0.0, 0
+    with safe_open(path, framework="numpy") as f:
+        for key in f.keys():
+            tensor = f.get_tensor(key)
+            total += float(tensor.sum(dtype=np.float64))
+            nbytes += tensor.nbytes
+print(json.dumps({"seconds": time.perf_counter() - t0, "bytes": nbytes, "sum": total}))
+"""
+
+
+# --- inputs ---------------------------------------------------------------------------------------------
+
+
+def make_arrays(root: str, npy_bytes: int, st_bytes: int) -> str:
+    """``model.npy`` (float32, 1024 columns) and ``model.safetensors`` (8 float32 tensors) under ``root``."""
+    import numpy as np
+
+    npy, st = os.path.join(root, "model.npy"), os.path.join(root, "model.safetensors")
+    marker = f"{root.rstrip(os.sep)}.complete-{npy_bytes}-{st_bytes}"
+    if os.path.exists(marker):
+        return root
+    os.makedirs(root, exist_ok=True)
+    rng = np.random.default_rng(5)
+    rows = npy_bytes // 4096
+    array = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float32, shape=(rows, 1024))
+    step = 4096
+    for start in range(0, rows, step):
+        array[start : start + step] = rng.random((min(step, rows - start), 1024), dtype=np.float32)
+    array.flush()
+    del array
+    from safetensors.numpy import save_file
+
+    per = st_bytes // 8 // 4 // 1024
+    save_file({f"layer{i}.weight": rng.random((per, 1024), dtype=np.float32) for i in range(8)}, st)
+    open(marker, "w").close()
+    return root
+
+
+def log_artifacts(ctx: Context, server: BenchServer, pairs: list[tuple[str, str]]) -> dict:
+    env = ctx.env("mount-client", WANLLMDB_BASE_URL=server.url, WANLLMDB_API_KEY=server.api_key)
+    proc = subprocess.run([sys.executable, "-c", LOG_CLIENT, json.dumps(pairs)], env=env, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"logging {pairs} failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def log_listing(server: BenchServer, count: int, blob_path: str) -> None:
+    """A version of ``count`` tiny files (one shared blob), made straight from a manifest: quick to log."""
+    from wanllmdb.manifest import Manifest, ManifestEntry, hash_bytes
+    from wanllmdb.registry import DraftSpec
+    from wanllmdb.registry.http import HttpRegistry
+
+    data = b"wanllmdb listing benchmark\n"
+    with open(blob_path, "wb") as f:
+        f.write(data)
+    digest = hash_bytes(data)
+    entries = [ManifestEntry(f"d{i // 1000:03d}/f{i:06d}.txt", digest.size, digest.md5, digest.sha256)
+               for i in range(count)]
+    registry = HttpRegistry(server.url, api_key=server.api_key)
+    try:
+        draft = registry.create_draft(DraftSpec(PROJECT, "listing", "dataset", Manifest.from_entries(entries)))
+        bundled = set()
+        for bundle in draft.bundles:
+            registry.upload_bundle(draft, bundle, {t.sha256: blob_path for t in bundle.targets})
+            bundled.update(t.sha256 for t in bundle.targets)
+        for target in draft.missing:
+            if target.sha256 not in bundled:
+                registry.upload_blob(draft, target, blob_path)
+        registry.finalize_draft(draft.id)
+    finally:
+        registry.close()
+
+
+# --- measuring ------------------------------------------------------------------------------------------
+
+
+def wall(cmd: list[str] | str) -> float:
+    """Wall time of a command whose output goes to /dev/null."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, shell=isinstance(cmd, str))
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd} failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[-1000:]}")
+    return seconds
+
+
+def wait_for_file(path: str, timeout: float = 60.0) -> None:
+    """Wait until the mount has admitted a blob to its cache (it hashes the whole file first)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} never appeared in the cache")
+        time.sleep(0.05)
+
+
+def cold(fn, *args):
+    drop_page_cache()
+    return fn(*args)
+
+
+def random_reads(path: str, offsets: list[int]) -> float:
+    """4 KB ``os.pread`` at each offset; returns reads per second."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        t0 = time.perf_counter()
+        for offset in offsets:
+            os.pread(fd, 4096, offset)
+        return len(offsets) / (time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+
+
+def parallel_readers(path: str, size: int, readers: int = 4) -> float:
+    """``readers`` ``dd`` processes each reading its own part of the file at once; aggregate MB/s."""
+    blocks = size // (1 << 20)
+    part = blocks // readers
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(["dd", f"if={path}", "of=/dev/null", "bs=1M", f"skip={i * part}", f"count={part}",
+                               "status=none"]) for i in range(readers)]
+    codes = [p.wait() for p in procs]
+    seconds = time.perf_counter() - t0
+    if any(codes):
+        raise RuntimeError(f"dd readers of {path} failed: {codes}")
+    return mbps(part * readers << 20, seconds)
+
+
+def plain_get(server: BenchServer, sha: str, target: str) -> float:
+    from .bench_http import plain_get as get
+
+    return get(server, sha, target)
+
+
+def array_load(ctx: Context, kind: str, path: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", ARRAY_CLIENT, kind, path], capture_output=True, text=True,
+                          env=ctx.env("mount-arrays"))
+    if proc.returncode != 0:
+        raise RuntimeError(f"loading {path} failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def delta(after: dict, before: dict) -> dict:
+    return {k: after[k] - before.get(k, 0) for k in after if isinstance(after[k], int)}
+
+
+def row(name: str, value: float, unit: str, baseline_name: str | None = None, baseline: float | None = None, *,
+        higher: bool = True, target: str | None = None, met: bool | None = None, **notes) -> Result:
+    return Result(GROUP, name, value, unit, baseline_name, baseline, higher_is_better=higher, target=target,
+                  met=met, notes=notes)
+
+
+# --- the workloads --------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, ctx: Context, server: BenchServer) -> None:
+        self.ctx = ctx
+        self.server = server
+        self.results: list[Result] = []
+        self.mounts = 0
+
+    def mount(self, cache: str, fresh: bool) -> WanllmdbMount:
+        if fresh:
+            shutil.rmtree(cache, ignore_errors=True)
+        self.mounts += 1
+        return WanllmdbMount(self.server, self.ctx.path("mount", "mnt", ""), cache,
+                             self.ctx.path("mount", "logs", f"mount-{self.mounts}.log"), self.ctx.env("mount"))
+
+    def file(self, mnt: WanllmdbMount, artifact: str, rel: str) -> str:
+        return os.path.join(mnt.mountpoint, PROJECT, artifact, "v1", rel)
+
+    def big_file(self) -> None:
+        ctx, size = self.ctx, self.ctx.sizes.big
+        cache = ctx.path("mount", "cache-big", "")
+        with self.mount(cache, fresh=True) as mnt:
+            path = self.file(mnt, "big", "big.bin")
+            sha = os.getxattr(path, "user.wanllmdb.sha256").decode()
+            mark = self.server.log_offset()
+            drop_page_cache()
+            t_cold = wall(["cat", path])
+            time.sleep(0.2)
+            cold_stats, cold_sent = mnt.stats(), self.server.requests_since(mark)
+            blob_dir = os.path.join(cache, "blobs", sha[:2])
+            blob = os.path.join(blob_dir, sha)
+            wait_for_file(blob)  # the mount hashes the whole file before admitting it: not part of a read
+            t_second = min(wall(["cat", path]) for _ in range(3))
+        with PassthroughMount(blob_dir, ctx.path("mount", "pt", "")) as pt:
+            pt_path = os.path.join(pt.mountpoint, sha)
+            t_pt_cold = cold(wall, ["cat", pt_path])
+            t_pt_second = min(wall(["cat", pt_path]) for _ in range(3))
+        t_get = cold(plain_get, self.server, sha, ctx.path("mount", "plain-get.bin"))
+        t_cat_cold = cold(wall, ["cat", blob])
+        t_cat_hot = min(wall(["cat", blob]) for _ in range(3))
+
+        base = max(t_get, t_pt_cold)  # the slower of the two baselines: 0.7 x min(GET MB/s, passthrough MB/s)
+        self.results += [
+            row("cold read big file (cat)", mbps(size, t_cold), "MB/s", "min(GET, passthrough)", mbps(size, base),
+                target=">= 0.7x min(GET, passthrough)", met=t_cold <= base / 0.7, seconds=t_cold,
+                get_mbps=mbps(size, t_get), passthrough_cold_mbps=mbps(size, t_pt_cold), stats=cold_stats,
+                requests=cold_sent),
+            row("  cold read vs plain requests GET", mbps(size, t_cold), "MB/s", "plain GET", mbps(size, t_get)),
+            row("  cold read vs passthrough (disk)", mbps(size, t_cold), "MB/s", "passthrough cold",
+                mbps(size, t_pt_cold)),
+            row("second read big file (page cache)", mbps(size, t_second), "MB/s", "page-cache cat",
+                mbps(size, t_cat_hot), target=">= 0.8x page-cache cat", met=t_second <= t_cat_hot / 0.8,
+                seconds=t_second),
+            row("  passthrough second read", mbps(size, t_pt_second), "MB/s", "page-cache cat",
+                mbps(size, t_cat_hot), seconds=t_pt_second),
+        ]
+
+        # Warm: the blob is cached, the page cache dropped, a fresh mount.
+        rng = random.Random(7)
+        offsets = [rng.randrange(size // 4096) * 4096 for _ in range(500 if ctx.quick else 2000)]
+        with self.mount(cache, fresh=False) as mnt:
+            path = self.file(mnt, "big", "big.bin")
+            os.stat(path)
+            before = mnt.stats()
+            t_warm = cold(wall, ["cat", path])
+            warm_stats = delta(mnt.stats(), before)
+            rand_mnt = cold(random_reads, path, offsets)
+            par_mnt = cold(parallel_readers, path, size)
+            fio_mnt = self.fio_set(path, size)
+        rand_blob = cold(random_reads, blob, offsets)
+        par_blob = cold(parallel_readers, blob, size)
+        with PassthroughMount(blob_dir, ctx.path("mount", "pt", "")) as pt:
+            fio_pt = self.fio_set(os.path.join(pt.mountpoint, sha), size)
+            ttfb_pt = cold(run_job, "ttfb", os.path.join(pt.mountpoint, sha), size, 0)
+        self.results += [
+            row("warm first read big file", mbps(size, t_warm), "MB/s", "passthrough cold", mbps(size, t_pt_cold),
+                target=">= 0.8x passthrough", met=t_warm <= t_pt_cold / 0.8, seconds=t_warm, stats=warm_stats),
+            row("  warm first read vs cat of cache file", mbps(size, t_warm), "MB/s", "cat cold",
+                mbps(size, t_cat_cold)),
+            row(f"random 4 KB reads, cached big file ({len(offsets)})", rand_mnt, "reads/s", "cache file",
+                rand_blob),
+            row("4 parallel readers, cached big file", par_mnt, "MB/s", "cache file", par_blob),
+        ]
+        for name, label in (("seq_read", "fio seq read 256k"), ("rand_read", "fio rand read 256k"),
+                            ("seq_read_4t", "fio seq read 256k x4 threads")):
+            self.results.append(row(label + " (cached)", fio_mnt[name]["mbps"], "MB/s", "passthrough",
+                                    fio_pt[name]["mbps"], mount=fio_mnt[name], passthrough=fio_pt[name]))
+        self.ttfb_pt = ttfb_pt
+
+    def fio_set(self, path: str, size: int) -> dict:
+        runtime = 2 if self.ctx.quick else 8
+        return {name: cold(run_job, name, path, size, runtime) for name in ("seq_read", "rand_read", "seq_read_4t")}
+
+    def first_bytes(self) -> None:
+        cache = self.ctx.path("mount", "cache-ttfb", "")
+        with self.mount(cache, fresh=True) as mnt:
+            found: dict[int, list] = {4096: [], 100: []}
+            for i in range(6):
+                count = 4096 if i < 3 else 100
+                path = self.file(mnt, "ttfb", f"t{i}.bin")
+                os.stat(path)
+                before, mark = mnt.stats(), self.server.log_offset()
+                seconds = wall(["head", "-c", str(count), path])
+                time.sleep(0.5)  # let read-ahead land before counting
+                got = delta(mnt.stats(), before)
+                found[count].append((seconds, got["chunks_fetched"], self.server.requests_since(mark)))
+            path = self.file(mnt, "ttfb", f"t{TTFB_FILES - 1}.bin")
+            os.stat(path)
+            ttfb = run_job("ttfb", path, 0, 0)
+        for count, runs in found.items():
+            ms = statistics.median(r[0] for r in runs) * 1000
+            chunks = max(r[1] for r in runs)
+            self.results.append(row(f"head -c {count} cold big file", ms, "ms", higher=False,
+                                    target="< 30 ms, <= 2 chunks", met=ms < 30 and chunks <= 2,
+                                    runs_ms=[round(r[0] * 1000, 1) for r in runs], chunks=[r[1] for r in runs],
+                                    requests=[r[2] for r in runs]))
+        self.results.append(row("fio ttfb 1-byte read, first (cold) of 10", ttfb["lat_max_ms"], "ms",
+                                "passthrough (disk)", self.ttfb_pt["lat_max_ms"], higher=False, mount=ttfb,
+                                passthrough=self.ttfb_pt))
+
+    def small_and_listing(self) -> None:
+        n, listing = self.ctx.sizes.mount_small, self.ctx.sizes.listing_files
+        with self.mount(self.ctx.path("mount", "cache-small", ""), fresh=True) as mnt:
+            top = os.path.join(mnt.mountpoint, PROJECT, "small", "v1")
+            before, mark = mnt.stats(), self.server.log_offset()
+            drop_page_cache()
+            seconds = wall(f"find {top} -type f -print0 | xargs -0 cat > /dev/null")
+            sent, got = self.server.requests_since(mark), delta(mnt.stats(), before)
+            self.results.append(row(f"cat {n:,} cold small files", n / seconds, "files/s",
+                                    target=">= 1,000 files/s", met=n / seconds >= 1000, seconds=seconds,
+                                    requests=sent, stats=got))
+            top = os.path.join(mnt.mountpoint, PROJECT, "listing", "v1")
+            seconds = wall(["ls", "-lR", top])
+            self.results.append(row(f"ls -lR of a {listing:,}-file version (cold)", seconds, "s", higher=False,
+                                    target="< 10 s", met=seconds < 10))
+
+    def arrays(self, local_root: str) -> None:
+        ctx = self.ctx
+        local = {kind: cold(array_load, ctx, kind, os.path.join(local_root, f"model.{ext}"))
+                 for kind, ext in (("npy", "npy"), ("safetensors", "safetensors"))}
+        cache = ctx.path("mount", "cache-arrays", "")
+        measured = {}
+        for state, fresh in (("cold", True), ("warm", False)):
+            with self.mount(cache, fresh=fresh) as mnt:
+                for kind in ("npy", "safetensors"):
+                    path = self.file(mnt, "arrays", f"model.{kind}")
+                    os.stat(path)
+                    measured[state, kind] = cold(array_load, ctx, kind, path)
+                    if state == "cold":
+                        sha = os.getxattr(path, "user.wanllmdb.sha256").decode()
+                        wait_for_file(os.path.join(cache, "blobs", sha[:2], sha))
+        for kind, label in (("npy", "numpy.load(mmap) + sum"), ("safetensors", "safetensors all tensors")):
+            base = local[kind]["seconds"]
+            for state in ("cold", "warm"):
+                got = measured[state, kind]
+                self.results.append(row(f"{label}, {state} mount ({got['bytes'] >> 20} MiB)", got["seconds"], "s",
+                                        "local disk cold", base, higher=False))
+
+    def memory(self) -> None:
+        size = self.ctx.sizes.memory_big
+        with self.mount(self.ctx.path("mount", "cache-mem", ""), fresh=True) as mnt:
+            path = self.file(mnt, "mem", "mem.bin")
+            os.stat(path)
+            idle = RssSampler(mnt.pid)
+            idle.peak = idle._read("VmRSS:")
+            drop_page_cache()
+            with RssSampler(mnt.pid) as sampler:
+                seconds = wall(["cat", path])
+        peak = sampler.peak / 1e6
+        self.results.append(row(f"mount peak RSS streaming {size >> 20} MiB", peak, "MB", higher=False,
+                                target="< 100 MB", met=peak < 100, idle_mb=idle.peak / 1e6,
+                                mbps=mbps(size, seconds)))
+
+
+def run(ctx: Context) -> list[Result]:
+    sizes = ctx.sizes
+    big = make_file(ctx.path("inputs", "big.bin"), sizes.big)
+    mem = make_file(ctx.path("inputs", "memory.bin"), sizes.memory_big, seed=7)  # the same file bench_http logs
+    ttfb = ctx.path("inputs", "ttfb", "")
+    for i in range(TTFB_FILES):
+        make_file(os.path.join(ttfb, f"t{i}.bin"), 3 * CHUNK, seed=(i + 2) << 20)
+    small = make_small_files(ctx.path("inputs", f"mount-small{sizes.mount_small}", ""), sizes.mount_small, seed=3)
+    arrays = make_arrays(ctx.path("inputs", "arrays", ""), sizes.big, sizes.big // 2)
+    server = start_server(ctx.path("mount", "server", ""))
+    bench = Bench(ctx, server)
+    try:
+        log_artifacts(ctx, server, [("big", big), ("mem", mem), ("ttfb", ttfb), ("small", small),
+                                    ("arrays", arrays)])
+        log_listing(server, sizes.listing_files, ctx.path("mount", "listing-blob.txt"))
+        for step in (bench.big_file, bench.first_bytes, bench.small_and_listing, lambda: bench.arrays(arrays),
+                     bench.memory):
+            t0 = time.time()
+            step()
+            sys.stderr.write(f"  [mount] {getattr(step, '__name__', 'arrays')} {time.time() - t0:.0f}s\n")
+    finally:
+        server.stop()
+        left = fuse_mounts_under(ctx.workdir)
+        for point in left:
+            subprocess.run(["fusermount3", "-u", "-z", point], capture_output=True)
+        for name in os.listdir(ctx.path("mount", "")):
+            if name.startswith("cache-"):
+                shutil.rmtree(ctx.path("mount", name), ignore_errors=True)
+        if left:
+            raise RuntimeError(f"mounts left behind (now detached): {left}")
+    return bench.results
