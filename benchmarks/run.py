@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -30,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
     parser.add_argument("--only", help=f"comma-separated groups to run (of {', '.join(GROUPS)})")
-    parser.add_argument("--workdir", help="where inputs and registries go (default: a temp dir, removed after)")
+    parser.add_argument("--workdir", help="where inputs and registries go (default: a temp dir, removed after); "
+                        "reused inputs are kept, everything else in it is removed first")
     parser.add_argument("--out", help="JSON output (default benchmarks/results/<date>[-quick].json)")
     args = parser.parse_args(argv)
 
@@ -39,14 +41,25 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown group(s): {', '.join(sorted(unknown))}")
     workdir = args.workdir or tempfile.mkdtemp(prefix="wanllmdb-bench-", dir="/var/tmp")
+    if args.workdir:  # keep the generated inputs, never a registry or cache: every run starts cold
+        os.makedirs(workdir, exist_ok=True)
+        for name in os.listdir(workdir):
+            if name != "inputs":
+                shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
     ctx = Context(workdir=workdir, sizes=QUICK if args.quick else FULL, quick=args.quick)
     results = []
+    failed: dict[str, str] = {}
     started = time.time()
     try:
         for group in groups:
             module = importlib.import_module(f"benchmarks.bench_{group}")
             t0 = time.time()
-            results.extend(module.run(ctx))
+            try:
+                results.extend(module.run(ctx))
+            except Exception:  # report the others, then fail the command
+                failed[group] = traceback.format_exc()
+                sys.stderr.write(f"[{group}] FAILED:\n{failed[group]}")
+                continue
             sys.stderr.write(f"[{group}] done in {time.time() - t0:.0f}s\n")
     finally:
         if not args.workdir:
@@ -55,9 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.date.today().isoformat() + ("-quick" if args.quick else "")
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"{stamp}.json")
     meta = {**machine_info(), "mode": "quick" if args.quick else "full", "seconds": round(time.time() - started),
-            "sizes": ctx.sizes.__dict__, "date": dt.datetime.now().isoformat(timespec="seconds")}
+            "sizes": ctx.sizes.__dict__, "date": dt.datetime.now().isoformat(timespec="seconds"),
+            "failed_groups": failed}
     write_json(out, results, meta)
     sys.stderr.write(f"wrote {out}\n")
+    if failed:
+        sys.stderr.write(f"groups that failed: {', '.join(failed)}\n")
+        return 1
     return 0
 
 
