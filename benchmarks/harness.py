@@ -121,6 +121,22 @@ class RssSampler:
         self.peak = max(self.peak, self._read("VmHWM:"))
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of all waited-for children so far."""
+    t = os.times()
+    return t.children_user + t.children_system
+
+
 def children_peak_rss() -> int:
     """Largest RSS of any waited-for child so far (bytes)."""
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import requests
 
+from .harness import process_cpu_seconds
+
 
 @dataclass
 class BenchServer:
@@ -21,9 +23,7 @@ class BenchServer:
 
     def cpu_seconds(self) -> float:
         """User + system CPU the server process has used so far."""
-        with open(f"/proc/{self.process.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.process.pid)
 
     def log_offset(self) -> int:
         return os.path.getsize(self.log_path)
