@@ -283,8 +283,29 @@ class FuseOperations(fuse.Operations):  # type: ignore[misc, name-defined]
         return self._refuse("write", path)
 
 
+_callback_thread = threading.local()
+
+
+def _keep_python_thread_state() -> None:
+    """Keep the calling libfuse worker thread's Python thread state from one callback to the next.
+
+    ctypes runs a callback from a thread Python did not start between ``PyGILState_Ensure`` and
+    ``PyGILState_Release``, so every FUSE request on such a thread created and destroyed a whole thread
+    state, its 16 KiB frame stack mmap'd and munmap'd each time (strace: one mmap/munmap pair per request).
+    One ``Ensure`` never released keeps it for the thread's life; libfuse keeps its worker threads, so
+    that is one small thread state per worker.
+    """
+    ctypes.pythonapi.PyGILState_Ensure()
+    _callback_thread.kept = True
+
+
 class _KernelFUSE(fuse.FUSE):  # type: ignore[misc, name-defined]
     """mfusepy's FUSE with the zero-copy read and the READDIRPLUS listing described in the module docstring."""
+
+    def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        if not getattr(_callback_thread, "kept", False):
+            _keep_python_thread_state()
+        return super()._wrapper(func, *args, **kwargs)
 
     def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         if size == 0:
