@@ -54,7 +54,7 @@ class FakeRemote:
         return data
 
     def fetch_range_into(self, sha256: str, start: int, length: int, writer) -> int:
-        """The streaming form (as HttpRegistry's): the same bytes, handed over in small pieces."""
+        """What the reader calls: the same bytes (and faults) as ``fetch_range``, handed over in small pieces."""
         data = self.fetch_range(sha256, start, length)
         for pos in range(0, len(data), STREAM_PIECE):
             writer.write(data[pos : pos + STREAM_PIECE])
@@ -88,24 +88,9 @@ def cache(tmp_path):
     c.close()
 
 
-@pytest.fixture(params=["whole-ranges", "streamed-ranges"], autouse=True)
-def range_mode(request):
-    """Every test runs over both ways a registry hands over a range: whole bytes, or streamed into the
-    partial file piece by piece (``fetch_range_into``, what the HTTP registry offers)."""
-    global STREAMED
-    STREAMED = request.param == "streamed-ranges"
-    yield request.param
-    STREAMED = False
-
-
-STREAMED = False
-
-
 def make_reader(cache, remote, stop, **options) -> ChunkReader:
     options.setdefault("timeout", 5.0)
-    if STREAMED:
-        options.setdefault("fetch_range_into", remote.fetch_range_into)
-    return ChunkReader(cache, remote.fetch_range, remote.fetch_blob, stop=stop, **options)
+    return ChunkReader(cache, remote.fetch_range_into, remote.fetch_blob, stop=stop, **options)
 
 
 def read_all(reader, handle, size: int, piece: int = 128 * 1024) -> bytes:

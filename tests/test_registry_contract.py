@@ -208,6 +208,12 @@ def test_blob_bytes_whole_and_ranged(registry, project, tmp_path):
     assert out.getvalue() == data
     assert registry.fetch_range(sha, 1000, 500) == data[1000:1500]
     assert registry.fetch_range(sha, len(data) - 10, 10) == data[-10:]
+    streamed = io.BytesIO()
+    assert registry.fetch_range_into(sha, 1000, 500, streamed) == 500
+    assert streamed.getvalue() == data[1000:1500]
+    past_end = io.BytesIO()
+    assert registry.fetch_range_into(sha, len(data) - 10, 100, past_end) == 10
+    assert past_end.getvalue() == data[-10:]
 
 
 def test_listings(registry, project, tmp_path):

@@ -415,10 +415,7 @@ def open_filesystem(
         timeout: seconds a read or lookup waits on a registry call that makes no progress.
     """
     stop: Future[None] = Future()
-    reader = ChunkReader(
-        cache, registry.fetch_range, registry.fetch_blob, stop=stop, timeout=timeout,
-        fetch_range_into=getattr(registry, "fetch_range_into", None),
-    )
+    reader = ChunkReader(cache, registry.fetch_range_into, registry.fetch_blob, stop=stop, timeout=timeout)
     meta_pool = ThreadPoolExecutor(METADATA_WORKERS, thread_name_prefix="wanllmdb-meta")
     catalog = Catalog(
         registry, Flights(meta_pool, stop), ttl=metadata_ttl, timeout=timeout, max_tree_entries=max_tree_entries

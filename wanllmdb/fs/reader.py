@@ -15,10 +15,10 @@ handles of that blob in this process, with a bitmap of the chunks it holds. A re
 1. computes the chunks covering ``[offset, offset + size)``; for each missing one it joins the fetch in
    flight or starts one on the *demand* pool (a read-ahead of that chunk still queued is cancelled and
    replaced), then waits with the timeout, holding no lock;
-2. a fetch streams the range (``fetch_range_into``; ``fetch_range`` where the registry has no streaming
-   form) straight into the chunk's place in the partial file, hashing each piece on the way, and marks the
-   chunk present only once its length and SHA-256 match the manifest's chunk digest; reads only ever touch
-   present chunks, so no read can see unverified bytes;
+2. a fetch streams the range (the registry's ``fetch_range_into``) straight into the chunk's place in the
+   partial file, hashing each piece on the way, and marks the chunk present only once its length and
+   SHA-256 match the manifest's chunk digest; reads only ever touch present chunks, so no read can see
+   unverified bytes;
 3. returns ``preadv`` of the partial.
 
 **Read-ahead** (per handle, after mountpoint-s3's prefetcher): a read starting within ``SEQ_SLACK`` (at most
@@ -62,10 +62,8 @@ from .flight import Flights
 
 logger = logging.getLogger(__name__)
 
-#: ``(sha256, start, length) -> bytes`` of a blob (``Registry.fetch_range``).
-RangeFetcher = Callable[[str, int, int], bytes]
 #: ``(sha256, start, length, writer) -> count`` streams a range of a blob into ``writer`` piece by piece
-#: (``HttpRegistry.fetch_range_into``).
+#: (``Registry.fetch_range_into``).
 RangeStreamer = Callable[[str, int, int, BlobWriter], int]
 #: ``(sha256, size, writer)`` writes a whole blob (``Registry.fetch_blob``).
 BlobFetcher = Callable[[str, int, BlobWriter], object]
@@ -134,7 +132,7 @@ class ChunkReader:
 
     Args:
         cache: the shared blob cache.
-        fetch_range: ranged reads of a blob (the registry's ``fetch_range``).
+        fetch_range_into: streams a range of a blob into a writer (the registry's ``fetch_range_into``).
         fetch_blob: whole-blob reads (the registry's ``fetch_blob``).
         stop: completed when the filesystem shuts down: every wait gives up at once.
         timeout: seconds a read waits for a fetch that makes no progress.
@@ -142,14 +140,12 @@ class ChunkReader:
         demand_workers: threads fetching what a read waits for (small files and missing chunks).
         max_window: most chunks a sequential reader is kept ahead by.
         idle_partials: partial files kept resumable after their last handle closed.
-        fetch_range_into: streams ranges into a writer (the HTTP registry's ``fetch_range_into``); when
-            given, chunks go from the socket into the partial file, hashed on the way, never whole in memory.
     """
 
     def __init__(
         self,
         cache: BlobCache,
-        fetch_range: RangeFetcher,
+        fetch_range_into: RangeStreamer,
         fetch_blob: BlobFetcher,
         *,
         stop: Future[None],
@@ -158,10 +154,8 @@ class ChunkReader:
         demand_workers: int = 16,
         max_window: int = 8,
         idle_partials: int = 8,
-        fetch_range_into: RangeStreamer | None = None,
     ) -> None:
         self.cache = self._cache = cache
-        self._fetch_range = fetch_range
         self._fetch_range_into = fetch_range_into
         self._fetch_blob = fetch_blob
         self._timeout = timeout
@@ -219,35 +213,20 @@ class ChunkReader:
             FetchError: a chunk could not be fetched in time (or the filesystem is shutting down).
             ChecksumError: fetched bytes did not match their digest.
         """
-        fd, n = self.source(handle, offset, len(view))
-        if fd is None or n == 0:
-            return 0
-        return os.preadv(fd, [view[:n]], offset)
-
-    def source(self, handle: Handle, offset: int, size: int) -> tuple[int | None, int]:
-        """A descriptor holding the verified bytes ``[offset, offset + n)`` of the file, and ``n``.
-
-        ``n`` is ``size`` except at the end of the file. Missing chunks are fetched (and verified) first,
-        so the caller may read those bytes from the descriptor at the same offset. The descriptor stays
-        open until the handle is released.
-
-        Raises:
-            FetchError, ChecksumError: as :meth:`read_into`.
-        """
         fd = handle.fd
         if fd is not None:
-            return fd, max(0, min(size, handle.entry.size - offset))
+            return os.preadv(fd, [view], offset)
         part = handle.partial
         if part is None:
-            return None, 0  # an empty file
-        end = min(handle.entry.size, offset + size)
+            return 0  # an empty file
+        end = min(handle.entry.size, offset + len(view))
         if offset >= end:
-            return None, 0
+            return 0
         if part.count < part.nchunks:
             self._fill(handle, part, offset, end)
         if part.failed is not None:
             raise part.failed
-        return part.fd, end - offset
+        return os.preadv(part.fd, [view[: end - offset]], offset)
 
     def _fill(self, handle: Handle, part: _Partial, offset: int, end: int) -> None:
         chunk_size = handle.entry.chunk_size
@@ -407,10 +386,7 @@ class ChunkReader:
         entry = part.entry
         start, length = entry.chunk_range(index)
         sink = _ChunkSink(part, index, start, length)
-        if self._fetch_range_into is not None:
-            self._fetch_range_into(entry.sha256, start, length, sink)
-        else:
-            sink.write(self._fetch_range(entry.sha256, start, length))
+        self._fetch_range_into(entry.sha256, start, length, sink)
         sink.verify()
         with part.lock:
             if part.present[index]:

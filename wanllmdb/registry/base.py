@@ -269,6 +269,12 @@ class Registry(Protocol):
         """``length`` bytes of the blob from ``start`` (the caller verifies them)."""
         ...
 
+    def fetch_range_into(self, sha256: str, start: int, length: int, writer: BlobWriter) -> int:
+        """Write ``length`` bytes of the blob from ``start`` into ``writer`` piece by piece as they arrive
+        (fewer at the blob's end), never holding the range whole; returns the count. The caller verifies them.
+        """
+        ...
+
     def prepare_fetch(self, sha256s: Iterable[str]) -> None:
         """Hint that these blobs will be fetched soon.
 

@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from ..cache.store import BlobWriter
 from ..errors import BlobNotFoundError, ChecksumError, InvalidInputError
 from ..iobuf import buffer_for
 from ..manifest.digest import Digester, FileDigest
@@ -33,6 +34,8 @@ from ..settings import CHUNK_SIZE
 
 logger = logging.getLogger(__name__)
 
+#: Largest piece ``read_range_into`` hands its writer at once.
+RANGE_PIECE = 1 << 20
 
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -252,6 +255,18 @@ class BlobStore:
     def read_range(self, sha256: str, start: int, length: int) -> bytes:
         with self.open(sha256) as f:
             return os.pread(f.fileno(), length, start)
+
+    def read_range_into(self, sha256: str, start: int, length: int, writer: BlobWriter) -> int:
+        """Write ``length`` bytes from ``start`` into ``writer`` in pieces of at most 1 MiB; returns the count."""
+        done = 0
+        with self.open(sha256) as f:
+            while done < length:
+                data = os.pread(f.fileno(), min(RANGE_PIECE, length - done), start + done)
+                if not data:
+                    break
+                writer.write(data)
+                done += len(data)
+        return done
 
     def remove_stale_tmp(self, max_age: float) -> int:
         """Delete temporary files older than ``max_age`` seconds (left by killed writers)."""

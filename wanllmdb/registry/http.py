@@ -18,6 +18,7 @@ Blob bytes never go through the JSON API: they move through presigned URLs.
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
@@ -300,8 +301,11 @@ class HttpRegistry:
         """Stream ``length`` bytes of the blob from ``start`` into ``writer`` (fewer at its end); returns the count.
 
         The bytes go to ``writer`` piece by piece as they arrive (the mount hashes and stores them without
-        holding the range in memory); the caller verifies them.
+        holding the range in memory); the caller verifies them. A refused (expired) URL is replaced and the
+        range resumed where it stopped.
         """
+        if length <= 0:
+            return 0
         counted = _CountingWriter(writer)
         for attempt in range(2):
             url = self._download_url(sha256, fresh=attempt > 0)
@@ -315,15 +319,9 @@ class HttpRegistry:
         raise AssertionError("unreachable")
 
     def fetch_range(self, sha256: str, start: int, length: int) -> bytes:
-        for attempt in range(2):
-            url = self._download_url(sha256, fresh=attempt > 0)
-            try:
-                return self.transport.get_range(url, start, length)
-            except ForbiddenError:
-                self._get_urls.drop(sha256)
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
+        out = io.BytesIO()
+        self.fetch_range_into(sha256, start, length, out)
+        return out.getvalue()
 
     # --- writing ----------------------------------------------------------------------------------------
 

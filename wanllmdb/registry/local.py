@@ -249,6 +249,9 @@ class LocalRegistry:
     def fetch_range(self, sha256: str, start: int, length: int) -> bytes:
         return self.blobs.read_range(sha256, start, length)
 
+    def fetch_range_into(self, sha256: str, start: int, length: int, writer: BlobWriter) -> int:
+        return self.blobs.read_range_into(sha256, start, length, writer)
+
     def _note_blobs(self, items: Sequence[tuple[str, int]]) -> None:
         with self.db.write() as conn:
             conn.executemany("INSERT OR IGNORE INTO blob_sizes (sha256, size) VALUES (?, ?)", items)

@@ -302,13 +302,6 @@ class HttpTransport:
             offset += size
         return pieces
 
-    def get_range(self, url: str, start: int, length: int) -> bytes:
-        """``length`` bytes from ``start`` of a presigned download URL (fewer at the end of the blob)."""
-        if length <= 0:
-            return b""
-        pieces = _ListWriter()
-        self.get_into(url, pieces, start=start, stop=start + length)
-        return b"".join(pieces.pieces)
 
 
 class _FileBody:
@@ -397,15 +390,6 @@ class _BundleBody:
         self._next = 0
         self._pending = self._listing
         return 0
-
-
-class _ListWriter:
-    def __init__(self) -> None:
-        self.pieces: list[bytes] = []
-
-    def write(self, data: bytes | memoryview, /) -> int:
-        self.pieces.append(bytes(data))
-        return len(data)
 
 
 def _range_end(response: requests.Response, target: int | None) -> int | None:
