@@ -25,11 +25,14 @@ import subprocess
 import sys
 import time
 
+from wanllmdb.fs.process import mounts_under, wait_for
+
+from .bench_http import plain_get
 from .context import Context
 from .data import make_file, make_small_files
 from .fio_jobs import run_job
 from .harness import Result, RssSampler, children_cpu_seconds, drop_page_cache, mbps, process_cpu_seconds
-from .mounts import PassthroughMount, WanllmdbMount, fuse_mounts_under
+from .mounts import PassthroughMount, WanllmdbMount
 from .servers import BenchServer, start_server
 
 GROUP = "mount"
@@ -109,7 +112,9 @@ def log_listing(server: BenchServer, count: int, blob_path: str) -> None:
     """A version of ``count`` tiny files (one shared blob), made straight from a manifest: quick to log."""
     from wanllmdb.manifest import Manifest, ManifestEntry, hash_bytes
     from wanllmdb.registry import DraftSpec
-    from wanllmdb.registry.http import HttpRegistry
+    from wanllmdb.sdk.client import Client
+    from wanllmdb.sdk.transfer import upload_version
+    from wanllmdb.settings import load_settings
 
     data = b"wanllmdb listing benchmark\n"
     with open(blob_path, "wb") as f:
@@ -117,19 +122,12 @@ def log_listing(server: BenchServer, count: int, blob_path: str) -> None:
     digest = hash_bytes(data)
     entries = [ManifestEntry(f"d{i // 1000:03d}/f{i:06d}.txt", digest.size, digest.md5, digest.sha256)
                for i in range(count)]
-    registry = HttpRegistry(server.url, api_key=server.api_key)
+    client = Client(load_settings(base_url=server.url, api_key=server.api_key))
     try:
-        draft = registry.create_draft(DraftSpec(PROJECT, "listing", "dataset", Manifest.from_entries(entries)))
-        bundled = set()
-        for bundle in draft.bundles:
-            registry.upload_bundle(draft, bundle, {t.sha256: blob_path for t in bundle.targets})
-            bundled.update(t.sha256 for t in bundle.targets)
-        for target in draft.missing:
-            if target.sha256 not in bundled:
-                registry.upload_blob(draft, target, blob_path)
-        registry.finalize_draft(draft.id)
+        spec = DraftSpec(PROJECT, "listing", "dataset", Manifest.from_entries(entries))
+        upload_version(client, spec, {digest.sha256: blob_path}, ())
     finally:
-        registry.close()
+        client.close()
 
 
 # --- measuring ------------------------------------------------------------------------------------------
@@ -147,11 +145,8 @@ def wall(cmd: list[str] | str) -> float:
 
 def wait_for_file(path: str, timeout: float = 60.0) -> None:
     """Wait until the mount has admitted a blob to its cache (it hashes the whole file first)."""
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{path} never appeared in the cache")
-        time.sleep(0.05)
+    if not wait_for(lambda: os.path.exists(path), timeout):
+        raise RuntimeError(f"{path} never appeared in the cache")
 
 
 def cold(fn, *args):
@@ -183,12 +178,6 @@ def parallel_readers(path: str, size: int, readers: int = 4) -> float:
     if any(codes):
         raise RuntimeError(f"dd readers of {path} failed: {codes}")
     return mbps(part * readers << 20, seconds)
-
-
-def plain_get(server: BenchServer, sha: str, target: str) -> float:
-    from .bench_http import plain_get as get
-
-    return get(server, sha, target)
 
 
 def array_load(ctx: Context, kind: str, path: str) -> dict:
@@ -419,7 +408,7 @@ def run(ctx: Context) -> list[Result]:
             sys.stderr.write(f"  [mount] {getattr(step, '__name__', 'arrays')} {time.time() - t0:.0f}s\n")
     finally:
         server.stop()
-        left = fuse_mounts_under(ctx.workdir)
+        left = [entry.mountpoint for entry in mounts_under(os.path.realpath(ctx.workdir))]
         for point in left:
             subprocess.run(["fusermount3", "-u", "-z", point], capture_output=True)
         for name in os.listdir(ctx.path("mount", "")):

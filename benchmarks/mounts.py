@@ -1,5 +1,5 @@
 """Mounts for the benchmarks: ``wanllmdb mount`` as users run it, and the passthrough baseline; both always
-taken down again (context managers), and a check that no FUSE mount under the work dir is left behind.
+taken down again (context managers).
 """
 
 from __future__ import annotations
@@ -11,36 +11,15 @@ import subprocess
 import sys
 import time
 
+from wanllmdb.fs.process import find_mount_process, mount_entry, pid_alive, wait_for
+
 from .servers import BenchServer
 
 PASSTHROUGH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "passthrough.py")
 
 
-def fuse_mounts_under(root: str) -> list[str]:
-    """Mountpoints of FUSE mounts at or below ``root`` (from /proc/mounts, never touching them)."""
-    root = os.path.realpath(root).rstrip("/")
-    found = []
-    with open("/proc/mounts") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) >= 3 and fields[2].startswith("fuse"):
-                point = fields[1].encode().decode("unicode_escape")
-                if point == root or point.startswith(root + "/"):
-                    found.append(point)
-    return found
-
-
 def _mounted(mountpoint: str) -> bool:
-    return mountpoint in fuse_mounts_under(mountpoint)
-
-
-def _wait(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
+    return mount_entry(mountpoint) is not None
 
 
 class WanllmdbMount:
@@ -72,8 +51,6 @@ class WanllmdbMount:
         if proc.returncode != 0:
             self._force_down()
             raise RuntimeError(f"wanllmdb mount failed: {proc.stderr.strip()[-2000:]}")
-        from wanllmdb.fs.process import find_mount_process
-
         self.pid = find_mount_process(self.mountpoint)
         return self
 
@@ -85,7 +62,7 @@ class WanllmdbMount:
         self.stop()
 
     def stop(self) -> None:
-        if not _mounted(self.mountpoint) and (self.pid is None or not _alive(self.pid)):
+        if not _mounted(self.mountpoint) and (self.pid is None or not pid_alive(self.pid)):
             return
         subprocess.run([sys.executable, "-m", "wanllmdb", "unmount", self.mountpoint], env=self.env,
                        capture_output=True, text=True, timeout=60)
@@ -95,9 +72,9 @@ class WanllmdbMount:
         if _mounted(self.mountpoint):
             tool = shutil.which("fusermount3") or shutil.which("fusermount") or "umount"
             subprocess.run([tool, "-u", "-z", self.mountpoint], capture_output=True, timeout=30)
-        if self.pid is not None and _alive(self.pid):
+        if self.pid is not None and pid_alive(self.pid):
             os.kill(self.pid, 9)
-            _wait(lambda: not _alive(self.pid), 5)
+            wait_for(lambda: not pid_alive(self.pid), 5)
         if _mounted(self.mountpoint):
             raise RuntimeError(f"{self.mountpoint} is still mounted")
 
@@ -118,7 +95,7 @@ class PassthroughMount:
         os.makedirs(self.mountpoint, exist_ok=True)
         self.process = subprocess.Popen([sys.executable, PASSTHROUGH, self.source, self.mountpoint],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if not _wait(lambda: _mounted(self.mountpoint) or self.process.poll() is not None, 30) or \
+        if not wait_for(lambda: _mounted(self.mountpoint) or self.process.poll() is not None, 30) or \
                 self.process.poll() is not None:
             err = self.process.stderr.read().decode(errors="replace") if self.process.poll() is not None else ""
             self.__exit__()
@@ -140,10 +117,3 @@ class PassthroughMount:
         if _mounted(self.mountpoint):
             subprocess.run([tool, "-u", "-z", self.mountpoint], capture_output=True, timeout=30)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False

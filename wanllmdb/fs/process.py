@@ -227,7 +227,8 @@ def remove_state(mountpoint: str, pid: int | None = None) -> None:
 # --- processes ------------------------------------------------------------------------------------------
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running (not zombie) process."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -257,16 +258,17 @@ def _is_mount_process(pid: int, mountpoint: str) -> bool:
 def find_mount_process(mountpoint: str) -> int | None:
     """The pid serving ``mountpoint``: from its state file, else by scanning process command lines."""
     pid = read_state(mountpoint).get("pid")
-    if isinstance(pid, int) and _alive(pid) and _is_mount_process(pid, mountpoint):
+    if isinstance(pid, int) and pid_alive(pid) and _is_mount_process(pid, mountpoint):
         return pid
     for name in os.listdir("/proc"):
         if name.isdigit() and int(name) != os.getpid() and _is_mount_process(int(name), mountpoint):
-            if _alive(int(name)):
+            if pid_alive(int(name)):
                 return int(name)
     return None
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float) -> bool:
+def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``condition`` (backing off to 0.1 s) until it holds or ``timeout`` passes; returns whether it held."""
     deadline = time.monotonic() + timeout
     delay = 0.005
     while True:
@@ -335,17 +337,17 @@ def unmount(path: str, timeout: float = 10.0) -> str:
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        _wait_for(lambda: not _alive(pid) and mount_entry(mountpoint) is None, timeout * 0.6)
+        wait_for(lambda: not pid_alive(pid) and mount_entry(mountpoint) is None, timeout * 0.6)
     entry = mount_entry(mountpoint)
     if entry is not None:
         logger.info("%s still mounted: aborting its connection and detaching it", mountpoint)
         abort_connection(entry.device)
         detach(mountpoint, lazy=True)
-    if pid is not None and _alive(pid):
+    if pid is not None and pid_alive(pid):
         logger.info("mount process %d still running: killing it", pid)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        _wait_for(lambda: not _alive(pid), timeout * 0.3)
+        wait_for(lambda: not pid_alive(pid), timeout * 0.3)
     if mount_entry(mountpoint) is not None:
         detach(mountpoint, lazy=True)
     if mount_entry(mountpoint) is not None:
@@ -418,7 +420,7 @@ class _Daemon:
 
     def _announce(self) -> None:
         """Once the kernel lists the mount: tune read-ahead, record the state, tell whoever waits."""
-        if not _wait_for(lambda: mount_entry(self.mountpoint) is not None, 30.0):
+        if not wait_for(lambda: mount_entry(self.mountpoint) is not None, 30.0):
             logger.error("the kernel never listed %s as mounted", self.mountpoint)
             return
         entry = mount_entry(self.mountpoint)
@@ -566,7 +568,7 @@ def start_background(child_args: Sequence[str], mountpoint: str, log_file: str, 
         ready = _wait_ready(read_end, child, timeout)
     finally:
         os.close(read_end)
-    if ready and _wait_for(lambda: mount_entry(mountpoint) is not None, 5.0):
+    if ready and wait_for(lambda: mount_entry(mountpoint) is not None, 5.0):
         child.stderr.close()
         return child.pid
     message = _child_failure(child, mountpoint, ready, timeout, log_file)
