@@ -47,7 +47,7 @@ class Passthrough(fuse.Operations):
             st = os.lstat(self._full(path))
         except OSError as exc:
             raise fuse.FuseOSError(exc.errno or errno.EIO) from None
-        attrs = {key: getattr(st, key) for key in STAT_KEYS if not key.endswith("time")}
+        attrs = {key: getattr(st, key) for key in STAT_KEYS}
         attrs.update(st_atime=st.st_atime_ns, st_mtime=st.st_mtime_ns, st_ctime=st.st_ctime_ns)
         return attrs
 
@@ -80,7 +80,7 @@ def main(argv: list[str]) -> int:
     options = {"foreground": True, "ro": True, "fsname": "passthrough", "default_permissions": True,
                "entry_timeout": TTL, "attr_timeout": TTL, "negative_timeout": 0}
     if getattr(fuse, "fuse_version_major", 2) >= 3:
-        options.update(max_threads=64, max_idle_threads=16)
+        options.update(max_threads=64, max_idle_threads=64)
     else:
         options.update(kernel_cache=True, max_read=1 << 20)
     fuse.FUSE(Passthrough(source), mountpoint, **options)

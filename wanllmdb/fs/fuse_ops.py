@@ -283,6 +283,9 @@ class FuseOperations(fuse.Operations):  # type: ignore[misc, name-defined]
         return self._refuse("write", path)
 
 
+#: libfuse worker threads answering requests (all kept once started, see ``_keep_python_thread_state``).
+MAX_WORKERS = 64
+
 _callback_thread = threading.local()
 
 
@@ -292,8 +295,9 @@ def _keep_python_thread_state() -> None:
     ctypes runs a callback from a thread Python did not start between ``PyGILState_Ensure`` and
     ``PyGILState_Release``, so every FUSE request on such a thread created and destroyed a whole thread
     state, its 16 KiB frame stack mmap'd and munmap'd each time (strace: one mmap/munmap pair per request).
-    One ``Ensure`` never released keeps it for the thread's life; libfuse keeps its worker threads, so
-    that is one small thread state per worker.
+    One ``Ensure`` never released keeps it for the thread's life. A worker that exited would leave its
+    state behind, so ``run_fuse`` has libfuse keep every worker (``max_idle_threads`` = ``max_threads``):
+    at most ``MAX_WORKERS`` small thread states.
     """
     ctypes.pythonapi.PyGILState_Ensure()
     _callback_thread.kept = True
@@ -347,8 +351,9 @@ def run_fuse(
         "fsname": fsname.replace(",", "_"),
         "subtype": "wanllmdb",
         "default_permissions": True,
-        "max_threads": 64,
-        "max_idle_threads": 16,
+        "max_threads": MAX_WORKERS,
+        # workers are never torn down, so the thread states they keep (_keep_python_thread_state) stay bounded
+        "max_idle_threads": MAX_WORKERS,
         "entry_timeout": operations.metadata_ttl,
         "attr_timeout": operations.metadata_ttl,
         "negative_timeout": 0,
