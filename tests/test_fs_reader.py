@@ -68,9 +68,18 @@ class FakeRemote:
             gate.wait(10)
         writer.write(self.blobs[sha256])
 
-    def chunks_fetched(self, sha256: str) -> list[int]:
+    def chunk_fetches(self, sha256: str) -> list[int]:
+        """Every chunk each request covered, in order (a chunk fetched twice appears twice)."""
         with self.lock:
-            return sorted({start // CHUNK for sha, start, _ in self.ranges if sha == sha256})
+            return [
+                index
+                for sha, start, length in self.ranges
+                if sha == sha256
+                for index in range(start // CHUNK, -(-(start + length) // CHUNK))
+            ]
+
+    def chunks_fetched(self, sha256: str) -> list[int]:
+        return sorted(set(self.chunk_fetches(sha256)))
 
 
 @pytest.fixture
@@ -116,7 +125,7 @@ def settle(reader: ChunkReader, timeout: float = 5.0) -> None:
         with reader._lock:
             parts = list(reader._partials.values()) + list(reader._idle.values())
         # a partial whose last chunk landed is hashed and promoted on the worker after its flight ends
-        return bool(len(reader._flights)) or any(p.count == p.nchunks and not p.done for p in parts)
+        return bool(reader.pending_fetches()) or any(p.count == p.nchunks and not p.done for p in parts)
 
     while busy() and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -155,7 +164,7 @@ def test_sequential_reads_grow_the_read_ahead_window_and_complete_into_the_cache
     data = os.urandom(40 * CHUNK + 123)
     remote = FakeRemote(data)
     entry = make_entry(data)
-    reader = make_reader(cache, remote, stop, max_window=8)
+    reader = make_reader(cache, remote, stop, fetch_bytes=4 * CHUNK, readahead_bytes=16 * CHUNK)
     handle = reader.open(entry, "p/a:v1/seq")
     assert reader.read(handle, 1000, 0) == data[:1000]
     settle(reader)
@@ -163,15 +172,61 @@ def test_sequential_reads_grow_the_read_ahead_window_and_complete_into_the_cache
     assert reader.read(handle, CHUNK, CHUNK) == data[CHUNK : 2 * CHUNK]  # enters chunk 1: window 2
     settle(reader)
     assert remote.chunks_fetched(entry.sha256) == [0, 1, 2, 3]
+    assert remote.ranges[-1][1:] == (2 * CHUNK, 2 * CHUNK)  # the window's two chunks in one request
     assert read_all(reader, handle, len(data), piece=CHUNK // 2) == data
     settle(reader)
     eventually(lambda: reader.stats.promoted == 1)
     assert reader.stats.readahead_chunks > 0
-    assert len(remote.ranges) == 41  # every chunk fetched once
+    assert sorted(remote.chunk_fetches(entry.sha256)) == list(range(41))  # every chunk fetched once
+    assert len(remote.ranges) < 20  # in requests of several chunks
+    assert max(length for _, _, length in remote.ranges) <= 4 * CHUNK  # none larger than fetch_bytes
+    assert reader.stats.chunks_fetched == 41
     blob = cache.lookup(entry.sha256)
     assert blob is not None and open(blob, "rb").read() == data
     assert reader.read(handle, 50, len(data) - 50) == data[-50:]  # the open handle keeps working
     reader.release(handle)
+
+
+def test_a_chunk_is_served_as_soon_as_it_is_verified_not_when_its_request_ends(cache, stop):
+    data = os.urandom(8 * CHUNK)
+    entry = make_entry(data)
+    arrived = threading.Event()
+    release = threading.Event()
+
+    class Trickle(FakeRemote):
+        def fetch_range_into(self, sha256, start, length, writer):
+            with self.lock:
+                self.ranges.append((sha256, start, length))
+            body = self.blobs[sha256][start : start + length]
+            writer.write(body[:CHUNK])  # the first chunk of the request, whole
+            arrived.set()
+            release.wait(10)  # the rest of the body is slow
+            writer.write(body[CHUNK:])
+            return length
+
+    remote = Trickle(data)
+    reader = make_reader(cache, remote, stop, fetch_bytes=8 * CHUNK)
+    handle = reader.open(entry, "p/a:v1/trickle.bin")
+    assert reader.read(handle, 10, 0) == data[:10]  # demand: chunk 0 alone
+    assert reader.read(handle, CHUNK, 10) == data[10 : CHUNK + 10]  # enters chunk 1 (read-ahead: 2, 3)
+    release.set()
+    settle(reader)
+    arrived.clear()
+    release.clear()
+    handle.window = 8  # a reader well into its stream: the next read-ahead asks for chunks 4-7 at once
+    with ThreadPoolExecutor(1) as pool:
+        ahead = pool.submit(reader.read, handle, CHUNK, 3 * CHUNK)
+        assert ahead.result(5) == data[3 * CHUNK : 4 * CHUNK]
+        assert arrived.wait(5)
+        started = time.monotonic()
+        # chunk 4 is verified while the request for 4-7 is still running: its reader does not wait for 5-7
+        assert reader.read(handle, 100, 4 * CHUNK) == data[4 * CHUNK : 4 * CHUNK + 100]
+        assert time.monotonic() - started < 2
+        assert not release.is_set()
+    release.set()
+    settle(reader)
+    assert remote.ranges[-1][1:] == (4 * CHUNK, 4 * CHUNK)
+    assert reader.read(handle, 100, 7 * CHUNK) == data[7 * CHUNK : 7 * CHUNK + 100]
 
 
 def test_random_reads_fetch_only_the_chunks_they_touch(cache, stop):
@@ -204,6 +259,31 @@ def test_wrong_bytes_fail_the_read_and_are_never_served(cache, stop, caplog):
         reader.read(handle, 100, 3 * CHUNK + 5)  # still refused: the bad chunk was not kept
     remote.corrupt.clear()
     assert reader.read(handle, 100, 3 * CHUNK + 5) == data[3 * CHUNK + 5 : 3 * CHUNK + 105]
+
+
+def test_a_bad_chunk_inside_a_request_keeps_the_good_ones_before_it(cache, stop):
+    data = os.urandom(6 * CHUNK)
+    entry = make_entry(data)
+
+    class FlipInChunk2(FakeRemote):
+        def fetch_range(self, sha256, start, length):
+            body = bytearray(super().fetch_range(sha256, start, length))
+            if start <= 2 * CHUNK + 7 < start + length:
+                body[2 * CHUNK + 7 - start] ^= 0xFF
+            return bytes(body)
+
+    remote = FlipInChunk2(data)
+    reader = make_reader(cache, remote, stop)
+    handle = reader.open(entry, "p/a:v1/mixed.bin")
+    with pytest.raises(ChecksumError, match="chunk 2"):
+        reader.read(handle, 4 * CHUNK, 0)  # one request for chunks 0-3
+    assert remote.ranges == [(entry.sha256, 0, 4 * CHUNK)]
+    assert reader.read(handle, 2 * CHUNK, 0) == data[: 2 * CHUNK]  # verified before the bad one: kept
+    settle(reader)
+    assert all(start >= 2 * CHUNK for _, start, _ in remote.ranges[1:])  # (read-ahead asks for chunk 2 again)
+    with pytest.raises(ChecksumError, match="chunk 2"):
+        reader.read(handle, 10, 2 * CHUNK)  # never served, fetched again, refused again
+    assert reader.read(handle, 10, 3 * CHUNK) == data[3 * CHUNK : 3 * CHUNK + 10]
 
 
 def test_a_short_range_fails_the_read(cache, stop):
@@ -280,19 +360,19 @@ def test_shutdown_makes_waiting_reads_give_up_at_once(cache, stop):
 
 
 def test_concurrent_readers_of_one_chunk_fetch_it_once(cache, stop):
-    data = os.urandom(16 * CHUNK)
+    data = os.urandom(40 * CHUNK)
     remote = FakeRemote(data)
     entry = make_entry(data)
     gate = remote.stall[entry.sha256] = threading.Event()
     reader = make_reader(cache, remote, stop)
     handles = [reader.open(entry, "p/a:v1/shared.bin") for _ in range(8)]
-    offset = 9 * CHUNK + 100
+    offset = 30 * CHUNK + 100  # a seek: beyond the slack of a sequential read
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(reader.read, h, 1000, offset) for h in handles]
         time.sleep(0.2)
         gate.set()
         assert all(f.result(5) == data[offset : offset + 1000] for f in futures)
-    assert remote.chunks_fetched(entry.sha256) == [9]
+    assert remote.chunks_fetched(entry.sha256) == [30]
     assert len(remote.ranges) == 1
 
 

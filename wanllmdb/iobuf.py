@@ -6,7 +6,7 @@ thousands of small files; every streaming loop takes its buffer from here.
 
 from __future__ import annotations
 
-#: Largest buffer a streaming loop uses (also the chunk size the manifest digests).
+#: Largest buffer a streaming loop uses.
 MAX_BUFFER = 8 * 1024 * 1024
 #: Smallest buffer worth allocating, so that an empty or tiny file still reads to EOF in one call.
 MIN_BUFFER = 64 * 1024

@@ -26,8 +26,10 @@ from .errors import ConfigError
 APP_NAME = "wanllmdb"
 DEFAULT_CACHE_BYTES = 10 * 1000**3
 #: Files larger than this are split into chunks with their own SHA-256, so that a reader can fetch and
-#: verify any part of a file on its own.
-CHUNK_SIZE = 8 * 1024 * 1024
+#: verify any part of a file on its own. The chunk is the unit of verification, not of transfer (the mount
+#: fetches several per request): a reader of the first bytes of a cold file waits for one chunk to arrive
+#: and be hashed, so it is kept small. 1 MiB costs 64 hex characters of manifest per MiB of file.
+CHUNK_SIZE = 1024 * 1024
 
 _SIZE_UNITS = {
     "": 1,

@@ -10,7 +10,6 @@ freed by the transport's own socket timeout.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -18,8 +17,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
 from ..errors import FetchError
-
-logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -46,19 +43,9 @@ class Flights:
     def start(
         self,
         key: Hashable,
-        fn: Callable[..., T],
-        pool: ThreadPoolExecutor | None = None,
-        *,
-        early: bool = False,
-        on_exit: Callable[[], None] | None = None,
+        fn: Callable[[], T],
     ) -> tuple[Future[T], bool]:
-        """The in-flight call for ``key``, or a new one running ``fn`` on ``pool`` (default: this one's).
-
-        Args:
-            early: ``fn`` is called with a ``publish()`` callback that completes the future before ``fn``
-                returns (the waiters can go on while ``fn`` finishes its own work).
-            on_exit: called on the worker when ``fn`` is over, or was cancelled before it ran — only when
-                this call created the flight.
+        """The in-flight call for ``key``, or a new one running ``fn`` on the pool.
 
         Returns:
             the future, and whether this call created it. A finished call is forgotten, so the next
@@ -79,28 +66,19 @@ class Flights:
         future.add_done_callback(lambda f, key=key: self._forget(key, f))
 
         def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
             try:
-                if not future.set_running_or_notify_cancel():
-                    return
-                try:
-                    result = fn(lambda: _complete(future, None)) if early else fn()
-                except BaseException as exc:
-                    if not future.done():
-                        future.set_exception(exc)
-                    else:
-                        logger.debug("%r failed after publishing its result: %s", key, exc)
-                else:
-                    _complete(future, result)
-            finally:
-                if on_exit is not None:
-                    on_exit()
+                result = fn()
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
 
         try:
-            (pool or self._pool).submit(run)
+            self._pool.submit(run)
         except RuntimeError:  # the pool is shut down
             future.cancel()
-            if on_exit is not None:
-                on_exit()
             raise Stopped("the filesystem is shutting down") from None
         return future, True
 
@@ -153,7 +131,3 @@ class Flights:
     def __len__(self) -> int:
         return len(self._inflight)
 
-
-def _complete(future: Future, result: object) -> None:
-    if not future.done():
-        future.set_result(result)

@@ -10,24 +10,30 @@ caller's buffer. Eviction unlinks the file, which never disturbs an open descrip
 checks size and SHA-256 before renaming the blob into place; then as above.
 
 **Larger files** not yet cached get a *partial*: a sparse file from ``BlobCache.new_partial``, shared by all
-handles of that blob in this process, with a bitmap of the chunks it holds. A read
+handles of that blob in this process, with a bitmap of the chunks it holds (a chunk, 1 MiB for new
+manifests, is the unit of verification; a request may carry several). A read
 
-1. computes the chunks covering ``[offset, offset + size)``; for each missing one it joins the fetch in
-   flight or starts one on the *demand* pool (a read-ahead of that chunk still queued is cancelled and
-   replaced), then waits with the timeout, holding no lock;
-2. a fetch streams the range (the registry's ``fetch_range_into``) straight into the chunk's place in the
-   partial file, hashing each piece on the way, and marks the chunk present only once its length and
-   SHA-256 match the manifest's chunk digest; reads only ever touch present chunks, so no read can see
-   unverified bytes;
+1. computes the chunks covering ``[offset, offset + size)``; for each missing one it joins the fetch that
+   will bring it, or starts a *demand* fetch of the missing run (a read-ahead of it still queued is
+   cancelled and its whole range fetched on the demand pool instead), then waits on the partial's
+   condition, holding no lock, until the chunk is present, its fetch failed, or nothing moved for the
+   timeout;
+2. a fetch is one ranged request (the registry's ``fetch_range_into``) whose bytes go straight into their
+   place in the partial file, hashed on the way; each chunk is marked present, and its waiters woken, as
+   soon as its last byte is in and its length and SHA-256 match the manifest's chunk digest. Reads only
+   ever touch present chunks, so no read can see unverified bytes, and a reader waits for its own chunk,
+   not for the rest of the request;
 3. returns ``preadv`` of the partial.
 
-**Read-ahead** (per handle, after mountpoint-s3's prefetcher): a read starting within ``SEQ_SLACK`` (at most
-two chunks) of where the handle's reads have reached is sequential (the slack absorbs the kernel issuing
-readahead requests in parallel, which arrive out of order). Each time a sequential reader enters a new
-chunk its window doubles (1, 2, 4, ... ``max_window`` chunks) and the missing chunks of the window ahead
-are queued on the small read-ahead pool; any other read is a seek and resets the window to 0. So
-``head -c 100`` costs the first chunk plus one chunk of read-ahead, a streaming reader stays up to
-``max_window`` chunks ahead, and random access (``mmap``) fetches only the chunks it touches.
+**Read-ahead** (per handle, after mountpoint-s3's prefetcher): a read starting within ``SEQ_SLACK`` of
+where the handle's reads have reached is sequential (the slack absorbs the kernel's own read-ahead
+requests, which arrive in parallel and out of order). Each time a sequential reader enters a new chunk its
+window doubles (1, 2, 4, ... chunks, up to ``readahead_bytes``) and the missing chunks of the window ahead
+are fetched on the small read-ahead pool, in requests of up to ``fetch_bytes``: a full window that slides
+by one chunk is topped up a whole request at a time, not a chunk at a time. Any other read is a seek and
+resets the window. So ``head -c 100`` costs the first chunk plus one chunk of read-ahead (2 MiB), a
+streaming reader stays up to ``readahead_bytes`` ahead in 8 MiB requests, and random access (``mmap``)
+fetches only the chunks it touches.
 
 **Completion.** When the last chunk lands, the worker hashes the partial as a whole and promotes it into
 ``blobs/`` (``BlobCache.promote_partial``, a hard link: the handles' descriptor now names the complete blob).
@@ -39,8 +45,8 @@ A partial nobody holds open stays resumable for a while (``idle_partials``), the
 logged with the file and the reason; the chunk is fetched again by the next read that needs it.
 
 **Costs.** Per 1 MiB read of present data: a bitmap test and one ``preadv`` (one copy, no lock, no cache-index
-write). A fetch holds one network piece (1 MiB) in memory at a time, never a whole chunk: no chunk-sized
-buffers, so resident memory stays flat however many fetches run.
+write). A fetch holds one network piece (1 MiB) in memory at a time, never a whole request: resident memory
+stays flat however many fetches run.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ import hashlib
 import logging
 import os
 import threading
-import weakref
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -58,7 +64,7 @@ from dataclasses import dataclass, fields
 from ..cache.store import BlobCache, BlobWriter
 from ..errors import ChecksumError, FetchError, WanllmdbError
 from ..manifest import ManifestEntry
-from .flight import Flights
+from .flight import Flights, Stopped
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +76,17 @@ BlobFetcher = Callable[[str, int, BlobWriter], object]
 
 #: Seconds after a blob enters the cache before the cache index is written (batched, off the read path).
 INDEX_FLUSH_DELAY = 1.0
-#: Reads starting this close to where a handle's reads reached count as sequential (at most two chunks).
-SEQ_SLACK = 8 << 20
+#: Reads starting this close to where a handle's reads reached count as sequential: twice the kernel's
+#: read-ahead (``max_readahead``), whose requests arrive in parallel and out of order (at most 16 chunks,
+#: at least 2, so that files of small chunks still tell random from sequential reads).
+SEQ_SLACK = 16 << 20
+#: Most bytes one ranged request fetches: read-ahead is sent in requests this large, while each chunk in it
+#: is verified and served as soon as its own bytes are in.
+FETCH_BYTES = 8 << 20
+#: How far ahead of a sequential reader chunks are fetched, at most.
+READ_AHEAD_BYTES = 64 << 20
+#: A read whose wanted chunks keep being cancelled under it (never in practice) gives up after this many rounds.
+MAX_REFETCH = 3
 
 
 @dataclass
@@ -95,7 +110,7 @@ class _Partial:
     """A blob being filled chunk by chunk in this process."""
 
     __slots__ = (
-        "entry", "label", "path", "fd", "present", "count", "nchunks", "refs", "lock", "failed", "done",
+        "entry", "label", "path", "fd", "present", "count", "nchunks", "refs", "cond", "fetching", "failed", "done",
     )
 
     def __init__(self, entry: ManifestEntry, label: str, path: str, fd: int) -> None:
@@ -107,9 +122,25 @@ class _Partial:
         self.present = bytearray(self.nchunks)  # chunks written to the partial file and verified there
         self.count = 0
         self.refs = 0
-        self.lock = threading.Lock()
+        self.cond = threading.Condition(threading.Lock())  # guards present, count and fetching
+        self.fetching: dict[int, _Fetch] = {}  # chunk -> the fetch queued or running that will bring it
         self.failed: WanllmdbError | None = None
         self.done = False  # every chunk present (and promotion attempted)
+
+
+class _Fetch:
+    """One ranged request for chunks ``[first, stop)`` of a partial, queued or running."""
+
+    __slots__ = ("first", "stop", "ahead", "future", "error", "over", "moved")
+
+    def __init__(self, first: int, stop: int, ahead: bool) -> None:
+        self.first = first
+        self.stop = stop
+        self.ahead = ahead
+        self.future: Future | None = None
+        self.error: BaseException | None = None
+        self.over = False  # ended: its chunks are present, or it failed, or it was cancelled before it ran
+        self.moved = time.monotonic()  # last sign of life: queued, or the last piece received
 
 
 class Handle:
@@ -138,7 +169,9 @@ class ChunkReader:
         timeout: seconds a read waits for a fetch that makes no progress.
         readahead_workers: threads fetching ahead of sequential readers.
         demand_workers: threads fetching what a read waits for (small files and missing chunks).
-        max_window: most chunks a sequential reader is kept ahead by.
+        fetch_bytes: most bytes one ranged request fetches (the chunks it covers are each served as soon as
+            they are verified).
+        readahead_bytes: how far ahead of a sequential reader chunks are fetched, at most.
         idle_partials: partial files kept resumable after their last handle closed.
     """
 
@@ -152,14 +185,17 @@ class ChunkReader:
         timeout: float = 30.0,
         readahead_workers: int = 3,
         demand_workers: int = 16,
-        max_window: int = 8,
+        fetch_bytes: int = FETCH_BYTES,
+        readahead_bytes: int = READ_AHEAD_BYTES,
         idle_partials: int = 8,
     ) -> None:
         self.cache = self._cache = cache
         self._fetch_range_into = fetch_range_into
         self._fetch_blob = fetch_blob
         self._timeout = timeout
-        self._max_window = max(1, max_window)
+        self._stop = stop
+        self._fetch_bytes = fetch_bytes
+        self._readahead_bytes = readahead_bytes
         self._idle_max = idle_partials
         self._demand_pool = ThreadPoolExecutor(demand_workers, thread_name_prefix="wanllmdb-fetch")
         self._ahead_pool = ThreadPoolExecutor(readahead_workers, thread_name_prefix="wanllmdb-ahead")
@@ -170,7 +206,13 @@ class ChunkReader:
         self._stats_lock = threading.Lock()
         self.stats = ReadStats()
         self._flush_timer: threading.Timer | None = None
-        self._ahead: weakref.WeakSet[Future] = weakref.WeakSet()  # read-ahead fetches (a demand may cancel them)
+        self._active = 0  # range fetches queued or running
+        stop.add_done_callback(lambda _: self._wake_waiters())
+
+    def pending_fetches(self) -> int:
+        """Range fetches and whole-blob fetches queued or running (for tests and benchmarks)."""
+        with self._stats_lock:
+            return self._active + len(self._flights)
 
     # --- open / release ---------------------------------------------------------------------------------
 
@@ -231,16 +273,22 @@ class ChunkReader:
     def _fill(self, handle: Handle, part: _Partial, offset: int, end: int) -> None:
         chunk_size = handle.entry.chunk_size
         first, last = offset // chunk_size, (end - 1) // chunk_size
-        present = part.present
-        needed = [(index, self._start_demand(part, index)) for index in range(first, last + 1) if not present[index]]
-        for index, future in needed:
-            self._wait_demand(part, index, future)
+        try:
+            for _attempt in range(MAX_REFETCH + 1):
+                with part.cond:
+                    waits = self._demand(part, first, last)
+                # False: a fetch was cancelled under its waiter before it ran; the next round fetches it
+                if all([self._await(part, index, fetch) for index, fetch in waits]):
+                    break
+            else:
+                raise FetchError(f"{part.label}: chunks {first}-{last} kept being cancelled before they were fetched")
+        except WanllmdbError as exc:
+            self._count(failures=1)
+            logger.error("read of %s failed: %s", part.label, exc)
+            raise
         # Read-ahead only once what this read needed has arrived: on two cores a chunk fetched ahead would
         # otherwise compete with the one a reader is waiting for.
         self._read_ahead(handle, part, offset, end, last)
-        for index in range(first, last + 1):  # a fetch that ended without storing its chunk: fetch again
-            if not present[index]:
-                self._wait_demand(part, index, self._start_demand(part, index))
 
     def read(self, handle: Handle, size: int, offset: int) -> bytes:
         """Like :meth:`read_into`, returning new bytes."""
@@ -312,43 +360,111 @@ class ChunkReader:
         if not part.done:
             self._cache.discard_partial(part.path)
 
-    def _start_demand(self, part: _Partial, index: int) -> Future:
-        key = (part.entry.sha256, index)
-        queued = self._flights.inflight(key)
-        if queued is not None and queued in self._ahead and queued.cancel():
-            logger.debug("%s: chunk %d wanted now; its queued read-ahead was cancelled", part.label, index)
-        return self._start_chunk(part, index, ahead=False)
+    def _wake_waiters(self) -> None:
+        """Wake every read waiting for a chunk (the filesystem is shutting down: they give up)."""
+        with self._lock:
+            parts = list(self._partials.values())
+        for part in parts:
+            with part.cond:
+                part.cond.notify_all()
 
-    def _start_chunk(self, part: _Partial, index: int, ahead: bool) -> Future:
-        """The fetch of chunk ``index`` in flight, or a new one; its future completes once the chunk is verified."""
+    # --- fetching chunks --------------------------------------------------------------------------------
+
+    def _span(self, entry: ManifestEntry) -> int:
+        """Chunks one ranged request fetches at most."""
+        return max(1, self._fetch_bytes // entry.chunk_size)
+
+    def _demand(self, part: _Partial, first: int, last: int) -> list[tuple[int, _Fetch]]:
+        """The fetch each missing chunk of ``[first, last]`` waits for, starting (demand) fetches where none runs.
+
+        A read-ahead still queued for a wanted chunk is cancelled and its whole range fetched on the demand
+        pool instead (it is larger, so the reader does not wait behind other read-ahead, and the range still
+        goes in one request). Caller holds ``part.cond``.
+        """
+        needed: list[int] = []
+        start: set[int] = set()
+        for index in range(first, last + 1):
+            if part.present[index]:
+                continue
+            needed.append(index)
+            fetch = part.fetching.get(index)
+            if fetch is not None and fetch.ahead and fetch.future is not None and fetch.future.cancel():
+                logger.debug("%s: chunk %d wanted now; its queued read-ahead was cancelled", part.label, index)
+                self._forget(part, fetch)
+                self._unref(part)  # the worker that would have dropped the fetch's reference never runs
+                start.update(range(fetch.first, fetch.stop))
+            elif fetch is None:
+                start.add(index)
+        for run in _runs(sorted(i for i in start if not part.present[i] and i not in part.fetching)):
+            self._start_run(part, run, ahead=False)
+        return [(index, part.fetching[index]) for index in needed if not part.present[index]]
+
+    def _start_run(self, part: _Partial, run: list[int], ahead: bool) -> None:
+        """Start fetches for the consecutive chunks ``run``: as few requests as spans allow, of even sizes."""
+        requests = -(-len(run) // self._span(part.entry))
+        for at in range(requests):
+            lo, hi = len(run) * at // requests, len(run) * (at + 1) // requests
+            self._start_fetch(part, run[lo], run[hi - 1] + 1, ahead)
+
+    def _start_fetch(self, part: _Partial, first: int, stop: int, ahead: bool) -> _Fetch:
+        """Queue one ranged request for chunks ``[first, stop)``. Caller holds ``part.cond``.
+
+        Raises:
+            Stopped: the filesystem is shutting down.
+        """
+        fetch = _Fetch(first, stop, ahead)
+        for index in range(first, stop):
+            part.fetching[index] = fetch
         self._ref(part)  # the worker keeps the partial (and its descriptor) alive until its write is done
+        with self._stats_lock:
+            self._active += 1
         try:
-            future, created = self._flights.start(
-                (part.entry.sha256, index),
-                lambda publish: self._fetch_chunk(part, index, publish, ahead),
-                pool=self._ahead_pool if ahead else None,
-                early=True,
-                on_exit=lambda: self._unref(part),
-            )
-        except BaseException:
+            fetch.future = (self._ahead_pool if ahead else self._demand_pool).submit(self._run_fetch, part, fetch)
+        except RuntimeError:  # the pool is shut down
+            self._forget(part, fetch)
             self._unref(part)
-            raise
-        if not created:
-            self._unref(part)
-        elif ahead:
-            self._ahead.add(future)
-        return future
+            raise Stopped("the filesystem is shutting down") from None
+        return fetch
 
-    def _wait_demand(self, part: _Partial, index: int, future: Future) -> None:
-        try:
-            self._flights.wait(future, self._timeout, f"{part.label}: chunk {index}")
-        except WanllmdbError as exc:
-            self._count(failures=1)
-            logger.error("read of %s failed: %s", part.label, exc)
-            raise
+    def _forget(self, part: _Partial, fetch: _Fetch) -> None:
+        """``fetch`` is over (or will never run): its chunks may be fetched again. Caller holds ``part.cond``."""
+        for index in range(fetch.first, fetch.stop):
+            if part.fetching.get(index) is fetch:
+                del part.fetching[index]
+        if not fetch.over:
+            fetch.over = True
+            part.cond.notify_all()
+            with self._stats_lock:
+                self._active -= 1
+
+    def _await(self, part: _Partial, index: int, fetch: _Fetch) -> bool:
+        """Wait until chunk ``index`` is present; False if ``fetch`` ended without it (cancelled).
+
+        The deadline runs from the fetch's last sign of life (queued, or its last piece received), so a slow
+        but moving download is never timed out, and a reader joining a stalled one fails without waiting a
+        whole timeout more.
+
+        Raises:
+            the fetch's error; FetchError: no progress within the timeout; Stopped: shutting down.
+        """
+        what = f"{part.label}: chunk {index}"
+        with part.cond:
+            while not part.present[index]:
+                if fetch.over:
+                    if fetch.error is not None:
+                        raise fetch.error
+                    return False
+                if self._stop.done():
+                    raise Stopped(f"{what}: abandoned, the filesystem is shutting down")
+                remaining = fetch.moved + self._timeout - time.monotonic()
+                if remaining <= 0:
+                    raise FetchError(f"{what}: no answer within {self._timeout:g}s (timeout)")
+                part.cond.wait(remaining)
+        return True
 
     def _read_ahead(self, handle: Handle, part: _Partial, offset: int, end: int, last: int) -> None:
-        if abs(offset - handle.next_offset) > min(SEQ_SLACK, 2 * handle.entry.chunk_size):
+        chunk_size = handle.entry.chunk_size
+        if abs(offset - handle.next_offset) > max(2 * chunk_size, min(SEQ_SLACK, 16 * chunk_size)):
             handle.window = 0
             handle.last_chunk = last
             handle.next_offset = end
@@ -358,48 +474,64 @@ class ChunkReader:
         if last <= handle.last_chunk:
             return
         handle.last_chunk = last
-        window = handle.window = min(max(1, handle.window * 2), self._max_window)
-        present = part.present
-        for index in range(last + 1, min(last + 1 + window, part.nchunks)):
-            if not present[index]:
-                self._prefetch(part, index)
-
-    def _prefetch(self, part: _Partial, index: int) -> None:
-        if self._flights.inflight((part.entry.sha256, index)) is not None:
-            return
-        try:
-            future = self._start_chunk(part, index, ahead=True)
-        except FetchError:
-            return  # shutting down
-        future.add_done_callback(lambda f: _log_readahead_failure(f, part.label, index))
-
-    def _fetch_chunk(self, part: _Partial, index: int, publish: Callable[[], None], ahead: bool) -> None:
-        """Fetch one chunk into the partial file, verify it there, mark it present (runs on a pool thread).
-
-        The bytes are written into the chunk's own range of the partial file as they arrive and hashed on
-        the way; the chunk is marked present only once its length and SHA-256 match, and readers only ever
-        read present chunks, so unverified bytes are never served (a failed fetch leaves them unmarked, to
-        be overwritten by the next fetch). ``publish`` then completes the flight before the bookkeeping.
-        """
-        if part.present[index]:
-            return
-        entry = part.entry
-        start, length = entry.chunk_range(index)
-        sink = _ChunkSink(part, index, start, length)
-        self._fetch_range_into(entry.sha256, start, length, sink)
-        sink.verify()
-        with part.lock:
-            if part.present[index]:
+        most = max(1, self._readahead_bytes // chunk_size)
+        window = handle.window = min(max(1, handle.window * 2), most)
+        with part.cond:
+            missing = [
+                index
+                for index in range(last + 1, min(last + 1 + window, part.nchunks))
+                if not part.present[index] and index not in part.fetching
+            ]
+            # A full window slides one chunk per chunk read: top it up a whole span at a time, so read-ahead
+            # goes out in requests of fetch_bytes, not one per chunk (unless the reader is about to need the
+            # next chunk, or the file ends).
+            if not missing or (
+                len(missing) < min(self._span(part.entry), window)
+                and missing[0] > last + 1
+                and missing[-1] < part.nchunks - 1
+            ):
                 return
-            part.present[index] = 1
-            part.count += 1
-            complete = part.count == part.nchunks
-        publish()
-        self._count(chunks_fetched=1, chunk_bytes=length, readahead_chunks=int(ahead))
-        if complete:
-            self._complete(part)  # on this worker: no reader waits for it any more
-        else:
-            self._account(part)
+            try:
+                for run in _runs(missing):
+                    self._start_run(part, run, ahead=True)
+            except Stopped:
+                return
+
+    def _run_fetch(self, part: _Partial, fetch: _Fetch) -> None:
+        """Fetch chunks ``[fetch.first, fetch.stop)`` into the partial file (on a pool thread).
+
+        One ranged request; the bytes go into their place in the partial file as they arrive, hashed on the
+        way, and each chunk is marked present (and its waiters woken) as soon as its last byte is in and its
+        SHA-256 matches: a reader waits for its chunk, not for the whole request. Readers only read present
+        chunks, so unverified bytes are never served; a failure leaves the rest unmarked, to be fetched again.
+        """
+        entry = part.entry
+        start = fetch.first * entry.chunk_size
+        end = min(entry.size, fetch.stop * entry.chunk_size)
+        sink = _SpanSink(part, fetch, start, end)
+        try:
+            if self._stop.done():
+                raise Stopped("the filesystem is shutting down")
+            self._fetch_range_into(entry.sha256, start, end - start, sink)
+            sink.finish()
+        except Exception as exc:
+            fetch.error = exc
+            if fetch.ahead:
+                logger.warning("read-ahead of %s chunks %d-%d failed (a read needing them will retry): %s",
+                               part.label, sink.index, fetch.stop - 1, exc)
+        finally:
+            with part.cond:
+                self._forget(part, fetch)
+            if sink.stored:
+                self._count(chunks_fetched=sink.stored, chunk_bytes=sink.stored_bytes,
+                            readahead_chunks=sink.stored if fetch.ahead else 0)
+            try:
+                if sink.completed:
+                    self._complete(part)  # on this worker: no reader waits for it any more
+                elif sink.stored:
+                    self._account(part)
+            finally:
+                self._unref(part)
 
     def _account(self, part: _Partial) -> None:
         try:
@@ -495,51 +627,98 @@ class _Progress:
         return _Counting()
 
 
-class _ChunkSink:
-    """Writes a chunk's bytes into its range of the partial file as they arrive, hashing them on the way."""
+class _SpanSink:
+    """Writes a fetch's bytes into their place in the partial file as they arrive, hashing them on the way, and
+    publishes each chunk (marks it present, wakes its waiters) as soon as its last byte is in and verified."""
 
-    __slots__ = ("part", "index", "start", "length", "pos", "sha")
+    __slots__ = ("part", "fetch", "end", "index", "chunk_start", "chunk_end", "pos", "sha", "stored",
+                 "stored_bytes", "completed")
 
-    def __init__(self, part: _Partial, index: int, start: int, length: int) -> None:
+    def __init__(self, part: _Partial, fetch: _Fetch, start: int, end: int) -> None:
         self.part = part
+        self.fetch = fetch
+        self.end = end
+        self.stored = self.stored_bytes = 0
+        self.completed = False
+        self._begin(fetch.first, start)
+
+    def _begin(self, index: int, start: int) -> None:
         self.index = index
-        self.start = start
-        self.length = length
-        self.pos = 0
+        self.chunk_start = self.pos = start
+        self.chunk_end = min(self.end, start + self.part.entry.chunk_size)
         self.sha = hashlib.sha256()
 
     def write(self, data: bytes | memoryview, /) -> int:
-        n = len(data)
-        if self.pos + n > self.length:  # never write past the chunk: the next one may be present already
+        view = memoryview(data)
+        n = len(view)
+        if self.pos + n > self.end:  # never write past the range: the next chunk may be present already
             raise ChecksumError(
-                f"{self.part.label}: chunk {self.index}: received more than its {self.length} bytes",
-                expected=str(self.length),
-                actual=str(self.pos + n),
+                f"{self.part.label}: chunk {self.index}: received more than the {self.end - self.chunk_start} "
+                f"bytes asked for",
+                expected=str(self.end - self.chunk_start),
+                actual=str(self.pos - self.chunk_start + n),
             )
-        self.sha.update(data)
-        try:
-            _pwrite_all(self.part.fd, data, self.start + self.pos)
-        except OSError as exc:  # the cache's disk is full or failing: this read fails, a later one retries
-            raise FetchError(f"{self.part.label}: chunk {self.index}: could not write it to the cache: {exc}") from exc
-        self.pos += n
+        while view:
+            take = min(len(view), self.chunk_end - self.pos)
+            piece = view[:take]
+            self.sha.update(piece)
+            try:
+                _pwrite_all(self.part.fd, piece, self.pos)
+            except OSError as exc:  # the cache's disk is full or failing: this read fails, a later one retries
+                raise FetchError(
+                    f"{self.part.label}: chunk {self.index}: could not write it to the cache: {exc}"
+                ) from exc
+            self.pos += take
+            view = view[take:]
+            self.fetch.moved = time.monotonic()
+            if self.pos == self.chunk_end:
+                self._publish()
         return n
 
-    def verify(self) -> None:
-        label, index = self.part.label, self.index
-        if self.pos != self.length:
-            raise ChecksumError(
-                f"{label}: chunk {index}: expected {self.length} bytes at offset {self.start}, received {self.pos}",
-                expected=str(self.length),
-                actual=str(self.pos),
-            )
+    def _publish(self) -> None:
+        part, index = self.part, self.index
         digest = self.sha.hexdigest()
-        expected = self.part.entry.chunks[index]
+        expected = part.entry.chunks[index]
         if digest != expected:
             raise ChecksumError(
-                f"{label}: chunk {index} (offset {self.start}): SHA-256 mismatch (expected {expected}, got {digest})",
+                f"{part.label}: chunk {index} (offset {self.chunk_start}): SHA-256 mismatch "
+                f"(expected {expected}, got {digest})",
                 expected=expected,
                 actual=digest,
             )
+        with part.cond:
+            if not part.present[index]:
+                part.present[index] = 1
+                part.count += 1
+                self.completed = part.count == part.nchunks
+            if part.fetching.get(index) is self.fetch:
+                del part.fetching[index]
+            part.cond.notify_all()
+        self.stored += 1
+        self.stored_bytes += self.chunk_end - self.chunk_start
+        if self.chunk_end < self.end:
+            self._begin(index + 1, self.chunk_end)
+
+    def finish(self) -> None:
+        """Check that the whole range arrived (a short body leaves its last chunk unverified)."""
+        if self.pos != self.end:
+            raise ChecksumError(
+                f"{self.part.label}: chunk {self.index}: expected {self.chunk_end - self.chunk_start} bytes at "
+                f"offset {self.chunk_start}, received {self.pos - self.chunk_start}",
+                expected=str(self.chunk_end - self.chunk_start),
+                actual=str(self.pos - self.chunk_start),
+            )
+
+
+def _runs(indices: list[int]) -> list[list[int]]:
+    """Sorted chunk indices grouped into runs of consecutive ones."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and index == runs[-1][-1] + 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return runs
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
@@ -548,11 +727,3 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         n = os.pwrite(fd, view, offset)
         view = view[n:]
         offset += n
-
-
-def _log_readahead_failure(future: Future, label: str, index: int) -> None:
-    if future.cancelled():
-        return
-    exc = future.exception()
-    if exc is not None:
-        logger.warning("read-ahead of %s chunk %d failed (a read needing it will retry): %s", label, index, exc)

@@ -117,7 +117,7 @@ def hash_file(
     chunk_size: int = CHUNK_SIZE,
     progress: Callable[[int], object] | None = None,
 ) -> FileDigest:
-    """Digest a file in one streaming pass (two chunk-sized buffers used in turn).
+    """Digest a file in one streaming pass (two buffers of up to ``iobuf.MAX_BUFFER`` used in turn).
 
     Raises:
         OSError: the file cannot be read.
@@ -128,7 +128,7 @@ def hash_file(
         digester = Digester(chunk_size)
         # Two buffers in turn when MD5 may still be reading the previous one on the worker thread.
         count = 1 if size_hint < THREAD_MIN_PIECE else 2
-        buffers = [memoryview(buffer_for(size_hint, cap=chunk_size)) for _ in range(count)]
+        buffers = [memoryview(buffer_for(size_hint)) for _ in range(count)]
         index = 0
         while n := _read_full(fd, buffers[index % count]):
             digester.update(buffers[index % count][:n])

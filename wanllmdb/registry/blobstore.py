@@ -192,7 +192,7 @@ class BlobStore:
         digester = Digester(chunk_size)
         tmp = os.path.join(self.root, "tmp", f"unaddressed.{os.getpid()}.{secrets.token_hex(6)}")
         # Three buffers in turn: one being read, one whose MD5 may still run, one with the writer.
-        buffers = [memoryview(buffer_for(size, cap=chunk_size)) for _ in range(3)]
+        buffers = [memoryview(buffer_for(size)) for _ in range(3)]
         pending: queue.Queue[memoryview | None] = queue.Queue(maxsize=1)
         failure: list[BaseException] = []
 
