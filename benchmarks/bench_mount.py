@@ -27,7 +27,7 @@ import time
 
 from wanllmdb.fs.process import mounts_under, wait_for
 
-from .bench_http import plain_get
+from .bench_http import REPEATS, plain_get
 from .context import Context
 from .data import make_file, make_small_files
 from .fio_jobs import run_job
@@ -221,27 +221,40 @@ class Bench:
     def big_file(self) -> None:
         ctx, size = self.ctx, self.ctx.sizes.big
         cache = ctx.path("mount", "cache-big", "")
-        with self.mount(cache, fresh=True) as mnt:
-            path = self.file(mnt, "big", "big.bin")
-            sha = os.getxattr(path, "user.wanllmdb.sha256").decode()
-            mark = self.server.log_offset()
-            drop_page_cache()
-            cpu0 = (process_cpu_seconds(mnt.pid), self.server.cpu_seconds(), children_cpu_seconds())
-            t_cold = wall(["cat", path])
-            cold_cpu = {"mount_cpu_s": process_cpu_seconds(mnt.pid) - cpu0[0],
-                        "server_cpu_s": self.server.cpu_seconds() - cpu0[1],
-                        "cat_cpu_s": children_cpu_seconds() - cpu0[2]}
-            time.sleep(0.2)
-            cold_stats, cold_sent = mnt.stats(), self.server.requests_since(mark)
-            blob_dir = os.path.join(cache, "blobs", sha[:2])
-            blob = os.path.join(blob_dir, sha)
-            wait_for_file(blob)  # the mount hashes the whole file before admitting it: not part of a read
-            t_second = min(wall(["cat", path]) for _ in range(3))
-        with PassthroughMount(blob_dir, ctx.path("mount", "pt", "")) as pt:
-            pt_path = os.path.join(pt.mountpoint, sha)
-            t_pt_cold = cold(wall, ["cat", pt_path])
-            t_pt_second = min(wall(["cat", pt_path]) for _ in range(3))
-        t_get = cold(plain_get, self.server, sha, ctx.path("mount", "plain-get.bin"))
+        # Cold reads and their two baselines run in interleaved rounds (mount, passthrough, GET, mount, ...),
+        # so that each side sees the same state of the host; the best of each is reported, all are kept.
+        mount_runs, pt_runs, get_runs = [], [], []
+        for _ in range(REPEATS[ctx.quick]):
+            with self.mount(cache, fresh=True) as mnt:
+                path = self.file(mnt, "big", "big.bin")
+                sha = os.getxattr(path, "user.wanllmdb.sha256").decode()
+                mark = self.server.log_offset()
+                drop_page_cache()
+                cpu0 = (process_cpu_seconds(mnt.pid), self.server.cpu_seconds(), children_cpu_seconds())
+                seconds = wall(["cat", path])
+                cpu = {"mount_cpu_s": process_cpu_seconds(mnt.pid) - cpu0[0],
+                       "server_cpu_s": self.server.cpu_seconds() - cpu0[1],
+                       "cat_cpu_s": children_cpu_seconds() - cpu0[2]}
+                time.sleep(0.2)
+                mount_runs.append({"seconds": seconds, "cpu": cpu, "stats": mnt.stats(),
+                                   "requests": self.server.requests_since(mark)})
+                blob_dir = os.path.join(cache, "blobs", sha[:2])
+                blob = os.path.join(blob_dir, sha)
+                wait_for_file(blob)  # the mount hashes the whole file before admitting it: not part of a read
+                t_second = min(wall(["cat", path]) for _ in range(3))
+            with PassthroughMount(blob_dir, ctx.path("mount", "pt", "")) as pt:
+                pt_path = os.path.join(pt.mountpoint, sha)
+                drop_page_cache()
+                cpu0 = (process_cpu_seconds(pt.pid), children_cpu_seconds())
+                seconds = wall(["cat", pt_path])
+                pt_runs.append({"seconds": seconds, "cpu": {"passthrough_cpu_s": process_cpu_seconds(pt.pid) - cpu0[0],
+                                                           "cat_cpu_s": children_cpu_seconds() - cpu0[1]}})
+                t_pt_second = min(wall(["cat", pt_path]) for _ in range(3))
+            get_cpu: dict = {}
+            get_runs.append({"seconds": cold(plain_get, self.server, sha, ctx.path("mount", "plain-get.bin"),
+                                             get_cpu), "cpu": get_cpu})
+        t_cold, t_pt_cold, t_get = (min(r["seconds"] for r in runs) for runs in (mount_runs, pt_runs, get_runs))
+        best = min(mount_runs, key=lambda r: r["seconds"])
         t_cat_cold = cold(wall, ["cat", blob])
         t_cat_hot = min(wall(["cat", blob]) for _ in range(3))
 
@@ -249,8 +262,9 @@ class Bench:
         self.results += [
             row("cold read big file (cat)", mbps(size, t_cold), "MB/s", "min(GET, passthrough)", mbps(size, base),
                 target=">= 0.7x min(GET, passthrough)", met=t_cold <= base / 0.7, seconds=t_cold,
-                get_mbps=mbps(size, t_get), passthrough_cold_mbps=mbps(size, t_pt_cold), stats=cold_stats,
-                requests=cold_sent, cpu=cold_cpu),
+                get_mbps=mbps(size, t_get), passthrough_cold_mbps=mbps(size, t_pt_cold), stats=best["stats"],
+                requests=best["requests"], cpu=best["cpu"], runs=mount_runs, passthrough_runs=pt_runs,
+                get_runs=get_runs),
             row("  cold read vs plain requests GET", mbps(size, t_cold), "MB/s", "plain GET", mbps(size, t_get)),
             row("  cold read vs passthrough (disk)", mbps(size, t_cold), "MB/s", "passthrough cold",
                 mbps(size, t_pt_cold)),
