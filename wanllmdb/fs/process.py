@@ -515,9 +515,9 @@ def _return_big_buffers_to_the_system() -> None:
     """Keep the mount's resident memory flat.
 
     Every worker thread would otherwise get a malloc arena of its own, each keeping the high-water mark of
-    what passed through it, and glibc's adaptive mmap threshold would move 8 MiB chunk buffers into those
-    heaps for good. Two arenas, and chunk buffers always mapped (unmapped when freed); the 1 MiB request
-    buffers of FUSE reads stay below the threshold and are reused from the heap.
+    what passed through it, and glibc's adaptive mmap threshold would move any large buffer into those
+    heaps for good. Two arenas, and buffers of 4 MiB or more always mapped (unmapped when freed); the 1 MiB
+    network pieces and FUSE request buffers stay below the threshold and are reused from the heap.
     """
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL(None)
