@@ -65,8 +65,10 @@ BLOB_PREFIX = "/api/v1/blobs/"
 #: A refused upload whose body is at most this large is read and dropped before the answer, so the client
 #: reads the answer instead of a reset connection; a larger one is answered at once and the connection closed.
 DRAIN_LIMIT = 16 * 1024 * 1024
-#: Bytes of an upload handed at once to the thread that hashes and writes it.
-WRITE_BATCH = 1 << 20
+#: Bytes of an upload handed at once to the thread that hashes and writes it (at most two batches per
+#: upload in memory). Plain PUTs of 1 GiB, alternating runs: 2.2-2.8 s and 2.4-3.0 server CPU-s in 1 MiB
+#: batches, 2.0-2.2 s and 2.1-2.3 CPU-s in 4 MiB batches (fewer thread hops).
+WRITE_BATCH = 4 << 20
 #: Largest list of digests a bundle request may send (about 16,000 blobs).
 MAX_BUNDLE_LIST = 1024 * 1024
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -94,10 +96,10 @@ class _Body:
     async def read_into(self, incoming: IncomingBlob | None) -> None:
         """Read the body to its end, into ``incoming`` (or nowhere, to drain it).
 
-        Pieces are gathered into batches of about 1 MiB that a worker thread hashes and writes while the
-        event loop receives the next batch (hashlib and file writes release the GIL): receiving, hashing
-        and writing overlap instead of taking turns. At most one batch is in flight, so memory stays at
-        about two batches whatever the blob's size.
+        Pieces are gathered into batches of about ``WRITE_BATCH`` (4 MiB) that a worker thread hashes and
+        writes while the event loop receives the next batch (hashlib and file writes release the GIL):
+        receiving, hashing and writing overlap instead of taking turns. At most one batch is in flight, so
+        memory stays at about two batches whatever the blob's size.
         """
         loop = asyncio.get_running_loop()
         in_flight: asyncio.Future | None = None

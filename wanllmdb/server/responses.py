@@ -17,8 +17,12 @@ from starlette.types import Receive, Scope, Send
 
 from ..errors import AuthenticationError, IncompleteDraftError, WanllmdbError
 
-#: Pieces a blob is streamed in; small blobs go out in one piece read without a thread hop.
+#: Blobs (and ranges) up to this size go out in one piece read on the event loop: a page-cache read of at
+#: most 1 MiB costs less than a thread hop. Bundles coalesce their small blobs into sends of this size.
 BLOB_CHUNK = 1 << 20
+#: Pieces larger blobs are read in (on worker threads) and sent in. Server CPU per GiB sent from the page
+#: cache, alternating runs of 5 GETs: ~0.66 s in 1 MiB pieces, ~0.43 in 4 MiB, ~0.55 in 8 MiB.
+SEND_PIECE = 4 << 20
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
@@ -87,8 +91,8 @@ class BlobResponse(Response):
     """Streams ``[start, stop)`` of an open file descriptor, which it closes when done.
 
     One piece for small blobs, read on the event loop (a page-cache read of at most 1 MiB costs less than
-    a thread hop); larger blobs are read in 1 MiB pieces on worker threads, so a slow disk never stalls
-    other requests. Nothing larger than one piece is ever held in memory.
+    a thread hop); larger blobs are read in ``SEND_PIECE`` (4 MiB) pieces on worker threads, so a slow disk
+    never stalls other requests. Nothing larger than one piece is ever held in memory.
     """
 
     def __init__(self, fd: int, start: int, stop: int, size: int, *, partial: bool, etag: str) -> None:
@@ -116,7 +120,7 @@ class BlobResponse(Response):
                 await send({"type": "http.response.body", "body": os.pread(self.fd, stop - pos, pos)})
                 return
             while pos < stop:
-                piece = await anyio.to_thread.run_sync(os.pread, self.fd, min(BLOB_CHUNK, stop - pos), pos)
+                piece = await anyio.to_thread.run_sync(os.pread, self.fd, min(SEND_PIECE, stop - pos), pos)
                 if not piece:
                     raise OSError(f"blob file ended at byte {pos}, expected {stop}")
                 pos += len(piece)
