@@ -286,6 +286,38 @@ def test_a_bad_chunk_inside_a_request_keeps_the_good_ones_before_it(cache, stop)
     assert reader.read(handle, 10, 3 * CHUNK) == data[3 * CHUNK : 3 * CHUNK + 10]
 
 
+def test_a_reader_of_a_good_chunk_behind_a_bad_one_in_the_same_request_gets_its_bytes(cache, stop):
+    data = os.urandom(4 * CHUNK)
+    entry = make_entry(data)
+    gate, asked = threading.Event(), threading.Event()
+
+    class BadChunk1(FakeRemote):
+        def fetch_range(self, sha256, start, length):
+            if start == 0:
+                asked.set()
+                gate.wait(10)  # the request for chunks 0-3 waits until both readers are on it
+            body = bytearray(super().fetch_range(sha256, start, length))
+            if start <= CHUNK + 3 < start + length:
+                body[CHUNK + 3 - start] ^= 0xFF
+            return bytes(body)
+
+    remote = BadChunk1(data)
+    reader = make_reader(cache, remote, stop)
+    first, second = reader.open(entry, "p/a:v1/bad1.bin"), reader.open(entry, "p/a:v1/bad1.bin")
+    with ThreadPoolExecutor(2) as pool:
+        whole = pool.submit(reader.read, first, 4 * CHUNK, 0)  # one request for chunks 0-3
+        assert asked.wait(5)
+        tail = pool.submit(reader.read, second, 100, 3 * CHUNK)  # joins that request for chunk 3
+        time.sleep(0.2)
+        assert not tail.done() and len(remote.ranges) == 0  # waiting on the request in flight
+        gate.set()
+        with pytest.raises(ChecksumError, match="chunk 1"):
+            whole.result(5)
+        assert tail.result(5) == data[3 * CHUNK : 3 * CHUNK + 100]  # asked again on its own, not failed
+    assert remote.ranges[0][1:] == (0, 4 * CHUNK)
+    assert any(start >= 2 * CHUNK for _, start, _ in remote.ranges[1:])
+
+
 def test_a_short_range_fails_the_read(cache, stop):
     data = os.urandom(4 * CHUNK)
     remote = FakeRemote(data)

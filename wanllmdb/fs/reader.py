@@ -131,7 +131,7 @@ class _Partial:
 class _Fetch:
     """One ranged request for chunks ``[first, stop)`` of a partial, queued or running."""
 
-    __slots__ = ("first", "stop", "ahead", "future", "error", "over", "moved")
+    __slots__ = ("first", "stop", "ahead", "future", "error", "failed_at", "over", "moved")
 
     def __init__(self, first: int, stop: int, ahead: bool) -> None:
         self.first = first
@@ -139,6 +139,7 @@ class _Fetch:
         self.ahead = ahead
         self.future: Future | None = None
         self.error: BaseException | None = None
+        self.failed_at = stop  # the chunk the fetch was receiving when it failed
         self.over = False  # ended: its chunks are present, or it failed, or it was cancelled before it ran
         self.moved = time.monotonic()  # last sign of life: queued, or the last piece received
 
@@ -277,7 +278,8 @@ class ChunkReader:
             for _attempt in range(MAX_REFETCH + 1):
                 with part.cond:
                     waits = self._demand(part, first, last)
-                # False: a fetch was cancelled under its waiter before it ran; the next round fetches it
+                # False: a fetch ended without the chunk (cancelled, or an earlier chunk of it was bad); the
+                # next round fetches it again
                 if all([self._await(part, index, fetch) for index, fetch in waits]):
                     break
             else:
@@ -438,7 +440,8 @@ class ChunkReader:
                 self._active -= 1
 
     def _await(self, part: _Partial, index: int, fetch: _Fetch) -> bool:
-        """Wait until chunk ``index`` is present; False if ``fetch`` ended without it (cancelled).
+        """Wait until chunk ``index`` is present; False if ``fetch`` ended without it and it is worth asking again
+        (the fetch was cancelled, or a chunk before this one in the same request failed its check).
 
         The deadline runs from the fetch's last sign of life (queued, or its last piece received), so a slow
         but moving download is never timed out, and a reader joining a stalled one fails without waiting a
@@ -451,9 +454,9 @@ class ChunkReader:
         with part.cond:
             while not part.present[index]:
                 if fetch.over:
-                    if fetch.error is not None:
-                        raise fetch.error
-                    return False
+                    if fetch.error is None or (isinstance(fetch.error, ChecksumError) and index > fetch.failed_at):
+                        return False
+                    raise fetch.error
                 if self._stop.done():
                     raise Stopped(f"{what}: abandoned, the filesystem is shutting down")
                 remaining = fetch.moved + self._timeout - time.monotonic()
@@ -515,7 +518,7 @@ class ChunkReader:
             self._fetch_range_into(entry.sha256, start, end - start, sink)
             sink.finish()
         except Exception as exc:
-            fetch.error = exc
+            fetch.error, fetch.failed_at = exc, sink.index
             if fetch.ahead:
                 logger.warning("read-ahead of %s chunks %d-%d failed (a read needing them will retry): %s",
                                part.label, sink.index, fetch.stop - 1, exc)
