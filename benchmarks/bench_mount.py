@@ -31,7 +31,18 @@ from .bench_http import REPEATS, plain_get
 from .context import Context
 from .data import make_file, make_small_files
 from .fio_jobs import run_job
-from .harness import Result, RssSampler, children_cpu_seconds, drop_page_cache, mbps, process_cpu_seconds
+from .harness import (
+    Result,
+    RssSampler,
+    children_cpu_seconds,
+    cpu_floor,
+    cpu_of,
+    drop_page_cache,
+    mbps,
+    process_cpu_seconds,
+    sha256_file,
+    write_new_file,
+)
 from .mounts import PassthroughMount, WanllmdbMount
 from .servers import BenchServer, start_server
 
@@ -223,7 +234,7 @@ class Bench:
         cache = ctx.path("mount", "cache-big", "")
         # Cold reads and their two baselines run in interleaved rounds (mount, passthrough, GET, mount, ...),
         # so that each side sees the same state of the host; the best of each is reported, all are kept.
-        mount_runs, pt_runs, get_runs = [], [], []
+        mount_runs, pt_runs, get_runs, write_cpus = [], [], [], []
         for _ in range(REPEATS[ctx.quick]):
             with self.mount(cache, fresh=True) as mnt:
                 path = self.file(mnt, "big", "big.bin")
@@ -253,18 +264,30 @@ class Bench:
             get_cpu: dict = {}
             get_runs.append({"seconds": cold(plain_get, self.server, sha, ctx.path("mount", "plain-get.bin"),
                                              get_cpu), "cpu": get_cpu})
+            drop_page_cache()
+            write_cpus.append(cpu_of(lambda: write_new_file(cache, size)))
         t_cold, t_pt_cold, t_get = (min(r["seconds"] for r in runs) for runs in (mount_runs, pt_runs, get_runs))
         best = min(mount_runs, key=lambda r: r["seconds"])
+        base = max(t_get, t_pt_cold)  # the slower of the two baselines: 0.7 x min(GET MB/s, passthrough MB/s)
+        # The least a verified, cached read through FUSE can cost, each part the cheapest measured in this run:
+        # receiving the bytes and the server sending them (the plain GET), one SHA-256 pass, writing them
+        # into the cache, serving them through FUSE (the passthrough mount) and the reader itself.
+        fastest_pt = min(pt_runs, key=lambda r: r["seconds"])["cpu"]
+        fastest_get = min(get_runs, key=lambda r: r["seconds"])["cpu"]
+        floor = cpu_floor(base / 0.7, {
+            "GET client (receive)": fastest_get["client_cpu_s"], "GET server": fastest_get["server_cpu_s"],
+            "sha256": min(cpu_of(lambda: sha256_file(blob)) for _ in range(2)),
+            "write into the cache": min(write_cpus), "FUSE (passthrough mount)": fastest_pt["passthrough_cpu_s"],
+            "cat": fastest_pt["cat_cpu_s"]})
         t_cat_cold = cold(wall, ["cat", blob])
         t_cat_hot = min(wall(["cat", blob]) for _ in range(3))
 
-        base = max(t_get, t_pt_cold)  # the slower of the two baselines: 0.7 x min(GET MB/s, passthrough MB/s)
         self.results += [
             row("cold read big file (cat)", mbps(size, t_cold), "MB/s", "min(GET, passthrough)", mbps(size, base),
                 target=">= 0.7x min(GET, passthrough)", met=t_cold <= base / 0.7, seconds=t_cold,
                 get_mbps=mbps(size, t_get), passthrough_cold_mbps=mbps(size, t_pt_cold), stats=best["stats"],
                 requests=best["requests"], cpu=best["cpu"], runs=mount_runs, passthrough_runs=pt_runs,
-                get_runs=get_runs),
+                get_runs=get_runs, cpu_floor=floor),
             row("  cold read vs plain requests GET", mbps(size, t_cold), "MB/s", "plain GET", mbps(size, t_get)),
             row("  cold read vs passthrough (disk)", mbps(size, t_cold), "MB/s", "passthrough cold",
                 mbps(size, t_pt_cold)),

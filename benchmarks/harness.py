@@ -142,12 +142,59 @@ def children_peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 
 
+def cpu_floor(needed_s: float, parts: dict[str, float]) -> dict[str, Any]:
+    """The least wall time the CPU seconds ``parts`` (each the cheapest measured in this run) allow on this
+    machine's cores, beside the time a target needs: a target whose floor is above it is out of reach here,
+    whatever the implementation."""
+    total = sum(parts.values())
+    floor = total / (os.cpu_count() or 1)
+    return {"parts_cpu_s": {k: round(v, 3) for k, v in parts.items()}, "total_cpu_s": round(total, 3),
+            "cores": os.cpu_count(), "floor_s": floor, "needed_s": needed_s, "out_of_reach": floor > needed_s}
+
+
+def cpu_of(fn: Callable[[], Any]) -> float:
+    """CPU seconds (every thread of this process) ``fn`` takes."""
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
+
+
+def sha256_file(path: str) -> str:
+    """One SHA-256 pass over a file (what verifying every byte costs at the least)."""
+    import hashlib
+
+    sha = hashlib.sha256()
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            sha.update(view[:n])
+    return sha.hexdigest()
+
+
+def write_new_file(directory: str, size: int) -> None:
+    """Write ``size`` bytes into a new file and remove it (what storing bytes into a cache costs here)."""
+    path = os.path.join(directory, f"write-probe.{os.getpid()}")
+    block = os.urandom(1 << 20)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for offset in range(0, size, len(block)):
+            os.pwrite(fd, block[: min(len(block), size - offset)], offset)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
 def print_table(results: list[Result], out=sys.stdout) -> None:
     rows = [("group", "measure", "value", "baseline", "ratio", "target", "")]
     for r in results:
         base = f"{r.baseline:.4g} ({r.baseline_name})" if r.baseline is not None else (r.baseline_name or "")
         ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
         mark = "" if r.met is None else ("ok" if r.met else "MISSED")
+        floor = r.notes.get("cpu_floor")
+        if floor and not r.met:
+            mark += f" (CPU floor {floor['floor_s']:.2f} s {'>' if floor['out_of_reach'] else '<='} " \
+                    f"{floor['needed_s']:.2f} s needed)"
         rows.append((r.group, r.name, f"{r.value:.4g} {r.unit}", base, ratio, r.target or "", mark))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for i, row in enumerate(rows):
