@@ -82,9 +82,6 @@ class Flights:
             raise Stopped("the filesystem is shutting down") from None
         return future, True
 
-    def inflight(self, key: Hashable) -> Future | None:
-        return self._inflight.get(key)
-
     def _forget(self, key: Hashable, future: Future) -> None:
         with self._lock:
             if self._inflight.get(key) is future:
