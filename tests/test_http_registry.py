@@ -15,6 +15,7 @@ import time
 import pytest
 import requests
 
+from tests.support.data import read_range
 from tests.support.server import RequestLog, log_version, manifest_of, write_files
 from wanllmdb.api_client import ApiClient
 from wanllmdb.cache.store import BlobCache
@@ -192,7 +193,7 @@ def test_blob_downloads_honour_range(http_registry, project, tmp_path):
     assert beyond.status_code == 416 and beyond.headers["Content-Range"] == f"bytes */{size}"
     assert several.status_code == 416
     assert head.status_code == 200 and head.headers["Content-Length"] == str(size) and head.content == b""
-    assert http_registry.fetch_range(sha, 3 * 1024 * 1024, 100) == data[3 * 1024 * 1024 :]
+    assert read_range(http_registry, sha, 3 * 1024 * 1024, 100) == data[3 * 1024 * 1024 :]
 
 
 def test_expired_urls_are_requested_again_on_a_real_server(make_server, project, tmp_path):

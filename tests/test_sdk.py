@@ -221,7 +221,7 @@ def test_fully_cached_download_reads_no_blob(backend, project, files, tmp_path, 
     registry = wanllmdb.sdk.client.get_client().registry
     calls = []
     monkeypatch.setattr(registry, "fetch_blob", lambda *a, **k: calls.append(a))
-    monkeypatch.setattr(registry, "fetch_range", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(registry, "fetch_range_into", lambda *a, **k: calls.append(a))
     second = wandb.Api().artifact(f"{project}/ds:v1")
     root = second.download(str(tmp_path / "second"))
     assert calls == []

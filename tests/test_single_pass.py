@@ -11,6 +11,7 @@ import pytest
 
 import wanllmdb
 import wanllmdb.sdk.hashing as sdk_hashing
+from tests.support.data import read_range
 from wanllmdb.errors import ChecksumError
 from wanllmdb.manifest import hash_file
 from wanllmdb.sdk.client import get_client
@@ -150,4 +151,4 @@ def test_known_sizes_and_store_unhashed_contract(registry, tmp_path):
     digest = registry.store_unhashed(path, size)
     assert digest == hash_file(path)
     assert registry.known_sizes([size, size + 1]) == {size}
-    assert registry.fetch_range(digest.sha256, 10, 20) == open(path, "rb").read()[10:30]
+    assert read_range(registry, digest.sha256, 10, 20) == open(path, "rb").read()[10:30]

@@ -13,6 +13,7 @@ import socket
 import pytest
 import responses
 
+from tests.support.data import read_range
 from wanllmdb.api_client import ApiClient
 from wanllmdb.cache.store import BlobCache
 from wanllmdb.errors import (
@@ -235,7 +236,7 @@ def test_url_refused_twice_is_an_error_not_a_loop(registry, blob, tmp_path):
         responses.add(responses.GET, _blob_url(sha, n), status=403, body=_error("forbidden", "bad signature"))
 
     with pytest.raises(ForbiddenError):
-        registry.fetch_range(sha, 0, 10)
+        read_range(registry, sha, 0, 10)
     assert len(responses.calls) == 4
 
 

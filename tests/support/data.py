@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import os
 import uuid
 from collections.abc import Mapping, Sequence
 
 from wanllmdb.manifest import Manifest, ManifestEntry, hash_file
 from wanllmdb.registry import DraftSpec, FinalizeResult, Registry
+
+
+def read_range(registry: Registry, sha256: str, start: int, length: int) -> bytes:
+    """A range of a blob as bytes, through the registry's one range call (``fetch_range_into``)."""
+    out = io.BytesIO()
+    registry.fetch_range_into(sha256, start, length, out)
+    return out.getvalue()
 
 
 def write_files(root: str, files: Mapping[str, bytes]) -> dict[str, str]:

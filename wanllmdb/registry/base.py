@@ -265,10 +265,6 @@ class Registry(Protocol):
         """Write the whole blob into ``writer`` (the caller verifies it)."""
         ...
 
-    def fetch_range(self, sha256: str, start: int, length: int) -> bytes:
-        """``length`` bytes of the blob from ``start`` (the caller verifies them)."""
-        ...
-
     def fetch_range_into(self, sha256: str, start: int, length: int, writer: BlobWriter) -> int:
         """Write ``length`` bytes of the blob from ``start`` into ``writer`` piece by piece as they arrive
         (fewer at the blob's end), never holding the range whole; returns the count. The caller verifies them.

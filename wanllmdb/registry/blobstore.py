@@ -252,10 +252,6 @@ class BlobStore:
         except FileNotFoundError:
             raise BlobNotFoundError(f"blob {sha256} is not stored") from None
 
-    def read_range(self, sha256: str, start: int, length: int) -> bytes:
-        with self.open(sha256) as f:
-            return os.pread(f.fileno(), length, start)
-
     def read_range_into(self, sha256: str, start: int, length: int, writer: BlobWriter) -> int:
         """Write ``length`` bytes from ``start`` into ``writer`` in pieces of at most 1 MiB; returns the count."""
         done = 0

@@ -9,7 +9,7 @@ Blob bytes never go through the JSON API: they move through presigned URLs.
   ``upload_blob`` PUTs a file to its URL (callers run these in parallel, up to ``transfer_threads``);
   ``finalize_draft`` makes the version. An upload URL that expired is asked for anew, once.
 - Reading: ``prepare_fetch`` presigns every blob a download will need in one request and caches the URLs
-  until shortly before they expire; ``fetch_blob``/``fetch_range`` use them (asking for a single URL on a
+  until shortly before they expire; ``fetch_blob``/``fetch_range_into`` use them (asking for a single URL on a
   miss) and ask again once if a URL is refused (expired or 403). Broken-off downloads resume where they
   stopped (see ``HttpTransport.get_into``). Small blobs also come grouped into bundles of a few MiB: the
   first ``fetch_blob`` of a bundled blob fetches its whole bundle in one request and the others are served
@@ -18,7 +18,6 @@ Blob bytes never go through the JSON API: they move through presigned URLs.
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 import time
@@ -317,11 +316,6 @@ class HttpRegistry:
                 if attempt:
                     raise
         raise AssertionError("unreachable")
-
-    def fetch_range(self, sha256: str, start: int, length: int) -> bytes:
-        out = io.BytesIO()
-        self.fetch_range_into(sha256, start, length, out)
-        return out.getvalue()
 
     # --- writing ----------------------------------------------------------------------------------------
 

@@ -246,9 +246,6 @@ class LocalRegistry:
                 if progress:
                     progress(n)
 
-    def fetch_range(self, sha256: str, start: int, length: int) -> bytes:
-        return self.blobs.read_range(sha256, start, length)
-
     def fetch_range_into(self, sha256: str, start: int, length: int, writer: BlobWriter) -> int:
         return self.blobs.read_range_into(sha256, start, length, writer)
 
