@@ -19,9 +19,11 @@ import time
 
 import requests
 
+from wanllmdb.cache.store import sha256_file
+
 from .context import Context
 from .data import make_file, make_small_files
-from .harness import Result, cpu_floor, cpu_of, mbps, sha256_file, timed
+from .harness import Result, cpu_floor, cpu_of, mbps, timed
 from .servers import BenchServer, start_server
 
 CLIENT = r"""

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 
+from wanllmdb.cache.store import sha256_file
 from wanllmdb.fs.process import mounts_under, wait_for
 
 from .bench_http import REPEATS, plain_get
@@ -40,7 +41,6 @@ from .harness import (
     drop_page_cache,
     mbps,
     process_cpu_seconds,
-    sha256_file,
     write_new_file,
 )
 from .mounts import PassthroughMount, WanllmdbMount

@@ -159,19 +159,6 @@ def cpu_of(fn: Callable[[], Any]) -> float:
     return time.process_time() - start
 
 
-def sha256_file(path: str) -> str:
-    """One SHA-256 pass over a file (what verifying every byte costs at the least)."""
-    import hashlib
-
-    sha = hashlib.sha256()
-    buf = bytearray(1 << 20)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            sha.update(view[:n])
-    return sha.hexdigest()
-
-
 def write_new_file(directory: str, size: int) -> None:
     """Write ``size`` bytes into a new file and remove it (what storing bytes into a cache costs here)."""
     path = os.path.join(directory, f"write-probe.{os.getpid()}")

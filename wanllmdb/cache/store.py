@@ -286,7 +286,7 @@ class BlobCache:
             try:
                 if link:
                     os.link(src, tmp)
-                    digest, got = _sha256_file(tmp)
+                    digest, got = sha256_file(tmp)
                 else:
                     with open(src, "rb", buffering=0) as fin, open(tmp, "wb") as out:
                         writer = _VerifyingWriter(out, size, label or src)
@@ -361,7 +361,7 @@ class BlobCache:
         try:
             if self.contains(sha256):
                 return self.lookup(sha256) or self.blob_path(sha256)
-            digest, got = _sha256_file(path)
+            digest, got = sha256_file(path)
             _check(got, digest, size, sha256, label)
             with self._blob_lock(sha256, None):
                 if not self.contains(sha256):
@@ -477,7 +477,7 @@ class BlobCache:
         for prefix in sorted(os.listdir(blobs_dir)):
             for name in sorted(os.listdir(os.path.join(blobs_dir, prefix))):
                 path = os.path.join(blobs_dir, prefix, name)
-                digest, size = _sha256_file(path)
+                digest, size = sha256_file(path)
                 checked += 1
                 if progress:
                     progress(size)
@@ -506,7 +506,8 @@ def _check(got_size: int, got_sha: str, size: int, sha256: str, label: str | Non
         )
 
 
-def _sha256_file(path: str) -> tuple[str, int]:
+def sha256_file(path: str) -> tuple[str, int]:
+    """SHA-256 (hex) and byte count of a file, in one streaming pass: how the cache checks a blob."""
     sha = hashlib.sha256()
     size = 0
     with open(path, "rb", buffering=0) as f:
