@@ -211,7 +211,7 @@ class ChunkReader:
         stop.add_done_callback(lambda _: self._wake_waiters())
 
     def pending_fetches(self) -> int:
-        """Range fetches and whole-blob fetches queued or running (for tests and benchmarks)."""
+        """Range fetches and whole-blob fetches queued or running (tests wait for it to reach 0)."""
         with self._stats_lock:
             return self._active + len(self._flights)
 
@@ -274,12 +274,17 @@ class ChunkReader:
     def _fill(self, handle: Handle, part: _Partial, offset: int, end: int) -> None:
         chunk_size = handle.entry.chunk_size
         first, last = offset // chunk_size, (end - 1) // chunk_size
+        present = part.present
         try:
+            # Chunks only ever go from missing to present, so a read whose chunks are all present (the
+            # usual case behind read-ahead) needs no lock and no bookkeeping.
             for _attempt in range(MAX_REFETCH + 1):
+                if all(present[index] for index in range(first, last + 1)):
+                    break
                 with part.cond:
                     waits = self._demand(part, first, last)
-                # False: a fetch ended without the chunk (cancelled, or an earlier chunk of it was bad); the
-                # next round fetches it again
+                # False: a fetch ended without the chunk (cancelled, or an earlier chunk of it was bad) and the
+                # next round fetches it again; a list, not a generator, so that every wait runs
                 if all([self._await(part, index, fetch) for index, fetch in waits]):
                     break
             else:
