@@ -26,3 +26,14 @@ def test_readme_first_command_installs_and_runs_the_quickstart():
     first = re.findall(r"```bash\n(.*?)```", _read("README.md"), re.S)[0]
     assert 'pip install -e ".[server,dev]"' in first and "examples/quickstart.py" in first
     assert "wanllmdb mount" in first and "wanllmdb unmount" in first
+
+
+def test_readme_first_command_installs_every_apt_package_ci_installs():
+    first = re.findall(r"```bash\n(.*?)```", _read("README.md"), re.S)[0]
+    readme_packages = set(re.search(r"apt-get install -y ([^&]+)&&", first).group(1).split())
+    ci_packages: set[str] = set()
+    for line in _read(".ci/run").splitlines():
+        match = re.search(r"apt-get install -y -qq (.+?)(?:>|$)", line)
+        if match:
+            ci_packages.update(word for word in match.group(1).split() if not word.startswith(("-", "$")))
+    assert ci_packages and ci_packages <= readme_packages, ci_packages - readme_packages
