@@ -87,6 +87,7 @@ class ArtifactCache:
             materialize(manifest, view, present)
         except FileNotFoundError:  # a blob was evicted while linking: the version is no longer complete
             return None
+        self.blobs.restamp(present)  # the view's hard links moved the blobs' ctimes
         self.blobs.index.touch_ref(artifact_id, version)
         return view
 

@@ -20,7 +20,8 @@ CREATE TABLE IF NOT EXISTS entries (
     kind TEXT NOT NULL,              -- 'blob' | 'partial'
     size INTEGER NOT NULL,
     created REAL NOT NULL,
-    last_access REAL NOT NULL
+    last_access REAL NOT NULL,
+    stamp TEXT                       -- what stat said of the blob when it was last verified (store.py)
 );
 CREATE INDEX IF NOT EXISTS entries_lru ON entries(last_access);
 CREATE TABLE IF NOT EXISTS stats (id INTEGER PRIMARY KEY CHECK (id = 0), total INTEGER NOT NULL);
@@ -67,6 +68,11 @@ class CacheIndex:
         self._db = SQLiteDB(path, _SCHEMA)
         self._tx = self._db.write
         self._query = self._db.query
+        columns = {row[1] for row in self._query("PRAGMA table_info(entries)")}
+        if "stamp" not in columns:  # an index written before stamps: its blobs are verified again once
+            with self._tx() as conn:
+                if "stamp" not in {row[1] for row in conn.execute("PRAGMA table_info(entries)")}:
+                    conn.execute("ALTER TABLE entries ADD COLUMN stamp TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -100,6 +106,71 @@ class CacheIndex:
                     "ON CONFLICT(key) DO UPDATE SET last_access = excluded.last_access",
                     rows,
                 )
+
+    def admit_blobs(
+        self, blobs: dict[str, tuple[int, str]], max_bytes: int, keep: Iterable[str] = ()
+    ) -> tuple[list[IndexEntry], int]:
+        """Index verified blobs (sha -> (size, stamp)) and, in the same transaction, take the least recently
+        used entries out of the index until the total fits ``max_bytes``; returns those victims and the
+        total left.
+
+        One ``BEGIN IMMEDIATE`` transaction reads the total every process shares and picks the victims, so
+        concurrent writers never decide from stale totals, and two of them never pick the same victim.
+        The caller unlinks the victims' files.
+        """
+        now = time.time()
+        keep = set(keep)
+        with self._tx() as conn:
+            if blobs:
+                conn.executemany(
+                    "INSERT INTO entries (key, kind, size, created, last_access, stamp) "
+                    "VALUES (?, 'blob', ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                    "size = excluded.size, last_access = excluded.last_access, stamp = excluded.stamp",
+                    [(key, size, now, now, stamp) for key, (size, stamp) in blobs.items()],
+                )
+            total = int(conn.execute("SELECT total FROM stats WHERE id = 0").fetchone()[0])
+            excess = total - max_bytes
+            victims: list[IndexEntry] = []
+            if excess > 0:
+                cursor = conn.execute(
+                    "SELECT key, kind, size, created, last_access FROM entries ORDER BY last_access, key"
+                )
+                for row in cursor:
+                    if excess <= 0:
+                        break
+                    entry = IndexEntry(*row)
+                    if entry.key in keep:
+                        continue
+                    victims.append(entry)
+                    excess -= entry.size
+                conn.executemany("DELETE FROM entries WHERE key = ?", [(e.key,) for e in victims])
+            return victims, total - sum(e.size for e in victims)
+
+    def stamps(self, keys: Iterable[str]) -> dict[str, str]:
+        """The recorded stamps of these blobs (those that have one)."""
+        keys = list(keys)
+        found: dict[str, str] = {}
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            marks = ",".join("?" * len(part))
+            for key, stamp in self._query(
+                f"SELECT key, stamp FROM entries WHERE stamp IS NOT NULL AND key IN ({marks})", part
+            ):
+                found[key] = stamp
+        return found
+
+    def set_stamp(self, key: str, size: int, stamp: str) -> None:
+        self.set_stamps({key: (size, stamp)})
+
+    def set_stamps(self, blobs: dict[str, tuple[int, str]]) -> None:
+        """Record new stamps of verified blobs (sha -> (size, stamp)), indexing any that were missing."""
+        now = time.time()
+        with self._tx() as conn:
+            conn.executemany(
+                "INSERT INTO entries (key, kind, size, created, last_access, stamp) VALUES (?, 'blob', ?, ?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET stamp = excluded.stamp, size = excluded.size",
+                [(key, size, now, now, stamp) for key, (size, stamp) in blobs.items()],
+            )
 
     def remove(self, keys: Iterable[str]) -> None:
         rows = [(key,) for key in keys]

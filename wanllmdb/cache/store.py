@@ -13,8 +13,15 @@ Correctness rests on the atomic rename: a blob appears under ``blobs/`` only aft
 were checked, so no reader ever sees partial or unverified bytes. The per-blob lock only avoids fetching the
 same blob twice. The cache takes a *fetcher* callable and imports no registry.
 
-The size limit holds at every write: admitting a blob evicts least-recently-used entries first. Eviction
-unlinks files, which never disturbs a reader that holds one open, nor a download that hard-linked it.
+The size limit holds at every write, across processes: admitting a blob indexes it and picks the
+least-recently-used victims in one transaction over the total every process shares (``index.admit_blobs``).
+Eviction unlinks files, which never disturbs a reader that holds one open, nor a download that hard-linked it.
+
+A hit is never trusted blindly: downloads hard-link cached blobs, and a write through any link changes the
+blob. Each blob's *stamp* (inode, size, mtime and ctime, as ``stat`` reports them when it was verified) is
+recorded in the index; every hit compares a fresh ``stat`` with it. A difference makes the cache hash the
+blob again: intact bytes get a new stamp, changed ones are evicted and fetched again, so no byte that
+differs from the digest a blob is filed under is ever served.
 """
 
 from __future__ import annotations
@@ -47,6 +54,18 @@ INDEX_BATCH = 256
 #: Blobs at least this large are hashed on a worker thread while the next piece is received.
 PIPELINE_THRESHOLD = 4 * 1024 * 1024
 INDEX_FLUSH_SECONDS = 1.0
+#: Blobs at least this large are indexed (and the limit enforced) as soon as they are admitted; smaller ones
+#: wait for a batch, but never more than PENDING_SHARE of the limit, so the bytes other processes cannot see
+#: yet stay a small part of it.
+INDEX_AT_ONCE = 1024 * 1024
+PENDING_SHARE = 64
+#: In-memory stamps of blobs this process verified, at most this many.
+MAX_KNOWN_STAMPS = 100_000
+
+
+def blob_stamp(st: os.stat_result) -> str:
+    """What ``stat`` says of a blob that must not change while it is cached (see the module docstring)."""
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
 class BlobWriter(Protocol):
@@ -168,12 +187,14 @@ class BlobCache:
         self.index = CacheIndex(os.path.join(self.root, "index.sqlite"))
         self._touched: dict[str, float] = {}
         self._touched_lock = threading.Lock()
-        # New blobs waiting to be indexed, and the indexed total as of the last flush: together they let
-        # every write check the size limit without a database round trip.
-        self._pending: dict[str, int] = {}
+        # Stamps this process knows to describe verified bytes: a hit that matches one needs no query.
+        self._stamps: dict[str, str] = {}
+        # Small new blobs waiting to be indexed (sha -> (size, stamp)).
+        self._pending: dict[str, tuple[int, str]] = {}
         self._pending_bytes = 0
         self._last_flush = time.monotonic()
-        self._indexed_total = self.index.total_size()
+        # The shared total as of this process's last transaction: only decides when to flush early.
+        self._known_total = self.index.total_size()
 
     def close(self) -> None:
         self.flush()
@@ -194,18 +215,89 @@ class BlobCache:
         return self.lookup_many([sha256]).get(sha256)
 
     def lookup_many(self, sha256s: Iterable[str]) -> dict[str, str]:
-        """Paths of the complete blobs among ``sha256s`` (one index transaction for all hits)."""
+        """Paths of the complete, unchanged blobs among ``sha256s`` (one index transaction for all hits).
+
+        A blob whose stamp differs from the one recorded when it was verified is hashed again first, and
+        evicted if its bytes changed (see the module docstring).
+        """
         found: dict[str, str] = {}
         sizes: dict[str, int] = {}
+        unsure: dict[str, tuple[str, os.stat_result]] = {}
         for sha in sha256s:
             path = self.blob_path(sha)
             try:
-                sizes[sha] = os.stat(path).st_size
+                st = os.stat(path)
             except FileNotFoundError:
                 continue
-            found[sha] = path
+            if self._stamps.get(sha) == blob_stamp(st):
+                found[sha] = path
+                sizes[sha] = st.st_size
+            else:
+                unsure[sha] = (path, st)
+        if unsure:
+            recorded = self.index.stamps(unsure)
+            for sha, (path, st) in unsure.items():
+                stamp = blob_stamp(st)
+                if recorded.get(sha) == stamp or self._recheck(sha, path, st):
+                    self._remember(sha, stamp)
+                    found[sha] = path
+                    sizes[sha] = st.st_size
         self._touch(sizes)
         return found
+
+    def _remember(self, sha256: str, stamp: str) -> None:
+        if len(self._stamps) >= MAX_KNOWN_STAMPS:
+            self._stamps.clear()
+        self._stamps[sha256] = stamp
+
+    def _recheck(self, sha256: str, path: str, st: os.stat_result) -> bool:
+        """Hash a blob whose stamp is unknown or changed: record a new stamp if intact, else evict it."""
+        try:
+            digest, size = sha256_file(path)
+            after = os.stat(path)
+        except FileNotFoundError:
+            return False
+        if digest == sha256 and blob_stamp(after) == blob_stamp(st):
+            self.index.set_stamp(sha256, size, blob_stamp(after))
+            return True
+        if digest != sha256:
+            logger.warning(
+                "cache blob %s was changed after it was verified (written through a hard link of a download?); "
+                "evicted, it will be fetched again",
+                sha256,
+            )
+            self._unlink_if_same(path, st)
+            self.index.remove([sha256])
+            self._stamps.pop(sha256, None)
+        return False
+
+    @staticmethod
+    def _unlink_if_same(path: str, st: os.stat_result) -> None:
+        try:
+            if os.stat(path).st_ino == st.st_ino:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def restamp(self, sha256s: Iterable[str]) -> None:
+        """Record the current stamps of blobs this process just hard-linked (a new link moves the ctime).
+
+        Only the ctime may have moved since this process verified or checked a blob: one whose inode, size
+        or mtime changed is left for its next hit to hash again.
+        """
+        fresh: dict[str, tuple[int, str]] = {}
+        for sha in sha256s:
+            known = self._stamps.get(sha)
+            try:
+                st = os.stat(self.blob_path(sha))
+            except FileNotFoundError:
+                continue
+            stamp = blob_stamp(st)
+            if known is not None and known != stamp and known.rsplit(":", 1)[0] == stamp.rsplit(":", 1)[0]:
+                self._remember(sha, stamp)
+                fresh[sha] = (st.st_size, stamp)
+        if fresh:
+            self.index.set_stamps(fresh)
 
     def contains(self, sha256: str) -> bool:
         return os.path.exists(self.blob_path(sha256))
@@ -303,27 +395,32 @@ class BlobCache:
 
     def _admit(self, tmp: str, sha256: str, size: int) -> None:
         os.chmod(tmp, 0o444)
+        stamp = blob_stamp(os.stat(tmp))  # a rename changes neither the inode nor its times
         os.replace(tmp, self.blob_path(sha256))
+        self._remember(sha256, stamp)
         with self._touched_lock:
-            self._pending[sha256] = size
+            self._pending[sha256] = (size, stamp)
             self._pending_bytes += size
             due = (
-                len(self._pending) >= INDEX_BATCH
+                size >= INDEX_AT_ONCE
+                or len(self._pending) >= INDEX_BATCH
                 or time.monotonic() - self._last_flush > INDEX_FLUSH_SECONDS
-                or self._indexed_total + self._pending_bytes > self.max_bytes
+                or self._pending_bytes * PENDING_SHARE > self.max_bytes
+                or self._known_total + self._pending_bytes > self.max_bytes
             )
         if due:
-            self.flush()
-            self.enforce_limit(keep={sha256})
+            self._flush(keep={sha256})
 
     def flush(self) -> None:
-        """Index the blobs admitted since the last flush (one transaction)."""
+        """Index the blobs admitted since the last flush and enforce the limit (one transaction)."""
+        self._flush(keep=())
+
+    def _flush(self, keep: Iterable[str]) -> int:
         with self._touched_lock:
             pending, self._pending, self._pending_bytes = self._pending, {}, 0
             self._last_flush = time.monotonic()
-        if pending:
-            self.index.touch_blobs(pending)
-        self._indexed_total = self.index.total_size()
+        victims, self._known_total = self.index.admit_blobs(pending, self.max_bytes, keep)
+        return self._evict_files(victims) if victims else 0
 
     def _blob_lock(self, sha256: str, timeout: float | None):
         return self.locks.hold(sha256, timeout)
@@ -371,6 +468,7 @@ class BlobCache:
             return self.blob_path(sha256)
         finally:
             self.discard_partial(path, key)
+            self.restamp([sha256])  # unlinking the partial name moved the blob's ctime
 
     def discard_partial(self, path: str, key: str | None = None) -> None:
         _unlink_quietly(path)
@@ -380,7 +478,7 @@ class BlobCache:
 
     def total_size(self) -> int:
         self.flush()
-        return self._indexed_total
+        return self.index.total_size()
 
     def entries(self) -> list[IndexEntry]:
         self.flush()
@@ -388,11 +486,7 @@ class BlobCache:
 
     def enforce_limit(self, keep: Iterable[str] = ()) -> int:
         """Evict least-recently-used entries until the cache fits its limit; returns bytes freed."""
-        if self.total_size() <= self.max_bytes:
-            return 0
-        freed = self.plan_cleanup(max_bytes=self.max_bytes, keep=keep).execute()
-        self._indexed_total = self.index.total_size()
-        return freed
+        return self._flush(keep)
 
     def plan_cleanup(
         self,
@@ -425,18 +519,27 @@ class BlobCache:
         return CleanupPlan(self, tuple(chosen))
 
     def _evict(self, entries: Iterable[IndexEntry]) -> int:
+        entries = list(entries)
+        self.index.remove([e.key for e in entries])
+        return self._evict_files(entries)
+
+    def _evict_files(self, entries: Iterable[IndexEntry]) -> int:
+        """Unlink the files of entries already taken out of the index; a blob being fetched right now is
+        indexed again instead (its fetcher is about to use it)."""
         freed = 0
         removed: list[str] = []
+        kept: dict[str, int] = {}
         for entry in entries:
             if entry.kind == "partial":
                 path = os.path.join(self.root, "partial", entry.key.split(":", 1)[1])
                 _unlink_quietly(path)
-            else:
-                if not self._try_unlink_blob(entry.key):
-                    continue
+            elif not self._try_unlink_blob(entry.key):
+                kept[entry.key] = entry.size
+                continue
             removed.append(entry.key)
             freed += entry.size
-        self.index.remove(removed)
+        if kept:
+            self.index.touch_blobs(kept)
         if removed:
             # Views hold hard links to blobs; drop them so evicted bytes really leave the disk.
             shutil.rmtree(os.path.join(self.root, "views"), ignore_errors=True)
@@ -444,6 +547,7 @@ class BlobCache:
             with self._touched_lock:
                 for key in removed:
                     self._touched.pop(key, None)
+                    self._stamps.pop(key, None)
             logger.debug("evicted %d cache entries (%d bytes)", len(removed), freed)
         return freed
 
@@ -461,11 +565,11 @@ class BlobCache:
 
     def remove_blob(self, sha256: str) -> None:
         """Drop one blob (e.g. found corrupt); a no-op if absent."""
-        entry = self.index.get(sha256) or IndexEntry(sha256, "blob", 0, 0.0, 0.0)
         _unlink_quietly(self.blob_path(sha256))
-        self.index.remove([entry.key])
+        self.index.remove([sha256])
         with self._touched_lock:
             self._touched.pop(sha256, None)
+            self._stamps.pop(sha256, None)
 
     def verify(self, progress: Callable[[int], object] | None = None) -> VerifyReport:
         """Re-hash every blob; remove those whose content no longer matches their name."""
@@ -482,12 +586,20 @@ class BlobCache:
                 if progress:
                     progress(size)
                 if digest != name:
-                    logger.warning("cache blob %s is corrupt (content hashes to %s); removed", name, digest)
+                    logger.warning(
+                        "cache blob %s is corrupt (content hashes to %s: changed after it was verified, e.g. "
+                        "written through a hard link of a download); removed",
+                        name,
+                        digest,
+                    )
                     corrupt.append(name)
                     self.remove_blob(name)
-                elif self.index.get(name) is None:
-                    self.index.upsert(name, "blob", size)
-                    healed += 1
+                else:
+                    if self.index.get(name) is None:
+                        healed += 1
+                    stamp = blob_stamp(os.stat(path))
+                    self.index.set_stamp(name, size, stamp)
+                    self._remember(name, stamp)
         indexed = {e.key for e in self.index.entries_lru() if e.kind == "blob"}
         missing = [key for key in indexed if not self.contains(key)]
         self.index.remove(missing)

@@ -443,7 +443,9 @@ class Artifact:
         blob = cache.blob_path(entry.sha256)
         with contextlib.suppress(OSError):
             if os.path.samefile(local, blob):
-                logger.warning("cached blob for %s was modified through a hard link; removed it", entry.path)
+                logger.warning(
+                    "cached blob %s (%s) was modified through a hard link; removed it", entry.sha256, entry.path
+                )
                 cache.remove_blob(entry.sha256)
 
     def logged_by(self) -> RunInfo | None:

@@ -189,4 +189,6 @@ def fetch_files(
                 run_parallel(lambda sha: fetch(sha, progress), missing, client.settings.transfer_threads)
         finally:
             cache.flush()
+    if placer is not None and placer.link:
+        cache.restamp(by_sha)  # the hard links just made moved the blobs' ctimes
     return result
