@@ -44,6 +44,12 @@ class InvalidManifestError(InvalidInputError):
     code = "invalid_manifest"
 
 
+class ManifestMismatchError(InvalidManifestError):
+    """A manifest entry contradicts the stored blob it names (size or MD5)."""
+
+    code = "manifest_mismatch"
+
+
 class ConfigError(InvalidInputError):
     code = "config_error"
 

@@ -23,6 +23,9 @@ _HEX32 = re.compile(r"[0-9a-f]{32}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
+#: The largest file size a manifest may state (what a signed 64-bit integer, and SQLite, can hold).
+MAX_FILE_SIZE = 2**63 - 1
+
 @dataclass(frozen=True)
 class ManifestEntry:
     """One file of a version.
@@ -49,8 +52,10 @@ class ManifestEntry:
             validate_path(self.path)
         except InvalidPathError as exc:
             raise InvalidManifestError(str(exc)) from None
-        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 0:
-            raise InvalidManifestError(f"{self.path}: size must be a non-negative integer, got {self.size!r}")
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or not 0 <= self.size <= MAX_FILE_SIZE:
+            raise InvalidManifestError(
+                f"{self.path}: size must be an integer from 0 to {MAX_FILE_SIZE}, got {self.size!r}"
+            )
         if not isinstance(self.md5, str) or not _HEX32.fullmatch(self.md5):
             raise InvalidManifestError(f"{self.path}: md5 must be 32 lowercase hex digits")
         if not isinstance(self.sha256, str) or not _HEX64.fullmatch(self.sha256):

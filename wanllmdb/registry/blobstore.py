@@ -9,8 +9,10 @@ A blob can also arrive *unaddressed* (``begin(None, size)``, :meth:`BlobStore.pu
 is computed while it is written and names it at the end. That lets a client upload a new large file in the
 same read that hashes it, instead of reading it once to hash and again to upload.
 
-The store reports every newly installed blob to ``on_install`` (the registry keeps an index of blob sizes
-from it, see ``LocalRegistry.known_sizes``).
+The store reports every newly installed blob to ``on_install`` with its size and, when it was computed,
+its MD5 (the registry keeps an index of blob sizes, see ``LocalRegistry.known_sizes``, and checks every
+manifest entry against what was stored). A store made with ``compute_md5`` (the server's) computes the MD5
+of every blob it receives, so that no manifest can claim another MD5 for stored bytes.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ def _check_sha(sha256: str) -> str:
     return sha256
 
 
-#: Called with (sha256, size) pairs of newly installed blobs.
-InstallListener = Callable[[Sequence[tuple[str, int]]], None]
+#: Called with (sha256, size, md5 hex or None) of newly installed blobs.
+InstallListener = Callable[[Sequence[tuple[str, int, str | None]]], None]
 
 
 class IncomingBlob:
@@ -63,9 +65,13 @@ class IncomingBlob:
         self.sha256 = sha256
         self.size = size
         self.md5_hex = md5_hex
+        #: The MD5 computed while receiving (set by ``commit`` when the store computes MD5s).
+        self.md5: str | None = None
+        #: An MD5 to record without computing it (see ``BlobStore.put_file``).
+        self.trusted_md5: str | None = None
         self.received = 0
         self._sha = hashlib.sha256()
-        self._md5 = hashlib.md5(usedforsecurity=False) if md5_hex else None
+        self._md5 = hashlib.md5(usedforsecurity=False) if md5_hex or store.compute_md5 else None
         name = sha256 or "unaddressed"
         self.tmp = os.path.join(store.root, "tmp", f"{name}.{os.getpid()}.{secrets.token_hex(6)}")
         self._file = open(self.tmp, "wb")
@@ -111,13 +117,14 @@ class IncomingBlob:
                     expected=self.sha256,
                     actual=actual,
                 )
-            if self._md5 is not None and self._md5.hexdigest() != self.md5_hex:
+            if self.md5_hex is not None and self._md5 is not None and self._md5.hexdigest() != self.md5_hex:
                 raise ChecksumError(
                     f"blob {self.sha256[:12]}: MD5 mismatch (expected {self.md5_hex}, got {self._md5.hexdigest()})",
                     expected=self.md5_hex,
                     actual=self._md5.hexdigest(),
                 )
-            return self.store._install(self.tmp, self.sha256, self.size, notify=notify)
+            self.md5 = self._md5.hexdigest() if self._md5 is not None else self.trusted_md5
+            return self.store._install(self.tmp, self.sha256, self.size, self.md5, notify=notify)
         finally:
             self.abort()
 
@@ -133,9 +140,10 @@ class IncomingBlob:
 class BlobStore:
     """Blobs by SHA-256 under ``root``."""
 
-    def __init__(self, root: str, on_install: InstallListener | None = None) -> None:
+    def __init__(self, root: str, on_install: InstallListener | None = None, *, compute_md5: bool = False) -> None:
         self.root = os.path.abspath(root)
         self.on_install = on_install
+        self.compute_md5 = compute_md5
         os.makedirs(os.path.join(self.root, "blobs"), exist_ok=True)
         os.makedirs(os.path.join(self.root, "tmp"), exist_ok=True)
 
@@ -160,8 +168,11 @@ class BlobStore:
             raise InvalidInputError(f"blob size must not be negative: {size}")
         return IncomingBlob(self, sha256, size, _md5_hex(md5) if md5 else None)
 
-    def put_file(self, sha256: str, size: int, src: str) -> bool:
+    def put_file(self, sha256: str, size: int, src: str, md5: str | None = None) -> bool:
         """Copy a local file in as blob ``sha256`` after checking it; False if it was already stored.
+
+        ``md5`` is recorded as the blob's MD5 unless the store computes its own: the embedded registry's
+        writer is the user's own process, which computed it in the read that computed the SHA-256 checked here.
 
         Raises:
             ChecksumError: the file's size or SHA-256 differ (it changed since it was hashed).
@@ -178,6 +189,7 @@ class BlobStore:
         except BaseException:
             incoming.abort()
             raise
+        incoming.trusted_md5 = md5
         return incoming.commit()
 
     def put_unhashed(self, src: str, size: int, chunk_size: int = CHUNK_SIZE) -> FileDigest:
@@ -229,13 +241,13 @@ class BlobStore:
                     expected=str(size),
                     actual=str(digest.size),
                 )
-            self._install(tmp, digest.sha256, digest.size)
+            self._install(tmp, digest.sha256, digest.size, digest.md5)
             return digest
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
-    def _install(self, tmp: str, sha256: str, size: int, *, notify: bool = True) -> bool:
+    def _install(self, tmp: str, sha256: str, size: int, md5: str | None = None, *, notify: bool = True) -> bool:
         final = self.path(sha256)
         if os.path.exists(final):
             return False
@@ -243,7 +255,7 @@ class BlobStore:
         os.chmod(tmp, 0o444)
         os.replace(tmp, final)
         if notify and self.on_install is not None:
-            self.on_install([(sha256, size)])
+            self.on_install([(sha256, size, md5)])
         return True
 
     def open(self, sha256: str):
@@ -278,6 +290,17 @@ class BlobStore:
             except FileNotFoundError:
                 continue
         return removed
+
+
+def md5_file(path: str) -> str:
+    """MD5 (hex) of a stored blob, for blobs stored before their MD5 was recorded."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb", buffering=0) as f:
+        buf = buffer_for(os.fstat(f.fileno()).st_size)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            md5.update(view[:n])
+    return md5.hexdigest()
 
 
 def _md5_hex(md5: str) -> str:

@@ -89,6 +89,10 @@ CREATE TABLE IF NOT EXISTS blob_sizes (
     size INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS blob_sizes_size ON blob_sizes(size);
+CREATE TABLE IF NOT EXISTS blob_md5 (   -- MD5 of stored blobs, computed by the storage side
+    sha256 TEXT PRIMARY KEY,
+    md5 TEXT NOT NULL
+);
 """
 
 

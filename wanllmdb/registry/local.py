@@ -27,9 +27,12 @@ from ..errors import (
     AliasError,
     ArtifactNotFoundError,
     ArtifactTypeMismatchError,
+    BlobNotFoundError,
     DraftNotFoundError,
     EmptyArtifactError,
     IncompleteDraftError,
+    InvalidManifestError,
+    ManifestMismatchError,
     ProjectNotFoundError,
     RunNotFoundError,
     VersionNotFoundError,
@@ -44,6 +47,7 @@ from ..manifest import (
     validate_project,
 )
 from ..manifest.digest import FileDigest
+from ..manifest.entry import MAX_FILE_SIZE
 from .base import (
     ArtifactInfo,
     ArtifactSummary,
@@ -57,7 +61,7 @@ from .base import (
     UploadBundle,
     VersionInfo,
 )
-from .blobstore import BlobStore
+from .blobstore import BlobStore, md5_file
 from .db import Database
 
 logger = logging.getLogger(__name__)
@@ -85,11 +89,18 @@ class LocalRegistry:
         draft_max_age: drafts (and temporary blob files) older than this many seconds are removed.
     """
 
-    def __init__(self, root: str, *, draft_max_age: float = DEFAULT_DRAFT_MAX_AGE) -> None:
+    def __init__(
+        self, root: str, *, draft_max_age: float = DEFAULT_DRAFT_MAX_AGE, verify_md5: bool = False
+    ) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
         os.makedirs(self.root, exist_ok=True)
         self.db = Database(os.path.join(self.root, "registry.sqlite"))
-        self.blobs = BlobStore(self.root, on_install=self._note_blobs)
+        #: Compute the MD5 of every blob received and hold every manifest entry to it (the server does:
+        #: its clients are not trusted); otherwise MD5s are checked where they were recorded.
+        self.verify_md5 = verify_md5
+        self.blobs = BlobStore(self.root, on_install=self._note_blobs, compute_md5=verify_md5)
+        # The MD5s this process's own drafts state for the blobs they upload (see BlobStore.put_file).
+        self._draft_md5s: dict[str, dict[str, str]] = {}
         self.draft_max_age = draft_max_age
         self.description = f"embedded registry at {self.root}"
 
@@ -249,9 +260,61 @@ class LocalRegistry:
     def fetch_range_into(self, sha256: str, start: int, length: int, writer: BlobWriter) -> int:
         return self.blobs.read_range_into(sha256, start, length, writer)
 
-    def _note_blobs(self, items: Sequence[tuple[str, int]]) -> None:
+    def _note_blobs(self, items: Sequence[tuple[str, int, str | None]]) -> None:
         with self.db.write() as conn:
-            conn.executemany("INSERT OR IGNORE INTO blob_sizes (sha256, size) VALUES (?, ?)", items)
+            conn.executemany(
+                "INSERT OR IGNORE INTO blob_sizes (sha256, size) VALUES (?, ?)", [(sha, n) for sha, n, _ in items]
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO blob_md5 (sha256, md5) VALUES (?, ?)",
+                [(sha, md5) for sha, _, md5 in items if md5],
+            )
+
+    def _recorded_md5s(self, sha256s: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        with self.db.read() as conn:
+            for i in range(0, len(sha256s), 500):
+                part = sha256s[i : i + 500]
+                rows = conn.execute(
+                    f"SELECT sha256, md5 FROM blob_md5 WHERE sha256 IN ({','.join('?' * len(part))})", part
+                )
+                found.update((r[0], r[1]) for r in rows)
+        return found
+
+    def check_against_stored(self, manifest: Manifest, label: str) -> None:
+        """Hold every entry whose blob is stored to what was stored: its size, and its MD5 where recorded
+        (always, with ``verify_md5``: a blob stored before MD5s were recorded is hashed once, here).
+
+        Raises:
+            ManifestMismatchError: an entry states another size or MD5 than its stored blob has.
+        """
+        sizes: dict[str, int] = {}
+        for sha in manifest.blobs():
+            try:
+                sizes[sha] = self.blobs.size(sha)
+            except BlobNotFoundError:
+                continue
+        md5s = self._recorded_md5s(list(sizes))
+        if self.verify_md5:
+            unknown = [(sha, size, md5_file(self.blobs.path(sha))) for sha, size in sizes.items() if sha not in md5s]
+            if unknown:
+                self._note_blobs(unknown)
+                md5s.update((sha, md5) for sha, _, md5 in unknown)
+        for entry in manifest:
+            stored = sizes.get(entry.sha256)
+            if stored is None:
+                continue
+            if entry.size != stored:
+                raise ManifestMismatchError(
+                    f"{label}: entry {entry.path!r} says {entry.size} bytes, but the stored blob "
+                    f"{entry.sha256[:12]} has {stored}"
+                )
+            md5 = md5s.get(entry.sha256)
+            if md5 is not None and entry.md5 != md5:
+                raise ManifestMismatchError(
+                    f"{label}: entry {entry.path!r} says MD5 {entry.md5}, but the stored blob "
+                    f"{entry.sha256[:12]} has MD5 {md5}"
+                )
 
     def known_sizes(self, sizes: Iterable[int]) -> set[int]:
         wanted = sorted({int(s) for s in sizes})
@@ -293,6 +356,10 @@ class LocalRegistry:
         validate_artifact_type(spec.type)
         if len(spec.manifest) == 0:
             raise EmptyArtifactError(f"artifact '{spec.name}' has no files: add files before logging it")
+        if spec.manifest.size > MAX_FILE_SIZE:
+            raise InvalidManifestError(
+                f"artifact '{spec.name}': its files add up to {spec.manifest.size} bytes, more than {MAX_FILE_SIZE}"
+            )
         metadata = json.dumps(dict(spec.metadata), sort_keys=True, default=str)
         draft_id = uuid.uuid4().hex
         self.remove_stale_drafts()
@@ -317,6 +384,8 @@ class LocalRegistry:
         missing = tuple(
             BlobTarget(sha, size) for sha, size in spec.manifest.blobs().items() if not self.blobs.exists(sha)
         )
+        if missing and not self.verify_md5:
+            self._draft_md5s[draft_id] = {entry.sha256: entry.md5 for entry in spec.manifest}
         return Draft(draft_id, spec.manifest.digest, missing)
 
     def draft_missing(self, draft_id: str) -> tuple[BlobTarget, ...]:
@@ -338,7 +407,8 @@ class LocalRegistry:
         return self._draft_manifest(draft_id).blobs().get(sha256)
 
     def upload_blob(self, draft: Draft, target: BlobTarget, path: str, progress: Progress | None = None) -> None:
-        self.blobs.put_file(target.sha256, target.size, path)
+        md5 = self._draft_md5s.get(draft.id, {}).get(target.sha256)
+        self.blobs.put_file(target.sha256, target.size, path, md5)
         if progress:
             progress(target.size)
 
@@ -350,6 +420,9 @@ class LocalRegistry:
 
     def finalize_draft(self, draft_id: str, aliases: Sequence[str] = ()) -> FinalizeResult:
         aliases = list(dict.fromkeys(validate_alias(a) for a in aliases))
+        # Outside the write transaction: checking may hash a blob stored before MD5s were recorded. Blobs
+        # never change once stored, so what this finds still holds when the transaction runs.
+        self.check_against_stored(self._draft_manifest(draft_id), f"draft {draft_id}")
         with self.db.write() as conn:
             draft = conn.execute("SELECT * FROM drafts WHERE id = ?", (draft_id,)).fetchone()
             if draft is None:
@@ -406,6 +479,7 @@ class LocalRegistry:
                 number, version_id = int(newest["version"]), int(newest["id"])
             self._apply_aliases(conn, artifact_id, version_id, number, ["latest", *aliases])
             conn.execute("DELETE FROM drafts WHERE id = ?", (draft_id,))
+            self._draft_md5s.pop(draft_id, None)
             row = conn.execute("SELECT * FROM versions WHERE id = ?", (version_id,)).fetchone()
             names = self._aliases_by_version(conn, artifact_id).get(number, [])
             info = self._version_info(row, project, name, type_, names, True)
@@ -438,6 +512,7 @@ class LocalRegistry:
             )
 
     def abort_draft(self, draft_id: str) -> None:
+        self._draft_md5s.pop(draft_id, None)
         with self.db.write() as conn:
             conn.execute("DELETE FROM drafts WHERE id = ?", (draft_id,))
 

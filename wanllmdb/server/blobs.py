@@ -323,7 +323,7 @@ class BlobEndpoint:
         if declared != listing_size + sum(size for _, size in items):
             raise ChecksumError(f"upload bundle: Content-Length {declared} does not match its listing")
         store = self.state.registry.blobs
-        stored: list[tuple[str, int]] = []
+        stored: list[tuple[str, int, str | None]] = []
         try:
             for sha256, size in items:
                 if store.exists(sha256):
@@ -333,7 +333,7 @@ class BlobEndpoint:
                 try:
                     await body.read_exact(size, incoming)
                     if incoming.commit(notify=False):
-                        stored.append((sha256, size))
+                        stored.append((sha256, size, incoming.md5))
                 finally:
                     incoming.abort()
         finally:

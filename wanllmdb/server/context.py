@@ -71,7 +71,7 @@ class ServerState:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         root = os.path.abspath(os.path.expanduser(config.root))
-        self.registry = LocalRegistry(root, draft_max_age=config.draft_max_age)
+        self.registry = LocalRegistry(root, draft_max_age=config.draft_max_age, verify_md5=True)
         secret = config.secret or load_or_create_secret(root)
         self.signer = URLSigner(secret, config.url_ttl)
         self.keys = KeyChecker(config.api_keys)
