@@ -50,7 +50,8 @@ class Placer:
                 return target
         except FileNotFoundError:
             pass
-        tmp = f"{target}.{secrets.token_hex(4)}.wanllmdb-tmp"
+        # A short name of its own: the final name may already be NAME_MAX (255 bytes) long.
+        tmp = os.path.join(os.path.dirname(target), f".wanllmdb-{os.getpid()}-{secrets.token_hex(4)}.tmp")
         try:
             if self.link:
                 try:
