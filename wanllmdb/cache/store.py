@@ -42,6 +42,7 @@ from typing import BinaryIO, Protocol
 from ..errors import CacheError, ChecksumError
 from ..iobuf import buffer_for
 from ..settings import DEFAULT_CACHE_BYTES
+from ..tmpfiles import reclaim_dead
 from .index import CacheIndex, IndexEntry
 from .locks import BlobLocks
 
@@ -185,6 +186,9 @@ class BlobCache:
                 os.makedirs(os.path.join(self.root, "blobs", f"{i:02x}"), exist_ok=True)
         self.locks = BlobLocks(self.root)
         self.index = CacheIndex(os.path.join(self.root, "index.sqlite"))
+        reclaim_dead(os.path.join(self.root, "tmp"))
+        dead_partials, _ = reclaim_dead(os.path.join(self.root, "partial"))
+        self.index.remove("partial:" + name for name in dead_partials)
         self._touched: dict[str, float] = {}
         self._touched_lock = threading.Lock()
         # Stamps this process knows to describe verified bytes: a hit that matches one needs no query.

@@ -41,6 +41,7 @@ import platformdirs
 
 from ..errors import MountError, NotFoundError, WanllmdbError
 from ..settings import Settings
+from ..tmpfiles import pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -225,21 +226,6 @@ def remove_state(mountpoint: str, pid: int | None = None) -> None:
 
 
 # --- processes ------------------------------------------------------------------------------------------
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` is a running (not zombie) process."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _cmdline(pid: int) -> list[str]:

@@ -33,6 +33,7 @@ from ..errors import BlobNotFoundError, ChecksumError, InvalidInputError
 from ..iobuf import buffer_for
 from ..manifest.digest import Digester, FileDigest
 from ..settings import CHUNK_SIZE
+from ..tmpfiles import reclaim_dead
 
 logger = logging.getLogger(__name__)
 
@@ -277,8 +278,8 @@ class BlobStore:
         return done
 
     def remove_stale_tmp(self, max_age: float) -> int:
-        """Delete temporary files older than ``max_age`` seconds (left by killed writers)."""
-        removed = 0
+        """Delete temporary files of dead writers, and any older than ``max_age`` seconds."""
+        removed = len(reclaim_dead(os.path.join(self.root, "tmp"))[0])
         cutoff = time.time() - max_age
         tmp_dir = os.path.join(self.root, "tmp")
         for name in os.listdir(tmp_dir):

@@ -1,0 +1,112 @@
+"""Temporary files of killed writers are reclaimed by the next writer (issue 10, point 6); a live writer's are
+left alone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.support.mount import wait_until
+from wanllmdb import tmpfiles
+
+BIG = 64 * 1024 * 1024
+
+LOGGER = textwrap.dedent(
+    """
+    import sys, wanllmdb
+    run = wanllmdb.init(project="killed")
+    art = wanllmdb.Artifact("big", type="model")
+    art.add_file(sys.argv[1], name="weights.bin")
+    run.log_artifact(art)
+    """
+)
+
+
+def _tmp_bytes(directory: str, pid: int | None = None) -> int:
+    if not os.path.isdir(directory):
+        return 0
+    names = [f for f in os.listdir(directory) if pid is None or f".{pid}." in f]
+    return sum(os.path.getsize(os.path.join(directory, f)) for f in names)
+
+
+def _writing(directory: str, proc: subprocess.Popen) -> bool:
+    return _tmp_bytes(directory, proc.pid) > 0 or proc.poll() is not None
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.slow
+def test_temporary_files_of_killed_embedded_loggers_are_reclaimed_by_the_next_writer(tmp_path, monkeypatch):
+    import wanllmdb
+
+    tmp_dir = os.path.join(os.environ["WANLLMDB_DIR"], "tmp")
+    killed = 0
+    for i in range(3):
+        src = tmp_path / f"big{i}.bin"
+        with open(src, "wb") as f:
+            f.write(os.urandom(1024 * 1024) * (BIG // (1024 * 1024)))
+        proc = subprocess.Popen([sys.executable, "-c", LOGGER, str(src)])
+        try:
+            wait_until(lambda p=proc: _writing(tmp_dir, p), 60, "the logger to start writing its blob")
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        killed += proc.returncode == -signal.SIGKILL
+    assert killed == 3 and _tmp_bytes(tmp_dir) > 0
+    # A live writer's temporary file is not touched.
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live_file = os.path.join(tmp_dir, f"unaddressed.{live.pid}.feedbeef")
+        with open(live_file, "wb") as f:
+            f.write(b"in progress")
+        monkeypatch.setattr(tmpfiles, "RECLAIM_MIN_AGE", 0.0)
+        run = wanllmdb.init(project="next")
+        small = tmp_path / "small.txt"
+        small.write_text("next writer")
+        art = wanllmdb.Artifact("small", type="dataset")
+        art.add_file(str(small))
+        run.log_artifact(art)
+        run.finish()
+        assert os.listdir(tmp_dir) == [os.path.basename(live_file)]
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_the_cache_reclaims_temporary_and_partial_files_of_dead_processes(tmp_path, monkeypatch):
+    from wanllmdb.cache import BlobCache
+
+    root = tmp_path / "cache"
+    BlobCache(str(root)).close()
+    dead = _dead_pid()
+    leftovers = {
+        root / "tmp" / f"{'a' * 64}.{dead}.0123abcd.incomplete": b"x" * 5000,
+        root / "partial" / f"{'b' * 64}.{dead}.0123abcd": b"y" * 7000,
+        root / "tmp" / f"{'c' * 64}.{os.getpid()}.0123abcd.incomplete": b"mine",
+    }
+    for path, data in leftovers.items():
+        path.write_bytes(data)
+    cache = BlobCache(str(root))
+    cache.index.upsert(f"partial:{'b' * 64}.{dead}.0123abcd", "partial", 7000)
+    cache.close()
+    monkeypatch.setattr(tmpfiles, "RECLAIM_MIN_AGE", 0.0)
+    cache = BlobCache(str(root))
+    assert sorted(os.listdir(root / "tmp")) == [f"{'c' * 64}.{os.getpid()}.0123abcd.incomplete"]
+    assert os.listdir(root / "partial") == []
+    assert cache.total_size() == 0
+
+
+def test_young_files_of_dead_writers_wait_for_a_later_pass(tmp_path):
+    dead = _dead_pid()
+    (tmp_path / f"x.{dead}.abc").write_bytes(b"1")
+    assert tmpfiles.reclaim_dead(str(tmp_path), min_age=3600)[0] == []
+    assert tmpfiles.reclaim_dead(str(tmp_path), min_age=0)[0] == [f"x.{dead}.abc"]
