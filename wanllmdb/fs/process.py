@@ -118,7 +118,8 @@ def check_mountpoint(path: str) -> str:
         MountError: missing, not a directory, not empty, or already a mount.
     """
     mountpoint = canonical_mountpoint(path)
-    if mount_entry(mountpoint) is not None:
+    entry = mount_entry(mountpoint)
+    if entry is not None and not recover_dead_mount(mountpoint, entry):
         raise MountError(f"{mountpoint} is already a mount point (wanllmdb unmount {mountpoint} first?)")
     if not os.path.exists(mountpoint):
         raise MountError(f"mountpoint {mountpoint} does not exist (create the directory first)")
@@ -130,6 +131,24 @@ def check_mountpoint(path: str) -> str:
     except PermissionError:
         raise MountError(f"mountpoint {mountpoint} is not readable") from None
     return mountpoint
+
+
+def recover_dead_mount(mountpoint: str, entry: MountEntry) -> bool:
+    """Detach a mount of ours whose process is gone (every access gives ENOTCONN); True if it was one.
+
+    A crashed or killed mount leaves its entry in the mount table; mounting again on it must not need a
+    manual ``wanllmdb unmount`` (nor must the systemd unit's restart). A live mount, or anyone else's, is
+    left alone.
+    """
+    if entry.fstype != "fuse.wanllmdb" or find_mount_process(mountpoint) is not None:
+        return False
+    logger.warning("%s is a mount of wanllmdb whose process is gone: detaching it", mountpoint)
+    abort_connection(entry.device)
+    detach(mountpoint, lazy=True)
+    remove_state(mountpoint)
+    if mount_entry(mountpoint) is not None:
+        raise MountError(f"{mountpoint} is a dead wanllmdb mount that could not be detached (try: umount -l)")
+    return True
 
 
 def check_fuse() -> str:
