@@ -2,8 +2,13 @@
 
 - Listings that change — the projects, a project's artifacts, an artifact's versions and aliases — are
   kept ``ttl`` seconds (``--metadata-ttl``), so a version logged elsewhere or a moved alias shows within
-  that time. An expired listing is still served when the registry cannot be reached (stale-while-error):
-  paths that were visible stay usable while the server is down, and cached files stay readable.
+  that time. An expired listing is refreshed by one call in the background (stale-while-revalidate): a
+  lookup waits for it at most ``STALE_GRACE`` seconds and is then answered with the listing it has, so
+  paths that were visible stay usable, and cached files readable, within a second whatever the server does.
+- A registry that failed (an error or a timeout) is remembered as down for ``DOWN_BACKOFF`` seconds:
+  meanwhile no lookup waits on it. Expired listings are served as they are, and something never seen fails
+  at once (EIO) instead of costing every lookup a full timeout; the first lookup after the backoff tries
+  again.
 - "Not found" answers are kept ``ttl`` seconds as well, so a shell probing names does not hammer the server.
 - Version trees never change once finalized: an LRU bounded by the total number of entries it holds keeps
   the recently used ones (a version larger than the whole bound is still kept, alone), so memory stays flat
@@ -38,6 +43,10 @@ DEFAULT_TREE_ENTRIES = 100_000
 #: Listings (projects, artifacts, aliases, not-found answers) kept in memory.
 DEFAULT_LISTINGS = 4096
 STALE_WARNING_INTERVAL = 60.0
+#: Longest wait of a lookup for the refresh of an expired listing before it is answered with the old one.
+STALE_GRACE = 0.25
+#: Seconds a failing registry is left alone (see the module docstring).
+DOWN_BACKOFF = 5.0
 #: Large (chunked) files of a newly loaded version whose downloads are prepared at once.
 PRESIGN_LARGE = 1000
 
@@ -79,6 +88,9 @@ class Catalog:
         self._trees: LRUCache = LRUCache(max_tree_entries, getsizeof=lambda tree: tree.weight)
         self._oversized: tuple[tuple, VersionTree] | None = None
         self._last_stale_warning = 0.0
+        self._down_until = 0.0
+        self._slow_until = 0.0
+        self._last_failure = ""
 
     # --- listings ---------------------------------------------------------------------------------------
 
@@ -107,18 +119,70 @@ class Catalog:
             if cached.error is not None:
                 raise cached.error.with_traceback(None)
             return cached.value
+        stale = cached is not None and cached.error is None
+        if self.registry_down() or (stale and now < self._slow_until):
+            if stale:
+                self._refresh_in_background(key, load, what)
+                return cached.value
+            raise FetchError(f"{what}: {self.down_reason()}")
         try:
-            value = self._flights.call(key, load, self._timeout, what)
-        except NotFoundError as exc:
-            self._store(key, _Listing(None, exc, time.monotonic()))
-            raise
-        except (TransportError, FetchError) as exc:
-            if cached is not None and cached.error is None:
-                self._warn_stale(what, exc)
+            future, created = self._flights.start(key, load)
+        except FetchError:
+            if stale:
                 return cached.value
             raise
-        self._store(key, _Listing(value, None, time.monotonic()))
-        return value
+        if created:
+            future.add_done_callback(lambda f, key=key: self._refreshed(key, f, what))
+        try:
+            return self._flights.wait(future, STALE_GRACE if stale else self._timeout, what)
+        except NotFoundError:
+            raise
+        except (TransportError, FetchError) as exc:
+            if stale:
+                if not future.done():  # slow, not failed (yet): don't make the next lookups wait for it
+                    self._slow_until = time.monotonic() + DOWN_BACKOFF
+                self._warn_stale(what, exc)
+                return cached.value
+            if not future.done():  # the whole timeout passed without an answer
+                self.mark_down(what, exc)
+            raise
+
+    def _refresh_in_background(self, key: tuple, load: Callable[[], T], what: str) -> None:
+        """While the registry is slow or down, at most one refresh per listing, none more often than
+        every ``DOWN_BACKOFF`` seconds (a down registry is probed, not hammered)."""
+        if self.registry_down():
+            return
+        try:
+            future, created = self._flights.start(key, load)
+        except FetchError:
+            return
+        if created:
+            future.add_done_callback(lambda f, key=key: self._refreshed(key, f, what))
+
+    def _refreshed(self, key: tuple, future: Any, what: str) -> None:
+        """Store what a (background) listing call returned; remember a failing registry."""
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is None:
+            self._store(key, _Listing(future.result(), None, time.monotonic()))
+            self._down_until = self._slow_until = 0.0
+        elif isinstance(exc, NotFoundError):
+            self._store(key, _Listing(None, exc, time.monotonic()))
+        elif isinstance(exc, (TransportError, FetchError)):
+            self.mark_down(what, exc)
+
+    def registry_down(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    def down_reason(self) -> str:
+        return f"the registry is not answering ({self._last_failure}); trying again in a few seconds"
+
+    def mark_down(self, what: str, exc: Exception) -> None:
+        """Leave the registry alone for ``DOWN_BACKOFF`` seconds after a failure."""
+        self._down_until = time.monotonic() + DOWN_BACKOFF
+        self._last_failure = str(exc)
+        self._warn_stale(what, exc)
 
     def _store(self, key: tuple, listing: _Listing) -> None:
         with self._lock:
@@ -128,7 +192,12 @@ class Catalog:
         now = time.monotonic()
         if now - self._last_stale_warning > STALE_WARNING_INTERVAL:
             self._last_stale_warning = now
-            logger.warning("%s failed (%s); serving the last known listing", what, exc)
+            logger.warning(
+                "%s failed (%s); serving the last known listings, and trying the registry again in %gs",
+                what,
+                exc,
+                DOWN_BACKOFF,
+            )
 
     # --- version trees ----------------------------------------------------------------------------------
 
@@ -157,6 +226,8 @@ class Catalog:
         if missing is not None and time.monotonic() - missing.fetched_at < self._ttl and missing.error:
             raise missing.error.with_traceback(None)
         what = f"loading the manifest of '{project}/{name}:v{version}'"
+        if self.registry_down():
+            raise FetchError(f"{what}: {self.down_reason()}")
         try:
             tree = self._flights.call(key, lambda: self._load_tree(project, name, version), self._timeout, what)
         except NotFoundError as exc:
@@ -198,7 +269,7 @@ class Catalog:
     def prepare_fetch(self, key: tuple, sha256s: Iterable[str]) -> None:
         """Ask the registry to prepare downloads of ``sha256s`` in the background (one call per ``key``)."""
         wanted = list(sha256s)
-        if not wanted:
+        if not wanted or self.registry_down():
             return
         try:
             future, created = self._flights.start(("prepare", *key), lambda: self.registry.prepare_fetch(wanted))

@@ -313,6 +313,8 @@ class ArtifactFS:
         node = here.node
         assert isinstance(node, FileNode)
         if not node.entry.is_chunked and node.entry.size:
+            if self.catalog.registry_down() and not self.reader.cache.contains(node.entry.sha256):
+                raise FetchError(f"{here.label}: not cached, and {self.catalog.down_reason()}")
             self._prepare_siblings(here)
         handle = self.reader.open(node.entry, here.label)
         fh = next(self._fh)
