@@ -197,6 +197,14 @@ class ServerError(TransportError):
     code = "server_error"
 
 
+class ServerBusyError(ServerError):
+    """The server is at its limit of concurrent large requests; retry after ``retry_after`` seconds (503)."""
+
+    code = "server_busy"
+    http_status = 503
+    retry_after = 5
+
+
 class ServerUnreachableError(TransportError):
     code = "unreachable"
 

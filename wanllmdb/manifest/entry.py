@@ -8,6 +8,7 @@ the metadata.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -160,12 +161,13 @@ class Manifest:
     @cached_property
     def digest(self) -> str:
         """SHA-256 over the sorted (path, size, sha256) triples: equal content, equal digest."""
-        canonical = json.dumps(
-            [[e.path, e.size, e.sha256] for e in self.entries.values()],
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        # The JSON of the whole list, hashed entry by entry so that no copy of it is ever held.
+        sha = hashlib.sha256(b"[")
+        for i, e in enumerate(self.entries.values()):
+            item = json.dumps([e.path, e.size, e.sha256], separators=(",", ":"), ensure_ascii=False)
+            sha.update((("," if i else "") + item).encode("utf-8"))
+        sha.update(b"]")
+        return sha.hexdigest()
 
     @cached_property
     def size(self) -> int:
@@ -183,15 +185,34 @@ class Manifest:
         return {"format": MANIFEST_FORMAT, "entries": [e.to_dict() for e in self.entries.values()]}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+        """``json.dumps(self.to_dict())``, written entry by entry (no dict of each entry held at once)."""
+        out = io.StringIO()
+        out.write(f'{{"format":{MANIFEST_FORMAT},"entries":[')
+        for i, e in enumerate(self.entries.values()):
+            if i:
+                out.write(",")
+            out.write(json.dumps(e.to_dict(), separators=(",", ":"), ensure_ascii=False))
+        out.write("]}")
+        return out.getvalue()
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
+    def from_dict(cls, data: Mapping[str, Any], *, consume: bool = False) -> Manifest:
+        """The manifest of parsed JSON; ``consume`` drops each entry's dict from ``data`` as soon as it is
+        converted, so that a large manifest is never held twice."""
         if not isinstance(data, Mapping) or not isinstance(data.get("entries"), list):
             raise InvalidManifestError("manifest must be an object with an 'entries' list")
         if data.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
             raise InvalidManifestError(f"unsupported manifest format {data.get('format')!r}")
-        return cls.from_entries(ManifestEntry.from_dict(item) for item in data["entries"])
+        items: list = data["entries"]
+
+        def entries() -> Iterator[ManifestEntry]:
+            for i in range(len(items)):
+                item = items[i]
+                if consume:
+                    items[i] = None
+                yield ManifestEntry.from_dict(item)
+
+        return cls.from_entries(entries())
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:

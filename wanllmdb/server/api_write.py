@@ -12,9 +12,16 @@ through ``POST /uploads`` (an unaddressed PUT URL) while hashing it in the same 
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+import asyncio
+import json
+from collections.abc import Iterator, Sequence
 
-from ..errors import InvalidInputError
+from fastapi import APIRouter, Request, Response
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import StreamingResponse
+
+from ..errors import InvalidInputError, InvalidManifestError, ServerBusyError
 from ..manifest import Manifest
 from ..registry.base import BlobTarget, DraftSpec
 from .context import ServerState
@@ -36,8 +43,7 @@ def _state(request: Request) -> ServerState:
     return request.app.state.server
 
 
-def _upload_targets(state: ServerState, request: Request, targets: tuple[BlobTarget, ...]) -> list[dict]:
-    base = state.base_url(str(request.base_url))
+def _upload_targets(state: ServerState, base: str, targets: Sequence[BlobTarget]) -> list[dict]:
     out = []
     for target in targets:
         signed = state.signer.presign(base, "PUT", target.sha256, target.size)
@@ -45,29 +51,102 @@ def _upload_targets(state: ServerState, request: Request, targets: tuple[BlobTar
     return out
 
 
-@router.post("/drafts", summary="Create a draft from a whole manifest; answers the blobs to upload")
-def create_draft(request: Request, body: DraftRequest) -> JSONResponse:
+#: Draft bodies larger than this count as large: at most MAX_LARGE_DRAFTS of them are parsed at once.
+LARGE_DRAFT_BYTES = 1024 * 1024
+MAX_LARGE_DRAFTS = 2
+#: How long a large draft waits for its turn before the server answers 503 (with Retry-After).
+LARGE_DRAFT_WAIT = 30.0
+_large_drafts: asyncio.Semaphore | None = None
+
+
+def _draft_turns() -> asyncio.Semaphore:
+    global _large_drafts
+    if _large_drafts is None:
+        _large_drafts = asyncio.Semaphore(MAX_LARGE_DRAFTS)
+    return _large_drafts
+
+
+@router.post(
+    "/drafts",
+    summary="Create a draft from a whole manifest; answers the blobs to upload",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": DraftRequest.model_json_schema()}},
+        }
+    },
+)
+async def create_draft(request: Request) -> JSONResponse:
+    """The body is parsed once, straight into manifest entries (no model of each entry), so a draft of
+    200,000 files costs a few times its JSON in memory; large bodies take turns (see LARGE_DRAFT_BYTES)."""
     state = _state(request)
-    spec = DraftSpec(
-        project=body.project,
-        name=body.name,
-        type=body.type,
-        manifest=Manifest.from_dict(body.manifest),
-        description=body.description,
-        metadata=body.metadata,
-        run_id=body.run_id,
-    )
-    draft = state.registry.create_draft(spec)
-    missing = _upload_targets(state, request, draft.missing)
-    bundles = _upload_bundles(state, request, draft.missing)
-    return JSONResponse(
-        {"id": draft.id, "digest": draft.digest, "missing": missing, "bundles": bundles}, status_code=201
-    )
-
-
-def _upload_bundles(state: ServerState, request: Request, targets: tuple[BlobTarget, ...]) -> list[dict]:
-    """Small missing blobs grouped into presigned upload bundles (a few MiB, up to a thousand blobs each)."""
     base = state.base_url(str(request.base_url))
+    declared = request.headers.get("content-length")
+    large = declared is None or not declared.isdigit() or int(declared) > LARGE_DRAFT_BYTES
+    turns = _draft_turns()
+    if large:
+        try:
+            await asyncio.wait_for(turns.acquire(), LARGE_DRAFT_WAIT)
+        except asyncio.TimeoutError:
+            raise ServerBusyError(
+                f"{MAX_LARGE_DRAFTS} large drafts are being created; try again shortly"
+            ) from None
+    try:
+        body = await request.body()
+        answer = await run_in_threadpool(_create_draft, state, base, body)
+    finally:
+        if large:
+            turns.release()
+    return StreamingResponse(answer, status_code=201, media_type="application/json")
+
+
+def _create_draft(state: ServerState, base: str, body: bytes) -> Iterator[bytes]:
+    """Create the draft; its answer is JSON streamed a thousand blobs at a time (never held whole: with an
+    upload URL per missing blob it is twice the size of the manifest)."""
+    spec = _draft_spec(body)
+    del body
+    draft = state.registry.create_draft(spec)
+    del spec
+    head = {"id": draft.id, "digest": draft.digest, "bundles": _upload_bundles(state, base, draft.missing)}
+
+    def answer() -> Iterator[bytes]:
+        yield json.dumps(head).encode()[:-1] + b',"missing":['
+        for i in range(0, len(draft.missing), 1000):
+            part = _upload_targets(state, base, draft.missing[i : i + 1000])
+            yield (b"," if i else b"") + json.dumps(part, separators=(",", ":")).encode()[1:-1]
+        yield b"]}"
+
+    return answer()
+
+
+def _draft_spec(body: bytes) -> DraftSpec:
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise InvalidInputError(f"the draft is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError("the draft must be a JSON object")
+    manifest = data.pop("manifest", None)
+    try:
+        fields = DraftRequest.model_validate({**data, "manifest": {}})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidInputError(f"invalid draft: {problems}") from None
+    if not isinstance(manifest, dict):
+        raise InvalidManifestError("the draft needs a 'manifest' object with an 'entries' list")
+    return DraftSpec(
+        project=fields.project,
+        name=fields.name,
+        type=fields.type,
+        manifest=Manifest.from_dict(manifest, consume=True),
+        description=fields.description,
+        metadata=fields.metadata,
+        run_id=fields.run_id,
+    )
+
+
+def _upload_bundles(state: ServerState, base: str, targets: Sequence[BlobTarget]) -> list[dict]:
+    """Small missing blobs grouped into presigned upload bundles (a few MiB, up to a thousand blobs each)."""
     bundles: list[dict] = []
     group: list[tuple[str, int]] = []
     group_bytes = 0
@@ -106,7 +185,8 @@ def new_upload(request: Request, body: NewUploadRequest) -> JSONResponse:
 @router.post("/drafts/{draft_id}/upload-urls", summary="Fresh upload URLs for the blobs a draft still lacks")
 def refresh_upload_urls(request: Request, draft_id: str) -> JSONResponse:
     state = _state(request)
-    return JSONResponse({"missing": _upload_targets(state, request, state.registry.draft_missing(draft_id))})
+    base = state.base_url(str(request.base_url))
+    return JSONResponse({"missing": _upload_targets(state, base, state.registry.draft_missing(draft_id))})
 
 
 @router.post("/drafts/{draft_id}/finalize", summary="Make the draft a version and apply its aliases")

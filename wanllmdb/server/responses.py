@@ -15,7 +15,7 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from ..errors import AuthenticationError, IncompleteDraftError, WanllmdbError
+from ..errors import AuthenticationError, IncompleteDraftError, ServerBusyError, WanllmdbError
 
 #: Blobs (and ranges) up to this size go out in one piece read on the event loop: a page-cache read of at
 #: most 1 MiB costs less than a thread hop. Bundles coalesce their small blobs into sends of this size.
@@ -52,6 +52,8 @@ def error_response(exc: WanllmdbError, status: int | None = None) -> JSONRespons
     if expected is not None or actual is not None:
         extra.update(expected=expected, actual=actual)
     headers = {"WWW-Authenticate": "Bearer"} if type(exc) is AuthenticationError else None
+    if isinstance(exc, ServerBusyError):
+        headers = {"Retry-After": str(exc.retry_after)}
     return JSONResponse(
         error_payload(exc.code, str(exc), **extra), status_code=status or exc.http_status, headers=headers
     )
