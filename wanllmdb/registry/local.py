@@ -63,6 +63,8 @@ from .db import Database
 logger = logging.getLogger(__name__)
 
 DEFAULT_DRAFT_MAX_AGE = 24 * 3600.0
+#: The largest integer an SQLite column holds.
+MAX_SQLITE_INT = 2**63 - 1
 
 
 def describe_versions(versions: Sequence[int], aliases: Sequence[str]) -> str:
@@ -254,7 +256,8 @@ class LocalRegistry:
             conn.executemany("INSERT OR IGNORE INTO blob_sizes (sha256, size) VALUES (?, ?)", items)
 
     def known_sizes(self, sizes: Iterable[int]) -> set[int]:
-        wanted = sorted({int(s) for s in sizes})
+        # A size SQLite cannot hold (negative, or 2**63 and more) is no stored blob's; it must not reach a query.
+        wanted = sorted({int(s) for s in sizes if 0 <= int(s) <= MAX_SQLITE_INT})
         found: set[int] = set()
         with self.db.read() as conn:
             for i in range(0, len(wanted), 500):
