@@ -4,7 +4,7 @@
 - :func:`scan_registry`: every version of every artifact of every project resolves, has dense numbers,
   and downloads through a fresh SDK client into a fresh directory with bytes matching its manifest
   (size, MD5 and SHA-256 of each file); returns counts for the test's report.
-- :func:`orphan_temp_files`: what is left in a registry's ``tmp/`` by writers that are gone.
+- :func:`orphan_temp_files`: what is left in a registry's or a cache's ``tmp/`` (by writers that are gone).
 """
 
 from __future__ import annotations
@@ -82,6 +82,6 @@ def scan_registry(registry: Registry, workdir: str) -> ScanReport:
 
 
 def orphan_temp_files(data_dir: str) -> list[str]:
-    """Files left in the embedded registry's (or a server root's) ``tmp/`` directory."""
+    """Files left in ``tmp/`` of a registry directory (embedded, or a server's root) or of a cache."""
     tmp = os.path.join(data_dir, "tmp")
     return sorted(os.listdir(tmp)) if os.path.isdir(tmp) else []

@@ -35,6 +35,7 @@ from ..errors import (
     VersionNotFoundError,
 )
 from ..iobuf import buffer_for
+from ..killpoints import kill_point
 from ..manifest import (
     Manifest,
     parse_version,
@@ -409,6 +410,7 @@ class LocalRegistry:
                 number, version_id = int(newest["version"]), int(newest["id"])
             self._apply_aliases(conn, artifact_id, version_id, number, ["latest", *aliases])
             conn.execute("DELETE FROM drafts WHERE id = ?", (draft_id,))
+            kill_point("finalize.commit")
             row = conn.execute("SELECT * FROM versions WHERE id = ?", (version_id,)).fetchone()
             names = self._aliases_by_version(conn, artifact_id).get(number, [])
             info = self._version_info(row, project, name, type_, names, True)
