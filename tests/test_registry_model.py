@@ -36,7 +36,7 @@ from wanllmdb.errors import AliasError, ArtifactNotFoundError, ProjectNotFoundEr
 
 LONG = os.environ.get("WANLLMDB_LONG_TESTS") == "1"
 SETTINGS = settings(
-    max_examples=200 if LONG else 25,
+    max_examples=200 if LONG else 15,
     stateful_step_count=40 if LONG else 15,
     deadline=None,
     derandomize=not LONG,

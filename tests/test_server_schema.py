@@ -28,7 +28,7 @@ from tests.support.server import start_server
 
 pytestmark = pytest.mark.server
 
-EXAMPLES = 150 if os.environ.get("WANLLMDB_LONG_TESTS") == "1" else 10
+EXAMPLES = 150 if os.environ.get("WANLLMDB_LONG_TESTS") == "1" else 6
 CHECKS = [not_a_server_error, content_type_conformance]
 
 

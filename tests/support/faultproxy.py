@@ -6,8 +6,8 @@ connection (it sends ``Connection: close`` upstream, so the server says so to th
 "the body of the response to this request" well defined without parsing bodies.
 
 A :class:`Fault`, set or replaced at run time with :meth:`FaultProxy.set_fault`, applies to the bodies of
-the exchanges it matches (method, a substring of the request target, request or response side), at most
-``times`` of them, from byte ``after`` of the body on:
+the exchanges it matches (method, a substring of the request target, request or response side) whose body
+reaches byte ``after``, at most ``times`` of them, from that byte on:
 
 - ``stall``: stop relaying and hold the connection open (until the fault is cleared or the proxy stops);
 - ``trickle``: relay ``rate`` bytes per second;
@@ -15,8 +15,7 @@ the exchanges it matches (method, a substring of the request target, request or 
 - ``truncate``: close the client's connection cleanly (FIN), the body cut short;
 - ``flip``: invert the byte at body offset ``after`` and relay the rest unchanged.
 
-``hits`` counts the exchanges whose body reached the fault's offset (the fault really happened), so that a
-test can check it did.
+``hits`` counts the exchanges the fault struck, so that a test can check that it really happened.
 """
 
 from __future__ import annotations
@@ -111,15 +110,20 @@ class FaultProxy:
             self._threads = [t for t in self._threads if t.is_alive()] + [thread]
             thread.start()
 
-    def _claim(self, method: str, target: str, side: str) -> Fault | None:
-        """The current fault if it applies to this exchange's ``side`` (one of its ``times`` is used up)."""
+    def _matching(self, method: str, target: str, side: str) -> Fault | None:
+        """The current fault if it applies to this exchange's ``side``."""
+        fault = self._fault
+        return fault if fault is not None and fault.side == side and fault.matches(method, target) else None
+
+    def _use(self, fault: Fault) -> bool:
+        """Whether ``fault`` may strike one more exchange (it is still current and has ``times`` left)."""
         with self._lock:
-            fault = self._fault
-            if fault is None or fault.side != side or not fault.matches(method, target) or self._left == 0:
-                return None
+            if fault is not self._fault or self._left == 0:
+                return False
             if self._left is not None:
                 self._left -= 1
-            return fault
+            self.hits += 1
+            return True
 
     def _serve(self, client: socket.socket) -> None:
         client.settimeout(POLL)
@@ -133,14 +137,14 @@ class FaultProxy:
             upstream.sendall(_force_close(head))
             sender = threading.Thread(
                 target=self._relay_quietly,
-                args=(client, upstream, rest, self._claim(method, target, "request")),
+                args=(client, upstream, rest, self._matching(method, target, "request")),
                 name="faultproxy-request",
                 daemon=True,
             )
             sender.start()
             response_head, body = self._read_head(upstream)
             client.sendall(response_head)
-            self._relay(upstream, client, body, self._claim(method, target, "response"))
+            self._relay(upstream, client, body, self._matching(method, target, "response"))
         except (_Closed, OSError, ValueError):
             pass
         finally:
@@ -178,12 +182,14 @@ class FaultProxy:
 
     def _relay(self, src: socket.socket, dst: socket.socket, first: bytes, fault: Fault | None) -> None:
         """Copy a body from ``src`` to ``dst`` until ``src`` closes, applying ``fault`` from its offset on."""
-        offset = 0
-        data = first
+        offset, data, armed = 0, first, False
         while True:
             if data:
-                self._forward(dst, data, offset, fault)
-                offset += len(data)
+                end = offset + len(data)
+                if fault is not None and not armed and end > fault.after:
+                    armed = self._use(fault)  # only bodies that reach the offset count as hits
+                self._forward(dst, data, offset, fault if armed else None)
+                offset = end
             data = self._recv(src)
 
     def _forward(self, dst: socket.socket, data: bytes, offset: int, fault: Fault | None) -> None:
@@ -193,9 +199,6 @@ class FaultProxy:
             return
         cut = max(0, fault.after - offset)
         dst.sendall(data[:cut])
-        if offset + cut == fault.after:
-            with self._lock:
-                self.hits += 1
         if fault.mode == "flip":
             flipped = bytearray(data[cut:])
             if offset + cut == fault.after:
