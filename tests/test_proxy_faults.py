@@ -159,6 +159,7 @@ LOG_CASES = {
     "upload-reset-once": (Fault("reset", after=MIB, side="request", method="PUT", path=BIG_PUT, times=1), True),
     "upload-flip-always": (Fault("flip", after=MIB + 9, side="request", method="PUT", path=BIG_PUT), False),
     "upload-stall-once": (Fault("stall", after=MIB, side="request", method="PUT", path=BIG_PUT, times=1), True),
+    "upload-trickle": (Fault("trickle", rate=8 * MIB, side="request", method="PUT", path=BIG_PUT), True),
     "finalize-answer-reset": (Fault("reset", path="/finalize", times=1), None),
     "draft-answer-truncated": (Fault("truncate", after=3, path="/drafts", method="POST", times=1), None),
     "draft-answer-stalled-once": (Fault("stall", path="/drafts", method="POST", times=1), True),
@@ -199,9 +200,9 @@ MOUNT_CASES = {
     "flip-always": (Fault("flip", after=5, **ON_BIG), False),
     "stall-always": (Fault("stall", after=0, **ON_BIG), False),
     "reset-always": (Fault("reset", after=0, **ON_BIG), False),
+    "trickle": (Fault("trickle", rate=8 * MIB, **ON_BIG), True),
 }
 if LONG:
-    MOUNT_CASES["trickle"] = (Fault("trickle", rate=8 * MIB, **ON_BIG), True)
     MOUNT_CASES["flip-every-range"] = (Fault("flip", after=MIB // 2 + 1, **ON_BIG), False)
 
 
