@@ -22,14 +22,14 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
-from schemathesis.specs.openapi.checks import content_type_conformance
+from schemathesis.specs.openapi.checks import content_type_conformance, status_code_conformance
 
 from tests.support.server import start_server
 
 pytestmark = pytest.mark.server
 
 EXAMPLES = 150 if os.environ.get("WANLLMDB_LONG_TESTS") == "1" else 6
-CHECKS = [not_a_server_error, content_type_conformance]
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance]
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,7 @@ def _upload_targets(state: ServerState, request: Request, targets: tuple[BlobTar
     return out
 
 
-@router.post("/drafts", summary="Create a draft from a whole manifest; answers the blobs to upload")
+@router.post("/drafts", summary="Create a draft from a whole manifest; answers the blobs to upload", status_code=201)
 def create_draft(request: Request, body: DraftRequest) -> JSONResponse:
     state = _state(request)
     spec = DraftSpec(
@@ -96,7 +96,8 @@ def blob_sizes(request: Request, body: BlobSizesRequest) -> JSONResponse:
     return JSONResponse({"known": sorted(_state(request).registry.known_sizes(body.sizes))})
 
 
-@router.post("/uploads", summary="A presigned URL to upload a file whose SHA-256 is not known yet", tags=["blobs"])
+@router.post("/uploads", summary="A presigned URL to upload a file whose SHA-256 is not known yet", tags=["blobs"],
+             status_code=201)  # fmt: skip
 def new_upload(request: Request, body: NewUploadRequest) -> JSONResponse:
     state = _state(request)
     signed = state.signer.presign_new_upload(state.base_url(str(request.base_url)), body.size)
