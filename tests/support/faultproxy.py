@@ -11,8 +11,9 @@ reaches byte ``after``, at most ``times`` of them, from that byte on:
 
 - ``stall``: stop relaying and hold the connection open (until the fault is cleared or the proxy stops);
 - ``trickle``: relay ``rate`` bytes per second;
-- ``reset``: close the client's connection with an RST (``SO_LINGER`` 0);
-- ``truncate``: close the client's connection cleanly (FIN), the body cut short;
+- ``reset``: close the connection the body goes to (the client's, or the server's for a request body) with
+  an RST (``SO_LINGER`` 0);
+- ``truncate``: close that connection cleanly (FIN), the body cut short;
 - ``flip``: invert the byte at body offset ``after`` and relay the rest unchanged.
 
 ``hits`` counts the exchanges the fault struck, so that a test can check that it really happened.
@@ -134,7 +135,7 @@ class FaultProxy:
             method, target = method.decode("latin-1"), target.decode("latin-1")
             upstream = socket.create_connection(self.upstream, timeout=5)
             upstream.settimeout(POLL)
-            upstream.sendall(_force_close(head))
+            self._send(upstream, _force_close(head))
             sender = threading.Thread(
                 target=self._relay_quietly,
                 args=(client, upstream, rest, self._matching(method, target, "request")),
@@ -143,7 +144,7 @@ class FaultProxy:
             )
             sender.start()
             response_head, body = self._read_head(upstream)
-            client.sendall(response_head)
+            self._send(client, response_head)
             self._relay(upstream, client, body, self._matching(method, target, "response"))
         except (_Closed, OSError, ValueError):
             pass
@@ -180,6 +181,17 @@ class FaultProxy:
             return data
         raise _Closed
 
+    def _send(self, sock: socket.socket, data: bytes) -> None:
+        """``sendall`` that waits for a slow reader as long as it takes (the socket's timeout is only a poll)."""
+        view = memoryview(data)
+        while view:
+            if self._stopping.is_set():
+                raise _Closed
+            try:
+                view = view[sock.send(view) :]
+            except TimeoutError:
+                continue
+
     def _relay(self, src: socket.socket, dst: socket.socket, first: bytes, fault: Fault | None) -> None:
         """Copy a body from ``src`` to ``dst`` until ``src`` closes, applying ``fault`` from its offset on."""
         offset, data, armed = 0, first, False
@@ -195,15 +207,15 @@ class FaultProxy:
     def _forward(self, dst: socket.socket, data: bytes, offset: int, fault: Fault | None) -> None:
         end = offset + len(data)
         if fault is None or end <= fault.after:
-            dst.sendall(data)
+            self._send(dst, data)
             return
         cut = max(0, fault.after - offset)
-        dst.sendall(data[:cut])
+        self._send(dst, data[:cut])
         if fault.mode == "flip":
             flipped = bytearray(data[cut:])
             if offset + cut == fault.after:
                 flipped[0] ^= 0xFF
-            dst.sendall(flipped)
+            self._send(dst, flipped)
         elif fault.mode == "trickle":
             self._trickle(dst, data[cut:], fault.rate)
         elif fault.mode == "stall":
@@ -211,7 +223,7 @@ class FaultProxy:
                 time.sleep(POLL)
             if self._stopping.is_set():
                 raise _Closed
-            dst.sendall(data[cut:])
+            self._send(dst, data[cut:])
         elif fault.mode == "reset":
             dst.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             dst.close()
@@ -225,7 +237,7 @@ class FaultProxy:
         for start in range(0, len(data), piece):
             if self._stopping.is_set():
                 raise _Closed
-            dst.sendall(data[start : start + piece])
+            self._send(dst, data[start : start + piece])
             time.sleep(piece / rate)
 
 
