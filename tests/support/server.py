@@ -85,11 +85,13 @@ def start_server(
     host: str = "127.0.0.1",
     extra_args: tuple[str, ...] = (),
     quiet: bool = False,
+    extra_env: dict[str, str] | None = None,
 ) -> ServerProcess:
     """Start a server on a free port under ``root`` and wait until it answers its health check.
 
     Args:
         api_key: True for a random key, a string for that key, None/False for no key.
+        extra_env: variables added to the server's environment (which otherwise has no ``WANLLMDB_*``).
     """
     root = str(root)
     os.makedirs(root, exist_ok=True)
@@ -109,9 +111,10 @@ def start_server(
     if quiet:
         cmd.append("--quiet")
     cmd += list(extra_args)
+    env = {**_server_env(root), **(extra_env or {})}
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_server_env(root), cwd=root
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=root
         )
     server = ServerProcess("", key, os.path.join(root, "registry"), process, log_path)
     try:

@@ -41,6 +41,7 @@ from typing import BinaryIO, Protocol
 
 from ..errors import CacheError, ChecksumError
 from ..iobuf import buffer_for
+from ..killpoints import kill_point
 from ..settings import DEFAULT_CACHE_BYTES
 from ..tmpfiles import reclaim_dead
 from .index import CacheIndex, IndexEntry
@@ -94,6 +95,7 @@ class _VerifyingWriter:
             raise ChecksumError(f"{self._label}: received more than the expected {self._limit} bytes")
         self._sha.update(data)
         self._file.write(data)
+        kill_point("cache.write")
         return n
 
     def hexdigest(self) -> str:

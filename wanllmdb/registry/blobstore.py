@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from ..cache.store import BlobWriter
 from ..errors import BlobNotFoundError, ChecksumError, InvalidInputError
 from ..iobuf import buffer_for
+from ..killpoints import kill_point
 from ..manifest.digest import Digester, FileDigest
 from ..settings import CHUNK_SIZE
 from ..tmpfiles import reclaim_dead
@@ -90,6 +91,7 @@ class IncomingBlob:
         if self._md5 is not None:
             self._md5.update(data)
         self._file.write(data)
+        kill_point("blob.write")
         return n
 
     def commit(self, *, notify: bool = True) -> bool:

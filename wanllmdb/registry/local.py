@@ -38,6 +38,7 @@ from ..errors import (
     VersionNotFoundError,
 )
 from ..iobuf import buffer_for
+from ..killpoints import kill_point
 from ..manifest import (
     Manifest,
     parse_version,
@@ -67,6 +68,8 @@ from .db import Database
 logger = logging.getLogger(__name__)
 
 DEFAULT_DRAFT_MAX_AGE = 24 * 3600.0
+#: The largest integer an SQLite column holds.
+MAX_SQLITE_INT = 2**63 - 1
 
 
 def describe_versions(versions: Sequence[int], aliases: Sequence[str]) -> str:
@@ -317,7 +320,8 @@ class LocalRegistry:
                 )
 
     def known_sizes(self, sizes: Iterable[int]) -> set[int]:
-        wanted = sorted({int(s) for s in sizes})
+        # A size SQLite cannot hold (negative, or 2**63 and more) is no stored blob's; it must not reach a query.
+        wanted = sorted({int(s) for s in sizes if 0 <= int(s) <= MAX_SQLITE_INT})
         found: set[int] = set()
         with self.db.read() as conn:
             for i in range(0, len(wanted), 500):
@@ -480,6 +484,7 @@ class LocalRegistry:
             self._apply_aliases(conn, artifact_id, version_id, number, ["latest", *aliases])
             conn.execute("DELETE FROM drafts WHERE id = ?", (draft_id,))
             self._draft_md5s.pop(draft_id, None)
+            kill_point("finalize.commit")
             row = conn.execute("SELECT * FROM versions WHERE id = ?", (version_id,)).fetchone()
             names = self._aliases_by_version(conn, artifact_id).get(number, [])
             info = self._version_info(row, project, name, type_, names, True)

@@ -24,6 +24,7 @@ from typing import TypeVar
 from ..cache.digests import stamp
 from ..cache.materialize import Placer
 from ..errors import ChecksumError
+from ..killpoints import kill_point
 from ..manifest import ManifestEntry
 from ..manifest.digest import FileDigest
 from ..registry import DraftSpec, FinalizeResult
@@ -102,6 +103,7 @@ def upload_version(
     """
     registry = client.registry
     draft = registry.create_draft(spec)
+    kill_point("log.draft")
     try:
         if draft.missing:
             total = sum(t.size for t in draft.missing)
@@ -116,7 +118,13 @@ def upload_version(
                 if t.sha256 not in bundled
             ]
             with ByteProgress(total, f"upload {spec.name}") as progress:
-                run_parallel(lambda job: job(progress), jobs, client.settings.transfer_threads)
+
+                def run_job(job: Callable[[ByteProgress], object]) -> None:
+                    job(progress)
+                    kill_point("log.upload")
+
+                run_parallel(run_job, jobs, client.settings.transfer_threads)
+        kill_point("log.finalize")
         return registry.finalize_draft(draft.id, aliases)
     except BaseException:
         try:
@@ -151,6 +159,7 @@ def fetch_files(
     def place(sha: str, blob_path: str) -> None:
         for entry in by_sha[sha]:
             result[entry.path] = placer.place(entry.path, blob_path) if placer else blob_path
+            kill_point("download.place")
 
     def fetch(sha: str, progress: Callable[[int], object] | None = None) -> None:
         entry = by_sha[sha][0]

@@ -69,6 +69,7 @@ def _draft_turns() -> asyncio.Semaphore:
 @router.post(
     "/drafts",
     summary="Create a draft from a whole manifest; answers the blobs to upload",
+    status_code=201,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -76,7 +77,7 @@ def _draft_turns() -> asyncio.Semaphore:
         }
     },
 )
-async def create_draft(request: Request) -> JSONResponse:
+async def create_draft(request: Request) -> StreamingResponse:
     """The body is parsed once, straight into manifest entries (no model of each entry), so a draft of
     200,000 files costs a few times its JSON in memory; large bodies take turns (see LARGE_DRAFT_BYTES)."""
     state = _state(request)
@@ -175,7 +176,8 @@ def blob_sizes(request: Request, body: BlobSizesRequest) -> JSONResponse:
     return JSONResponse({"known": sorted(_state(request).registry.known_sizes(body.sizes))})
 
 
-@router.post("/uploads", summary="A presigned URL to upload a file whose SHA-256 is not known yet", tags=["blobs"])
+@router.post("/uploads", summary="A presigned URL to upload a file whose SHA-256 is not known yet", tags=["blobs"],
+             status_code=201)  # fmt: skip
 def new_upload(request: Request, body: NewUploadRequest) -> JSONResponse:
     state = _state(request)
     signed = state.signer.presign_new_upload(state.base_url(str(request.base_url)), body.size)

@@ -111,6 +111,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             continue
         for operation in operations.values():
             operation["security"] = [{"bearer": []}]
+            # Invalid input is answered 400 (see validation_error), never FastAPI's 422.
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            for status in API_ERROR_STATUSES:
+                responses.setdefault(status, _ERROR)
     schema["paths"][BLOB_PREFIX + "{sha256}"] = BLOB_PATH_SCHEMA
     app.openapi_schema = schema
     return schema
@@ -123,6 +128,9 @@ def _query(name: str, description: str, required: bool = True) -> dict[str, Any]
 
 _SHA = {"name": "sha256", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}
 _ERROR = {"description": 'failure: {"error": {"code", "message"}}'}
+#: What any keyed API operation may answer with the error envelope: invalid input, no or a wrong key, not
+#: found, a conflict (type, alias, draft), a body over the limit.
+API_ERROR_STATUSES = ("400", "401", "404", "409", "413")
 #: The blob endpoint is a plain ASGI handler (see .blobs); this documents it. No bearer key: the URL's
 #: signature is its authorization (401 without one, 403 when invalid or expired).
 BLOB_PATH_SCHEMA: dict[str, Any] = {
@@ -132,7 +140,7 @@ BLOB_PATH_SCHEMA: dict[str, Any] = {
         "parameters": [_SHA, _query("expires", "expiry, unix seconds"), _query("sig", "HMAC signature"),
                        {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"}}],
         "responses": {"200": {"description": "the blob", "content": {"application/octet-stream": {}}},
-                      "206": {"description": "the requested range"}, "401": _ERROR, "403": _ERROR,
+                      "206": {"description": "the requested range"}, "400": _ERROR, "401": _ERROR, "403": _ERROR,
                       "404": _ERROR, "416": _ERROR},
     },
     "put": {

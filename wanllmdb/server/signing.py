@@ -115,7 +115,8 @@ class URLSigner:
             )
         signed_method = "GET" if method == "HEAD" else method
         expected = self._signature(signed_method, subject, size if signed_method in _SIZED else None, expires)
-        if not hmac.compare_digest(expected, sig):
+        # Compared as bytes: compare_digest refuses str with non-ASCII characters, which a forged URL may carry.
+        if not hmac.compare_digest(expected.encode(), sig.encode("utf-8", "surrogatepass")):
             what = "blob bundle" if signed_method == "BUNDLE" else f"{signed_method} of blob {subject[:12]}"
             raise ForbiddenError(f"invalid signature for {what}")
         if time.time() > expires:
