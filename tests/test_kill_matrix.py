@@ -270,7 +270,6 @@ def test_killed_downloaders_leave_the_cache_sound(project, tmp_path):
     assert_cache_sound(load_settings().cache_dir)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 point 6, fixed on branch rel-robust")
 def test_temporary_files_of_killed_embedded_loggers_are_reclaimed_by_the_next_writer(project, tmp_path):
     rnd = random.Random(SEED + 4)
     for number, count in enumerate((1, 3, 5)):
@@ -287,10 +286,6 @@ def test_temporary_files_of_killed_embedded_loggers_are_reclaimed_by_the_next_wr
     assert orphan_temp_files(data_dir) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by this matrix: a killed downloader's cache tmp/*.incomplete is never reclaimed (cache/store.py)",
-)
 def test_temporary_files_of_killed_downloaders_are_reclaimed_by_the_next_download(project, tmp_path):
     rnd = random.Random(SEED + 5)
     src = tmp_path / "src"

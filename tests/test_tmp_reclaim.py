@@ -30,7 +30,7 @@ LOGGER = textwrap.dedent(
 def _tmp_bytes(directory: str, pid: int | None = None) -> int:
     if not os.path.isdir(directory):
         return 0
-    names = [f for f in os.listdir(directory) if pid is None or f".{pid}." in f]
+    names = [f for f in os.listdir(directory) if pid is None or f".{pid}-" in f]
     return sum(os.path.getsize(os.path.join(directory, f)) for f in names)
 
 
@@ -65,10 +65,9 @@ def test_temporary_files_of_killed_embedded_loggers_are_reclaimed_by_the_next_wr
     # A live writer's temporary file is not touched.
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        live_file = os.path.join(tmp_dir, f"unaddressed.{live.pid}.feedbeef")
+        live_file = os.path.join(tmp_dir, f"unaddressed.{live.pid}-{tmpfiles._NAMESPACE}.feedbeef")
         with open(live_file, "wb") as f:
             f.write(b"in progress")
-        monkeypatch.setattr(tmpfiles, "RECLAIM_MIN_AGE", 0.0)
         run = wanllmdb.init(project="next")
         small = tmp_path / "small.txt"
         small.write_text("next writer")
@@ -82,31 +81,33 @@ def test_temporary_files_of_killed_embedded_loggers_are_reclaimed_by_the_next_wr
         live.wait()
 
 
-def test_the_cache_reclaims_temporary_and_partial_files_of_dead_processes(tmp_path, monkeypatch):
+def test_the_cache_reclaims_temporary_and_partial_files_of_dead_processes(tmp_path):
     from wanllmdb.cache import BlobCache
 
     root = tmp_path / "cache"
-    BlobCache(str(root)).close()
-    dead = _dead_pid()
+    dead = f"{_dead_pid()}-{tmpfiles._NAMESPACE}"
+    first = BlobCache(str(root))
+    first.index.upsert(f"partial:{'b' * 64}.{dead}.0123abcd", "partial", 7000)
+    first.close()
     leftovers = {
         root / "tmp" / f"{'a' * 64}.{dead}.0123abcd.incomplete": b"x" * 5000,
         root / "partial" / f"{'b' * 64}.{dead}.0123abcd": b"y" * 7000,
-        root / "tmp" / f"{'c' * 64}.{os.getpid()}.0123abcd.incomplete": b"mine",
+        root / "tmp" / f"{'c' * 64}.{tmpfiles.writer_tag()}.0123abcd.incomplete": b"mine",
     }
     for path, data in leftovers.items():
         path.write_bytes(data)
     cache = BlobCache(str(root))
-    cache.index.upsert(f"partial:{'b' * 64}.{dead}.0123abcd", "partial", 7000)
-    cache.close()
-    monkeypatch.setattr(tmpfiles, "RECLAIM_MIN_AGE", 0.0)
-    cache = BlobCache(str(root))
-    assert sorted(os.listdir(root / "tmp")) == [f"{'c' * 64}.{os.getpid()}.0123abcd.incomplete"]
+    assert sorted(os.listdir(root / "tmp")) == [f"{'c' * 64}.{tmpfiles.writer_tag()}.0123abcd.incomplete"]
     assert os.listdir(root / "partial") == []
     assert cache.total_size() == 0
 
 
-def test_young_files_of_dead_writers_wait_for_a_later_pass(tmp_path):
+def test_files_whose_writer_cannot_be_checked_here_wait_until_they_are_old(tmp_path):
     dead = _dead_pid()
-    (tmp_path / f"x.{dead}.abc").write_bytes(b"1")
-    assert tmpfiles.reclaim_dead(str(tmp_path), min_age=3600)[0] == []
-    assert tmpfiles.reclaim_dead(str(tmp_path), min_age=0)[0] == [f"x.{dead}.abc"]
+    local = f"x.{dead}-{tmpfiles._NAMESPACE}.abc"
+    foreign = f"x.{dead}-{tmpfiles._NAMESPACE + 1}.abc"  # another PID namespace: its PIDs mean nothing here
+    old_style = f"x.{dead}.abc"
+    for name in (local, foreign, old_style):
+        (tmp_path / name).write_bytes(b"1")
+    assert tmpfiles.reclaim_dead(str(tmp_path))[0] == [local]
+    assert sorted(tmpfiles.reclaim_dead(str(tmp_path), foreign_min_age=0)[0]) == sorted([foreign, old_style])

@@ -1,10 +1,11 @@
 """Temporary files of dead writers: found by the PID in their names and reclaimed by the next writer.
 
-Every temporary file wanllmdb writes names its writer: ``<what>.<pid>.<random>[.<suffix>]`` (registry
-``tmp/``, cache ``tmp/`` and ``partial/``). A writer killed with ``kill -9`` cannot clean up; the next writer
-on the same directory removes the files whose PID is no longer running. A file younger than ``min_age`` is
-left alone even then: in a directory shared across PID namespaces (containers) a PID that looks dead here
-may be alive there, and a live writer keeps its file fresh.
+Every temporary file wanllmdb writes names its writer: ``<what>.<pid>-<pid namespace>.<random>[.<suffix>]``
+(registry ``tmp/``, cache ``tmp/`` and ``partial/``). A writer killed with ``kill -9`` cannot clean up; the
+next writer on the same directory removes the files of writers that are no longer running. Whether a PID
+runs can only be told inside its own PID namespace: files of writers in another namespace (a container
+sharing the directory), or named the old way (``<what>.<pid>.<random>``), are removed only once they are
+``FOREIGN_MIN_AGE`` old.
 """
 
 from __future__ import annotations
@@ -15,8 +16,23 @@ import time
 
 logger = logging.getLogger(__name__)
 
-#: Files of dead writers younger than this are left for a later pass (see the module docstring).
-RECLAIM_MIN_AGE = 10.0
+#: Files of writers whose liveness cannot be told from here are left this long (see the module docstring).
+FOREIGN_MIN_AGE = 3600.0
+
+
+def _pid_namespace() -> int:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+_NAMESPACE = _pid_namespace()
+
+
+def writer_tag() -> str:
+    """What a temporary file's name says of its writer (this process)."""
+    return f"{os.getpid()}-{_NAMESPACE}"
 
 
 def pid_alive(pid: int) -> bool:
@@ -34,18 +50,21 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def owner_pid(name: str) -> int | None:
-    """The writer's PID in a temporary file name (its second dot-separated field), or None."""
+def owner(name: str) -> tuple[int, int | None] | None:
+    """(pid, pid namespace or None for old names) of a temporary file's writer, or None."""
     parts = name.split(".")
-    if len(parts) >= 3 and parts[1].isdigit():
-        return int(parts[1])
-    return None
+    if len(parts) < 3:
+        return None
+    pid, _, namespace = parts[1].partition("-")
+    if not pid.isdigit() or (namespace and not namespace.isdigit()):
+        return None
+    return int(pid), int(namespace) if namespace else None
 
 
-def reclaim_dead(directory: str, min_age: float | None = None) -> tuple[list[str], int]:
+def reclaim_dead(directory: str, foreign_min_age: float | None = None) -> tuple[list[str], int]:
     """Remove the files in ``directory`` whose writer is dead; returns the names removed and the bytes freed."""
-    min_age = RECLAIM_MIN_AGE if min_age is None else min_age
-    cutoff = time.time() - min_age
+    foreign_min_age = FOREIGN_MIN_AGE if foreign_min_age is None else foreign_min_age
+    cutoff = time.time() - foreign_min_age
     removed: list[str] = []
     freed = 0
     try:
@@ -54,17 +73,22 @@ def reclaim_dead(directory: str, min_age: float | None = None) -> tuple[list[str
         return removed, 0
     alive: dict[int, bool] = {}
     for name in names:
-        pid = owner_pid(name)
-        if pid is None or pid == os.getpid():
+        writer = owner(name)
+        if writer is None:
             continue
-        if pid not in alive:
-            alive[pid] = pid_alive(pid)
-        if alive[pid]:
-            continue
+        pid, namespace = writer
+        local = namespace == _NAMESPACE
+        if local:
+            if pid == os.getpid():
+                continue
+            if pid not in alive:
+                alive[pid] = pid_alive(pid)
+            if alive[pid]:
+                continue
         path = os.path.join(directory, name)
         try:
             st = os.stat(path)
-            if st.st_mtime >= cutoff:
+            if not local and st.st_mtime >= cutoff:
                 continue
             os.unlink(path)
         except FileNotFoundError:

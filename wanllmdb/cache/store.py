@@ -43,7 +43,7 @@ from ..errors import CacheError, ChecksumError
 from ..iobuf import buffer_for
 from ..killpoints import kill_point
 from ..settings import DEFAULT_CACHE_BYTES
-from ..tmpfiles import reclaim_dead
+from ..tmpfiles import reclaim_dead, writer_tag
 from .index import CacheIndex, IndexEntry
 from .locks import BlobLocks
 
@@ -212,7 +212,7 @@ class BlobCache:
         return os.path.join(self.root, "blobs", sha256[:2], sha256)
 
     def _tmp_path(self, sha256: str) -> str:
-        return os.path.join(self.root, "tmp", f"{sha256}.{os.getpid()}.{secrets.token_hex(4)}.incomplete")
+        return os.path.join(self.root, "tmp", f"{sha256}.{writer_tag()}.{secrets.token_hex(4)}.incomplete")
 
     # --- lookups ----------------------------------------------------------------------------------------
 
@@ -435,7 +435,7 @@ class BlobCache:
 
     def new_partial(self, sha256: str, size: int) -> str:
         """Create an empty sparse file of ``size`` bytes for chunked filling; returns its path."""
-        path = os.path.join(self.root, "partial", f"{sha256}.{os.getpid()}.{secrets.token_hex(4)}")
+        path = os.path.join(self.root, "partial", f"{sha256}.{writer_tag()}.{secrets.token_hex(4)}")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             os.ftruncate(fd, size)

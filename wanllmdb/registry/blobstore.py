@@ -34,7 +34,7 @@ from ..iobuf import buffer_for
 from ..killpoints import kill_point
 from ..manifest.digest import Digester, FileDigest
 from ..settings import CHUNK_SIZE
-from ..tmpfiles import reclaim_dead
+from ..tmpfiles import reclaim_dead, writer_tag
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class IncomingBlob:
         self._sha = hashlib.sha256()
         self._md5 = hashlib.md5(usedforsecurity=False) if md5_hex or store.compute_md5 else None
         name = sha256 or "unaddressed"
-        self.tmp = os.path.join(store.root, "tmp", f"{name}.{os.getpid()}.{secrets.token_hex(6)}")
+        self.tmp = os.path.join(store.root, "tmp", f"{name}.{writer_tag()}.{secrets.token_hex(6)}")
         self._file = open(self.tmp, "wb")
 
     @property
@@ -205,7 +205,7 @@ class BlobStore:
             ChecksumError: the file no longer has ``size`` bytes (it changed since it was listed).
         """
         digester = Digester(chunk_size)
-        tmp = os.path.join(self.root, "tmp", f"unaddressed.{os.getpid()}.{secrets.token_hex(6)}")
+        tmp = os.path.join(self.root, "tmp", f"unaddressed.{writer_tag()}.{secrets.token_hex(6)}")
         # Three buffers in turn: one being read, one whose MD5 may still run, one with the writer.
         buffers = [memoryview(buffer_for(size)) for _ in range(3)]
         pending: queue.Queue[memoryview | None] = queue.Queue(maxsize=1)
