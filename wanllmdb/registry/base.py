@@ -16,11 +16,13 @@ creates no new version (``FinalizeResult.created`` is False) but still applies t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ..cache.store import BlobWriter
+from ..errors import InvalidTagError
 from ..manifest import Manifest
 from ..manifest.digest import FileDigest
 
@@ -110,6 +112,28 @@ class VersionInfo:
             state=data.get("state") or "COMMITTED",
             link_source=data.get("link_source"),
         )
+
+
+_TAG = re.compile(r"[-\w]+( +[-\w]+)*")
+_MAX_TAG_LENGTH = 128
+
+
+def validate_tags(tags: Sequence[str]) -> list[str]:
+    """The tags without duplicates, in order; W&B's rule: words of letters, digits, ``-`` and ``_``
+    separated by single spaces (so no comma, which separates tags in the mount's xattr).
+
+    Raises:
+        InvalidTagError: a tag breaks the rule or is longer than 128 characters.
+    """
+    if isinstance(tags, str):
+        raise InvalidTagError(f"tags must be a list of strings, not the string {tags!r}")
+    for tag in tags:
+        if not isinstance(tag, str) or not _TAG.fullmatch(tag) or len(tag) > _MAX_TAG_LENGTH:
+            raise InvalidTagError(
+                f"invalid tag {tag!r}: use up to {_MAX_TAG_LENGTH} letters, digits, '-' and '_', "
+                "words separated by single spaces"
+            )
+    return list(dict.fromkeys(tags))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import time
 import uuid
@@ -27,12 +26,11 @@ from ..errors import (
     AliasProtectedError,
     ArtifactTypeMismatchError,
     ConflictError,
-    InvalidTagError,
     RunNotFoundError,
     VersionNotFoundError,
 )
 from ..manifest import validate_alias, validate_artifact_name, validate_project
-from .base import VersionInfo, VersionUpdate
+from .base import VersionInfo, VersionUpdate, validate_tags
 
 if TYPE_CHECKING:
     from .db import Database
@@ -48,27 +46,6 @@ VERSION_COLUMNS = (
 
 #: SQL condition on an ``artifacts a`` row: it has a version that is not deleted.
 HAS_LIVE_VERSION = "EXISTS (SELECT 1 FROM versions lv WHERE lv.artifact_id = a.id AND lv.state = 'COMMITTED')"
-
-_TAG = re.compile(r"[-\w]+( +[-\w]+)*")
-_MAX_TAG_LENGTH = 128
-
-
-def validate_tags(tags: Sequence[str]) -> list[str]:
-    """The tags without duplicates, in order; W&B's rule: words of letters, digits, ``-`` and ``_``
-    separated by single spaces (so no comma, which separates tags in the mount's xattr).
-
-    Raises:
-        InvalidTagError: a tag breaks the rule or is longer than 128 characters.
-    """
-    if isinstance(tags, str):
-        raise InvalidTagError(f"tags must be a list of strings, not the string {tags!r}")
-    for tag in tags:
-        if not isinstance(tag, str) or not _TAG.fullmatch(tag) or len(tag) > _MAX_TAG_LENGTH:
-            raise InvalidTagError(
-                f"invalid tag {tag!r}: use up to {_MAX_TAG_LENGTH} letters, digits, '-' and '_', "
-                "words separated by single spaces"
-            )
-    return list(dict.fromkeys(tags))
 
 
 def add_tags(conn: sqlite3.Connection, version_id: int, tags: Sequence[str], now: float) -> None:
@@ -116,9 +93,7 @@ class LifecycleOps:
         out = []
         for row in rows:
             aliases = [r[0] for r in conn.execute("SELECT alias FROM aliases WHERE version_id = ?", (row["id"],))]
-            out.append(
-                self._version_info(row, row["project"], row["artifact"], row["artifact_type"], aliases, False)
-            )
+            out.append(self._version_info(row, row["project"], row["artifact"], row["artifact_type"], aliases, False))
         return out
 
     def _tombstone(self, conn: sqlite3.Connection, version_ids: Sequence[int], now: float) -> None:

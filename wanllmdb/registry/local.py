@@ -61,10 +61,11 @@ from .base import (
     RunSpec,
     UploadBundle,
     VersionInfo,
+    validate_tags,
 )
 from .blobstore import BlobStore, md5_file
 from .db import Database
-from .lifecycle import HAS_LIVE_VERSION, VERSION_COLUMNS, LifecycleOps, add_tags, validate_tags
+from .lifecycle import HAS_LIVE_VERSION, VERSION_COLUMNS, LifecycleOps, add_tags
 
 logger = logging.getLogger(__name__)
 
