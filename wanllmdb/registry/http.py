@@ -451,7 +451,7 @@ class HttpRegistry:
     def update_version(self, project: str, name: str, version: int, update: VersionUpdate) -> VersionInfo:
         if update.tags is not None:
             validate_tags(update.tags)
-        data = self._call("PATCH", self._version_path(project, name, version), update.to_dict(), repeatable=True)
+        data = self._call("PATCH", self._version_path(project, name, version), update.to_dict())
         return VersionInfo.from_dict(data)
 
     def delete_version(self, project: str, name: str, version: int, *, delete_aliases: bool = False) -> None:

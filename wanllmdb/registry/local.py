@@ -356,9 +356,14 @@ class LocalRegistry(LifecycleOps):
 
     def _check_type(self, conn: sqlite3.Connection, project: str, name: str, type_: str) -> None:
         row = conn.execute(
-            "SELECT a.type FROM artifacts a JOIN projects p ON p.id = a.project_id WHERE p.name = ? AND a.name = ?",
+            "SELECT a.type, a.is_link FROM artifacts a JOIN projects p ON p.id = a.project_id "
+            "WHERE p.name = ? AND a.name = ?",
             (project, name),
         ).fetchone()
+        if row is not None and row["is_link"]:
+            raise ConflictError(
+                f"'{project}/{name}' is a link collection: link versions into it instead of logging to it"
+            )
         if row is not None and row["type"] != type_:
             raise ArtifactTypeMismatchError(
                 f"artifact '{name}' in project '{project}' has type '{row['type']}'; "
@@ -455,13 +460,9 @@ class LocalRegistry(LifecycleOps):
             self._check_type(conn, project, name, type_)
             project_id = self._project_id(conn, project, create=True)
             art = conn.execute(
-                "SELECT id, last_version, is_link FROM artifacts WHERE project_id = ? AND name = ?",
+                "SELECT id, last_version FROM artifacts WHERE project_id = ? AND name = ?",
                 (project_id, name),
             ).fetchone()
-            if art is not None and art["is_link"]:
-                raise ConflictError(
-                    f"'{project}/{name}' is a link collection: link versions into it instead of logging to it"
-                )
             now = time.time()
             if art is None:
                 artifact_id = int(
