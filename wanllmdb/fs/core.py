@@ -169,14 +169,16 @@ class ArtifactFS:
             if len(rest) > 2:  # the kernel follows symlinks itself; a path never continues through one
                 raise NotFoundError(f"no such file: {path}")
             return self._alias(project, name, rest[1], path)
-        info = self.catalog.versions(project, name).get(version)
-        if info is None:
-            raise NotFoundError(f"no such version: {project}/{name}:v{version}")
-        if info.link_source is not None:
-            if len(rest) > 2:
-                raise NotFoundError(f"no such file: {path}")
-            link = self._link_to_source(info)
-            return Located("link", link.attr, project, name, node=link)
+        if len(rest) == 2:
+            # Only the version directory itself is checked against the (TTL'd) listing: the kernel looks
+            # it up before anything below it, so a deleted version's files vanish with it, and a lookup
+            # of a file costs no listing.
+            info = self.catalog.versions(project, name).get(version)
+            if info is None:
+                raise NotFoundError(f"no such version: {project}/{name}:v{version}")
+            if info.link_source is not None:
+                link = self._link_to_source(info)
+                return Located("link", link.attr, project, name, node=link)
         tree = self.catalog.tree(project, name, version)
         node = tree.lookup(rest[2:])
         if node is None:
