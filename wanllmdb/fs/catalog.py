@@ -4,13 +4,13 @@
   kept ``ttl`` seconds (``--metadata-ttl``), so a version logged elsewhere or a moved alias shows within
   that time. An expired listing is still served when the registry cannot be reached (stale-while-error):
   paths that were visible stay usable while the server is down, and cached files stay readable.
-- A version deleted in the registry leaves the artifact's listing, so it disappears (its directory, its
-  aliases) within ``ttl`` even when its tree is still in memory: :meth:`Catalog.versions` is what decides
-  which ``vN`` exist.
 - "Not found" answers are kept ``ttl`` seconds as well, so a shell probing names does not hammer the server.
 - Version trees never change once finalized: an LRU bounded by the total number of entries it holds keeps
   the recently used ones (a version larger than the whole bound is still kept, alone), so memory stays flat
   however many files a ``find`` walks.
+- A version deleted in the registry leaves the artifact's listing, so it disappears (its directory, its
+  aliases) within ``ttl`` even when its tree is still in memory: :meth:`Catalog.versions` is what decides
+  which ``vN`` exist.
 
 Every registry call goes through :class:`~wanllmdb.fs.flight.Flights`: concurrent lookups of one thing make
 one request, each wait is bounded by the timeout, and all waits end when the filesystem shuts down.
