@@ -67,6 +67,25 @@ class AliasError(InvalidInputError):
     code = "invalid_alias"
 
 
+class InvalidTagError(InvalidInputError):
+    """A version tag that is empty, too long or has characters outside letters, digits, ``-``, ``_``, spaces."""
+
+    code = "invalid_tag"
+
+
+class ConflictError(WanllmdbError, RuntimeError):
+    """The request contradicts the registry's current state (it may succeed once that changes)."""
+
+    code = "conflict"
+    http_status = 409
+
+
+class AliasProtectedError(ConflictError):
+    """A version cannot be deleted while custom aliases point at it (``delete_aliases`` not given)."""
+
+    code = "alias_protected"
+
+
 class ArtifactFinalizedError(WanllmdbError, RuntimeError):
     """The artifact was already logged; its contents can no longer change."""
 

@@ -49,6 +49,7 @@ def log_files(
     aliases: Sequence[str] = (),
     run_id: str | None = None,
     metadata: Mapping | None = None,
+    tags: Sequence[str] = (),
 ) -> FinalizeResult:
     folder = os.path.join(tmp_root, uuid.uuid4().hex)
     local = write_files(folder, files)
@@ -59,4 +60,4 @@ def log_files(
     by_sha = {manifest.get(rel).sha256: path for rel, path in local.items()}
     for target in draft.missing:
         registry.upload_blob(draft, target, by_sha[target.sha256])
-    return registry.finalize_draft(draft.id, aliases)
+    return registry.finalize_draft(draft.id, aliases, tags=tags)

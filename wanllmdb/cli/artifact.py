@@ -1,4 +1,4 @@
-"""``wanllmdb artifact put | get | ls``."""
+"""``wanllmdb artifact put | get | ls`` (and the subcommands of :mod:`.artifact_manage`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import os
 from ..errors import InvalidInputError
 from ..manifest import parse_ref, validate_artifact_name, validate_project
 from ..settings import format_size
+from . import artifact_manage
 from .common import common_parent, out
 
 
@@ -41,6 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ls.add_argument("target", nargs="?", metavar="PROJECT[/NAME]")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(func=cmd_ls)
+    artifact_manage.add_parsers(sub)
 
 
 def cmd_put(args: argparse.Namespace) -> int:

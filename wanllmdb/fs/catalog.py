@@ -13,6 +13,9 @@
 - Version trees never change once finalized: an LRU bounded by the total number of entries it holds keeps
   the recently used ones (a version larger than the whole bound is still kept, alone), so memory stays flat
   however many files a ``find`` walks.
+- A version deleted in the registry leaves the artifact's listing, so it disappears (its directory, its
+  aliases) within ``ttl`` even when its tree is still in memory: :meth:`Catalog.versions` is what decides
+  which ``vN`` exist.
 
 Every registry call goes through :class:`~wanllmdb.fs.flight.Flights`: concurrent lookups of one thing make
 one request, each wait is bounded by the timeout, and all waits end when the filesystem shuts down.
@@ -30,7 +33,7 @@ from typing import Any, TypeVar
 from cachetools import LRUCache
 
 from ..errors import FetchError, NotFoundError, TransportError
-from ..registry import ArtifactInfo, ArtifactSummary, Registry
+from ..registry import ArtifactInfo, ArtifactSummary, Registry, VersionInfo
 from .flight import Flights
 from .tree import VersionTree
 
@@ -87,6 +90,7 @@ class Catalog:
         self._listings: LRUCache = LRUCache(max_listings)
         self._trees: LRUCache = LRUCache(max_tree_entries, getsizeof=lambda tree: tree.weight)
         self._oversized: tuple[tuple, VersionTree] | None = None
+        self._by_number: LRUCache = LRUCache(max_listings)
         self._last_stale_warning = 0.0
         self._down_until = 0.0
         self._slow_until = 0.0
@@ -110,6 +114,19 @@ class Catalog:
             lambda: self.registry.get_artifact(project, name),
             f"looking up artifact '{project}/{name}'",
         )
+
+    def versions(self, project: str, name: str) -> dict[int, VersionInfo]:
+        """The live versions of an artifact by number (from :meth:`artifact`, so as fresh as it is)."""
+        info = self.artifact(project, name)
+        key = (project, name)
+        with self._lock:
+            cached = self._by_number.get(key)
+            if cached is not None and cached[0] is info:
+                return cached[1]
+        by_number = {v.version: v for v in info.versions}
+        with self._lock:
+            self._by_number[key] = (info, by_number)
+        return by_number
 
     def _listing(self, key: tuple, load: Callable[[], T], what: str) -> T:
         with self._lock:

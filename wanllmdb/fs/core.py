@@ -4,6 +4,11 @@ Layout (DESIGN.md "Mount")::
 
     /<project>/<artifact>/v<N>/<file path>      every finalized version is a directory
     /<project>/<artifact>/<alias> -> v<N>       every alias a relative symlink (latest -> v2)
+    /<project>/<collection>/v<N> -> ../../<source project>/<source artifact>/v<K>
+                                                a link collection's versions are symlinks to their sources
+
+A version directory carries its tags in the xattr ``user.wanllmdb.tags`` (comma-separated). A version
+deleted in the registry is gone from the artifact's listing, and so from the mount, within the TTL.
 
 With ``project=`` the root is that project. Operations take paths as FUSE gives them and raise
 :mod:`wanllmdb.errors` types (never errno): not found is a ``NotFoundError``, writes a ``ReadOnlyError``,
@@ -41,7 +46,7 @@ from ..errors import (
     WanllmdbError,
 )
 from ..manifest import parse_version, validate_artifact_name, validate_project
-from ..registry import Registry
+from ..registry import Registry, VersionInfo
 from .catalog import DEFAULT_TREE_ENTRIES, Catalog
 from .flight import Flights
 from .reader import ChunkReader, Handle
@@ -52,6 +57,8 @@ logger = logging.getLogger(__name__)
 XATTR_PREFIX = "user.wanllmdb."
 XATTR_SHA256 = XATTR_PREFIX + "sha256"
 XATTR_MD5 = XATTR_PREFIX + "md5"
+#: On a version directory: its tags, comma-separated.
+XATTR_TAGS = XATTR_PREFIX + "tags"
 #: On the mount root: JSON counters of the read path (chunks and blobs fetched, cache hits...).
 XATTR_STATS = XATTR_PREFIX + "stats"
 #: Threads answering metadata requests (listings, manifests) to the registry.
@@ -162,12 +169,35 @@ class ArtifactFS:
             if len(rest) > 2:  # the kernel follows symlinks itself; a path never continues through one
                 raise NotFoundError(f"no such file: {path}")
             return self._alias(project, name, rest[1], path)
+        if len(rest) == 2:
+            # Only the version directory itself is checked against the (TTL'd) listing: the kernel looks
+            # it up before anything below it, so a deleted version's files vanish with it, and a lookup
+            # of a file costs no listing.
+            info = self.catalog.versions(project, name).get(version)
+            if info is None:
+                raise NotFoundError(f"no such version: {project}/{name}:v{version}")
+            if info.link_source is not None:
+                link = self._link_to_source(info)
+                return Located("link", link.attr, project, name, node=link)
         tree = self.catalog.tree(project, name, version)
         node = tree.lookup(rest[2:])
         if node is None:
             raise NotFoundError(f"no such file in {project}/{name}:v{version}: {'/'.join(rest[2:])}")
         kind = "file" if isinstance(node, FileNode) else "dir" if isinstance(node, DirNode) else "link"
         return Located(kind, node.attr, project, name, version, node, "/".join(rest[2:]))
+
+    def _link_to_source(self, info: VersionInfo) -> LinkNode:
+        """The symlink a link collection's version is: relative, to the source's version directory."""
+        assert info.link_source is not None
+        where, _, label = info.link_source.rpartition(":")
+        source_project, _, source_name = where.partition("/")
+        if self.project is None:
+            target = f"../../{source_project}/{source_name}/{label}"
+        elif source_project == self.project:
+            target = f"../{source_name}/{label}"
+        else:  # outside the mounted project: left dangling, but still says what it points at
+            target = f"../../{source_project}/{source_name}/{label}"
+        return LinkNode(target, info.created_at)
 
     def _alias(self, project: str, name: str, alias: str, path: str) -> Located:
         info = self.catalog.artifact(project, name)
@@ -243,9 +273,12 @@ class ArtifactFS:
 
     def _list_artifact(self, project: str, name: str) -> Iterator[tuple[str, Attr | None]]:
         info = self.catalog.artifact(project, name)
+        versions = self.catalog.versions(project, name)
         created = {v.version: v.created_at for v in info.versions}
         for child, node in artifact_listing(created, info.aliases):
-            if isinstance(node, VersionRef):
+            if isinstance(node, VersionRef) and versions[node.version].link_source is not None:
+                yield child, self._link_to_source(versions[node.version]).attr
+            elif isinstance(node, VersionRef):
                 # A version directory's link count needs its manifest; give it only when already loaded.
                 tree = self.catalog.cached_tree(project, name, node.version)
                 yield child, tree.root.attr if tree is not None else None
@@ -277,6 +310,9 @@ class ArtifactFS:
                 return here.node.entry.md5.encode()
         if here.kind == "root" and name == XATTR_STATS:
             return json.dumps(self.stats(), sort_keys=True).encode()
+        if name == XATTR_TAGS and self._is_version_dir(here):
+            info = self.catalog.versions(here.project or "", here.artifact or "").get(here.version or 0)
+            return ",".join(info.tags if info else ()).encode()
         raise AttributeMissingError(f"{path} has no attribute {name}")
 
     def listxattr(self, path: str) -> list[str]:
@@ -285,7 +321,13 @@ class ArtifactFS:
             return [XATTR_SHA256, XATTR_MD5]
         if here.kind == "root":
             return [XATTR_STATS]
+        if self._is_version_dir(here):
+            return [XATTR_TAGS]
         return []
+
+    @staticmethod
+    def _is_version_dir(here: Located) -> bool:
+        return here.kind == "dir" and here.version is not None and not here.rel
 
     def stats(self) -> dict[str, int]:
         data = self.reader.stats.as_dict()

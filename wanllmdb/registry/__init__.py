@@ -19,6 +19,7 @@ from .base import (
     RunSpec,
     UploadBundle,
     VersionInfo,
+    VersionUpdate,
 )
 
 
@@ -50,5 +51,6 @@ __all__ = [
     "RunSpec",
     "UploadBundle",
     "VersionInfo",
+    "VersionUpdate",
     "open_registry",
 ]

@@ -16,11 +16,13 @@ creates no new version (``FinalizeResult.created`` is False) but still applies t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ..cache.store import BlobWriter
+from ..errors import InvalidTagError
 from ..manifest import Manifest
 from ..manifest.digest import FileDigest
 
@@ -45,6 +47,15 @@ class VersionInfo:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     logged_by: str | None = None
     manifest: Manifest | None = field(default=None, compare=False, repr=False)
+    tags: tuple[str, ...] = ()
+    #: Stable opaque id of the version, assigned at finalize and never reused.
+    id: str = ""
+    #: Time of the last change of metadata, description, aliases or tags.
+    updated_at: float | None = None
+    #: ``"COMMITTED"``, or ``"DELETED"`` for tombstones returned by lineage queries.
+    state: str = "COMMITTED"
+    #: For a version of a link collection: the ``"project/name:vN"`` it points at.
+    link_source: str | None = None
 
     @property
     def label(self) -> str:
@@ -68,6 +79,11 @@ class VersionInfo:
             "description": self.description,
             "metadata": dict(self.metadata),
             "logged_by": self.logged_by,
+            "tags": list(self.tags),
+            "id": self.id,
+            "updated_at": self.updated_at,
+            "state": self.state,
+            "link_source": self.link_source,
         }
         if with_manifest and self.manifest is not None:
             data["manifest"] = self.manifest.to_dict()
@@ -90,6 +106,65 @@ class VersionInfo:
             metadata=dict(data.get("metadata") or {}),
             logged_by=data.get("logged_by"),
             manifest=Manifest.from_dict(manifest) if manifest is not None else None,
+            tags=tuple(data.get("tags") or ()),
+            id=data.get("id") or "",
+            updated_at=float(data["updated_at"]) if data.get("updated_at") is not None else None,
+            state=data.get("state") or "COMMITTED",
+            link_source=data.get("link_source"),
+        )
+
+
+_TAG = re.compile(r"[-\w]+( +[-\w]+)*")
+_MAX_TAG_LENGTH = 128
+
+
+def validate_tags(tags: Sequence[str]) -> list[str]:
+    """The tags without duplicates, in order; W&B's rule: words of letters, digits, ``-`` and ``_``
+    separated by single spaces (so no comma, which separates tags in the mount's xattr).
+
+    Raises:
+        InvalidTagError: a tag breaks the rule or is longer than 128 characters.
+    """
+    if isinstance(tags, str):
+        raise InvalidTagError(f"tags must be a list of strings, not the string {tags!r}")
+    for tag in tags:
+        if not isinstance(tag, str) or not _TAG.fullmatch(tag) or len(tag) > _MAX_TAG_LENGTH:
+            raise InvalidTagError(
+                f"invalid tag {tag!r}: use up to {_MAX_TAG_LENGTH} letters, digits, '-' and '_', "
+                "words separated by single spaces"
+            )
+    return list(dict.fromkeys(tags))
+
+
+@dataclass(frozen=True)
+class VersionUpdate:
+    """Changes to a logged version's metadata (contents stay immutable); ``None`` leaves a field unchanged."""
+
+    description: str | None = None
+    #: Replaces the whole metadata dict.
+    metadata: Mapping[str, Any] | None = None
+    #: Replaces the tag set.
+    tags: Sequence[str] | None = None
+    add_aliases: Sequence[str] = ()
+    remove_aliases: Sequence[str] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "description": self.description,
+            "metadata": dict(self.metadata) if self.metadata is not None else None,
+            "tags": list(self.tags) if self.tags is not None else None,
+            "add_aliases": list(self.add_aliases),
+            "remove_aliases": list(self.remove_aliases),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VersionUpdate:
+        return cls(
+            description=data.get("description"),
+            metadata=data.get("metadata"),
+            tags=data.get("tags"),
+            add_aliases=tuple(data.get("add_aliases") or ()),
+            remove_aliases=tuple(data.get("remove_aliases") or ()),
         )
 
 
@@ -309,13 +384,61 @@ class Registry(Protocol):
         """Upload the small blobs of ``bundle`` (``paths``: sha256 -> local file) in one request."""
         ...
 
-    def finalize_draft(self, draft_id: str, aliases: Sequence[str] = ()) -> FinalizeResult: ...
+    def finalize_draft(
+        self, draft_id: str, aliases: Sequence[str] = (), tags: Sequence[str] = ()
+    ) -> FinalizeResult:
+        """Create the version (or find identical content); apply ``aliases`` and add ``tags`` to it."""
+        ...
 
     def abort_draft(self, draft_id: str) -> None: ...
 
     def set_alias(self, project: str, name: str, alias: str, version: int) -> None: ...
 
     def delete_alias(self, project: str, name: str, alias: str) -> None: ...
+
+    # --- changing and deleting logged versions ----------------------------------------------------------
+    def update_version(self, project: str, name: str, version: int, update: VersionUpdate) -> VersionInfo:
+        """Apply ``update`` (aliases follow :meth:`set_alias`'s rules; ``latest`` is the registry's)."""
+        ...
+
+    def delete_version(self, project: str, name: str, version: int, *, delete_aliases: bool = False) -> None:
+        """Delete a version, keeping a tombstone for lineage.
+
+        Numbers are never reused; ``latest`` moves to the highest remaining version; link versions that
+        point at it are deleted with it.
+
+        Raises:
+            AliasProtectedError: custom aliases (not ``latest``) point at it, or at a link to it, and
+                ``delete_aliases`` is False.
+        """
+        ...
+
+    def delete_artifact(self, project: str, name: str) -> int:
+        """Delete every version (and alias) of an artifact; returns how many versions were deleted."""
+        ...
+
+    def link_version(
+        self,
+        project: str,
+        name: str,
+        version: int,
+        target_project: str,
+        target_name: str,
+        aliases: Sequence[str] = (),
+    ) -> VersionInfo:
+        """Add to the link collection ``target_project/target_name`` (created on first link, with the
+        source's type) a version that points at ``project/name:vN``; resolving it returns the source's
+        manifest with ``link_source`` set. Linking the same source again returns the existing link version.
+        """
+        ...
+
+    def logged_artifacts(self, run_id: str) -> list[VersionInfo]:
+        """Versions the run logged, oldest first, deleted ones included as tombstones (``state``)."""
+        ...
+
+    def used_artifacts(self, run_id: str) -> list[VersionInfo]:
+        """Versions the run used, in order of first use, deleted ones included as tombstones."""
+        ...
 
     # --- runs and lineage -------------------------------------------------------------------------------
     def create_run(self, spec: RunSpec) -> RunInfo: ...

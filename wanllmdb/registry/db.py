@@ -3,13 +3,23 @@
 WAL mode lets readers (a mount, an SDK script) run while a writer finalizes; every write that must be
 atomic across processes runs in ``BEGIN IMMEDIATE`` so that two processes finalizing at once are serialized
 and get consecutive version numbers.
+
+``_SCHEMA`` is the first version of the schema; later changes are numbered migrations (``_MIGRATIONS``)
+applied in order under the write lock when a database is opened, so a registry written by an older
+wanllmdb is upgraded in place (``PRAGMA user_version`` records how far).
 """
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+from collections.abc import Callable
+
 from ..sqlitedb import SQLiteDB
 
-SCHEMA_VERSION = 1
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects (
@@ -96,8 +106,60 @@ CREATE TABLE IF NOT EXISTS blob_md5 (   -- MD5 of stored blobs, computed by the 
 """
 
 
+
+def _add_columns(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    for column, declaration in columns.items():
+        if column not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+
+def _migrate_lifecycle(conn: sqlite3.Connection) -> None:
+    """2: tags, stable ids, tombstones, link collections, and a per-artifact counter so that numbers
+    are never reused after a deletion."""
+    _add_columns(
+        conn,
+        "artifacts",
+        {"last_version": "INTEGER NOT NULL DEFAULT 0", "is_link": "INTEGER NOT NULL DEFAULT 0"},
+    )
+    _add_columns(
+        conn,
+        "versions",
+        {
+            "uid": "TEXT",
+            "tags": "TEXT NOT NULL DEFAULT '[]'",
+            "updated_at": "REAL",
+            "state": "TEXT NOT NULL DEFAULT 'COMMITTED'",
+            "link_version_id": "INTEGER REFERENCES versions(id)",
+        },
+    )
+    conn.execute(
+        "UPDATE artifacts SET last_version = "
+        "(SELECT COALESCE(MAX(version), 0) FROM versions WHERE artifact_id = artifacts.id) "
+        "WHERE last_version = 0"
+    )
+    conn.execute("UPDATE versions SET uid = lower(hex(randomblob(16))) WHERE uid IS NULL")
+    conn.execute("UPDATE versions SET updated_at = created_at WHERE updated_at IS NULL")
+    conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS versions_uid ON versions(uid)")
+    conn.execute("CREATE INDEX IF NOT EXISTS versions_link ON versions(link_version_id)")
+    conn.execute("CREATE INDEX IF NOT EXISTS versions_run ON versions(run_id)")
+
+
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _migrate_lifecycle}
+
+
 class Database(SQLiteDB):
     """The registry's database (one connection shared by threads; see :mod:`wanllmdb.sqlitedb`)."""
 
     def __init__(self, path: str) -> None:
-        super().__init__(path, _SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};", rows_by_name=True)
+        super().__init__(path, _SCHEMA, rows_by_name=True)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self.write() as conn:
+            current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            for number in sorted(n for n in _MIGRATIONS if n > current):
+                logger.info("upgrading the registry database %s to schema %d", self.path, number)
+                _MIGRATIONS[number](conn)
+            if current < SCHEMA_VERSION:
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

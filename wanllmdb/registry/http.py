@@ -45,7 +45,9 @@ from .base import (
     RunSpec,
     UploadBundle,
     VersionInfo,
+    VersionUpdate,
     upload_listing,
+    validate_tags,
 )
 
 logger = logging.getLogger(__name__)
@@ -420,9 +422,12 @@ class HttpRegistry:
                 self._put_urls.drop((draft.id, target.sha256))
                 return
 
-    def finalize_draft(self, draft_id: str, aliases: Sequence[str] = ()) -> FinalizeResult:
+    def finalize_draft(
+        self, draft_id: str, aliases: Sequence[str] = (), tags: Sequence[str] = ()
+    ) -> FinalizeResult:
+        body = {"aliases": list(aliases), "tags": validate_tags(tags)}
         try:
-            data = self._call("POST", f"/drafts/{_q(draft_id)}/finalize", {"aliases": list(aliases)})
+            data = self._call("POST", f"/drafts/{_q(draft_id)}/finalize", body)
         finally:
             self._put_urls.drop_where(lambda key: key[0] == draft_id)
         return FinalizeResult(VersionInfo.from_dict(data["version"]), bool(data["created"]))
@@ -437,6 +442,53 @@ class HttpRegistry:
 
     def delete_alias(self, project: str, name: str, alias: str) -> None:
         self._call("DELETE", f"{self._artifact_path(project, name)}/aliases/{_q(validate_alias(alias))}")
+
+    # --- changing and deleting logged versions ----------------------------------------------------------
+
+    def _version_path(self, project: str, name: str, version: int) -> str:
+        return f"{self._artifact_path(project, name)}/versions/v{int(version)}"
+
+    def update_version(self, project: str, name: str, version: int, update: VersionUpdate) -> VersionInfo:
+        if update.tags is not None:
+            validate_tags(update.tags)
+        data = self._call("PATCH", self._version_path(project, name, version), update.to_dict())
+        return VersionInfo.from_dict(data)
+
+    def delete_version(self, project: str, name: str, version: int, *, delete_aliases: bool = False) -> None:
+        self.transport.request_json(
+            "DELETE",
+            self._version_path(project, name, version),
+            params={"delete_aliases": "true" if delete_aliases else "false"},
+        )
+
+    def delete_artifact(self, project: str, name: str) -> int:
+        return int(self._call("DELETE", self._artifact_path(project, name))["deleted"])
+
+    def link_version(
+        self,
+        project: str,
+        name: str,
+        version: int,
+        target_project: str,
+        target_name: str,
+        aliases: Sequence[str] = (),
+    ) -> VersionInfo:
+        body = {
+            "target_project": validate_project(target_project),
+            "target_name": validate_artifact_name(target_name),
+            "aliases": [validate_alias(a) for a in aliases],
+        }
+        # Repeatable: linking the same source again returns the existing link version.
+        data = self._call("POST", f"{self._version_path(project, name, version)}/links", body, repeatable=True)
+        return VersionInfo.from_dict(data)
+
+    def logged_artifacts(self, run_id: str) -> list[VersionInfo]:
+        data = self._call("GET", f"/runs/{_q(run_id)}/logged-artifacts")
+        return [VersionInfo.from_dict(item) for item in data["versions"]]
+
+    def used_artifacts(self, run_id: str) -> list[VersionInfo]:
+        data = self._call("GET", f"/runs/{_q(run_id)}/used-artifacts")
+        return [VersionInfo.from_dict(item) for item in data["versions"]]
 
     # --- runs and lineage -------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from ..errors import (
     ArtifactNotFoundError,
     ArtifactTypeMismatchError,
     BlobNotFoundError,
+    ConflictError,
     DraftNotFoundError,
     EmptyArtifactError,
     IncompleteDraftError,
@@ -61,9 +62,11 @@ from .base import (
     RunSpec,
     UploadBundle,
     VersionInfo,
+    validate_tags,
 )
 from .blobstore import BlobStore, md5_file
 from .db import Database
+from .lifecycle import HAS_LIVE_VERSION, VERSION_COLUMNS, LifecycleOps, add_tags
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +87,7 @@ def describe_versions(versions: Sequence[int], aliases: Sequence[str]) -> str:
     return f"versions: {shown}; aliases: {', '.join(sorted(aliases)) or 'none'}"
 
 
-class LocalRegistry:
+class LocalRegistry(LifecycleOps):
     """Registry in a local directory.
 
     Args:
@@ -122,12 +125,15 @@ class LocalRegistry:
         cur = conn.execute("INSERT INTO projects (name, created_at) VALUES (?, ?)", (project, time.time()))
         return int(cur.lastrowid)
 
-    def _artifact_row(self, conn: sqlite3.Connection, project: str, name: str) -> sqlite3.Row:
+    def _artifact_row(
+        self, conn: sqlite3.Connection, project: str, name: str, *, with_deleted: bool = False
+    ) -> sqlite3.Row:
+        """The artifact's row; one whose versions were all deleted is not found unless ``with_deleted``."""
         validate_project(project)
         validate_artifact_name(name)
         row = conn.execute(
-            "SELECT a.id, a.name, a.type FROM artifacts a JOIN projects p ON p.id = a.project_id "
-            "WHERE p.name = ? AND a.name = ?",
+            "SELECT a.id, a.name, a.type, a.is_link FROM artifacts a JOIN projects p ON p.id = a.project_id "
+            "WHERE p.name = ? AND a.name = ?" + ("" if with_deleted else f" AND {HAS_LIVE_VERSION}"),
             (project, name),
         ).fetchone()
         if row is None:
@@ -139,7 +145,7 @@ class LocalRegistry:
                 r["name"]
                 for r in conn.execute(
                     "SELECT a.name FROM artifacts a JOIN projects p ON p.id = a.project_id WHERE p.name = ? "
-                    "ORDER BY a.name LIMIT 20",
+                    f"AND {HAS_LIVE_VERSION} ORDER BY a.name LIMIT 20",
                     (project,),
                 )
             ]
@@ -153,7 +159,7 @@ class LocalRegistry:
         out: dict[int, list[str]] = {}
         for row in conn.execute(
             "SELECT al.alias, v.version FROM aliases al JOIN versions v ON v.id = al.version_id "
-            "WHERE al.artifact_id = ? ORDER BY al.alias",
+            "WHERE al.artifact_id = ? AND v.state = 'COMMITTED' ORDER BY al.alias",
             (artifact_id,),
         ):
             out.setdefault(int(row["version"]), []).append(row["alias"])
@@ -177,6 +183,11 @@ class LocalRegistry:
             metadata=json.loads(row["metadata"]),
             logged_by=row["run_id"],
             manifest=Manifest.from_json(row["manifest"]) if with_manifest else None,
+            tags=tuple(json.loads(row["tags"])),
+            id=row["uid"],
+            updated_at=row["updated_at"],
+            state=row["state"],
+            link_source=row["link_source"],
         )
 
     # --- reading ----------------------------------------------------------------------------------------
@@ -193,7 +204,7 @@ class LocalRegistry:
             rows = conn.execute(
                 "SELECT a.name, a.type, MAX(v.version) AS latest, COUNT(v.id) AS n, MAX(v.created_at) AS updated "
                 "FROM artifacts a JOIN projects p ON p.id = a.project_id JOIN versions v ON v.artifact_id = a.id "
-                "WHERE p.name = ? GROUP BY a.id ORDER BY a.name",
+                "WHERE p.name = ? AND v.state = 'COMMITTED' GROUP BY a.id ORDER BY a.name",
                 (project,),
             ).fetchall()
         return [
@@ -206,8 +217,8 @@ class LocalRegistry:
             art = self._artifact_row(conn, project, name)
             by_version = self._aliases_by_version(conn, art["id"])
             rows = conn.execute(
-                "SELECT version, digest, size, file_count, description, metadata, created_at, run_id, "
-                "'' AS manifest FROM versions WHERE artifact_id = ? ORDER BY version",
+                f"SELECT {VERSION_COLUMNS}, '' AS manifest FROM versions v "
+                "WHERE v.artifact_id = ? AND v.state = 'COMMITTED' ORDER BY v.version",
                 (art["id"],),
             ).fetchall()
         versions = tuple(
@@ -224,11 +235,13 @@ class LocalRegistry:
             number = parse_version(selector)
             if number is not None:
                 row = conn.execute(
-                    "SELECT * FROM versions WHERE artifact_id = ? AND version = ?", (art["id"], number)
+                    f"SELECT {VERSION_COLUMNS}, v.manifest FROM versions v "
+                    "WHERE v.artifact_id = ? AND v.version = ? AND v.state = 'COMMITTED'",
+                    (art["id"], number),
                 ).fetchone()
             else:
                 row = conn.execute(
-                    "SELECT v.* FROM aliases al JOIN versions v ON v.id = al.version_id "
+                    f"SELECT {VERSION_COLUMNS}, v.manifest FROM aliases al JOIN versions v ON v.id = al.version_id "
                     "WHERE al.artifact_id = ? AND al.alias = ?",
                     (art["id"], selector),
                 ).fetchone()
@@ -236,7 +249,9 @@ class LocalRegistry:
             if row is None:
                 numbers = [
                     int(r[0])
-                    for r in conn.execute("SELECT version FROM versions WHERE artifact_id = ?", (art["id"],))
+                    for r in conn.execute(
+                        "SELECT version FROM versions WHERE artifact_id = ? AND state = 'COMMITTED'", (art["id"],)
+                    )
                 ]
                 all_aliases = [a for names in by_version.values() for a in names]
                 raise VersionNotFoundError(
@@ -345,9 +360,14 @@ class LocalRegistry:
 
     def _check_type(self, conn: sqlite3.Connection, project: str, name: str, type_: str) -> None:
         row = conn.execute(
-            "SELECT a.type FROM artifacts a JOIN projects p ON p.id = a.project_id WHERE p.name = ? AND a.name = ?",
+            "SELECT a.type, a.is_link FROM artifacts a JOIN projects p ON p.id = a.project_id "
+            "WHERE p.name = ? AND a.name = ?",
             (project, name),
         ).fetchone()
+        if row is not None and row["is_link"]:
+            raise ConflictError(
+                f"'{project}/{name}' is a link collection: link versions into it instead of logging to it"
+            )
         if row is not None and row["type"] != type_:
             raise ArtifactTypeMismatchError(
                 f"artifact '{name}' in project '{project}' has type '{row['type']}'; "
@@ -422,8 +442,11 @@ class LocalRegistry:
         for target in bundle.targets:
             self.upload_blob(draft, target, paths[target.sha256], progress)
 
-    def finalize_draft(self, draft_id: str, aliases: Sequence[str] = ()) -> FinalizeResult:
+    def finalize_draft(
+        self, draft_id: str, aliases: Sequence[str] = (), tags: Sequence[str] = ()
+    ) -> FinalizeResult:
         aliases = list(dict.fromkeys(validate_alias(a) for a in aliases))
+        tags = validate_tags(tags)
         # Outside the write transaction: checking may hash a blob stored before MD5s were recorded. Blobs
         # never change once stored, so what this finds still holds when the transaction runs.
         self.check_against_stored(self._draft_manifest(draft_id), f"draft {draft_id}")
@@ -441,7 +464,8 @@ class LocalRegistry:
             self._check_type(conn, project, name, type_)
             project_id = self._project_id(conn, project, create=True)
             art = conn.execute(
-                "SELECT id FROM artifacts WHERE project_id = ? AND name = ?", (project_id, name)
+                "SELECT id, last_version FROM artifacts WHERE project_id = ? AND name = ?",
+                (project_id, name),
             ).fetchone()
             now = time.time()
             if art is None:
@@ -455,16 +479,20 @@ class LocalRegistry:
             else:
                 artifact_id = int(art["id"])
                 newest = conn.execute(
-                    "SELECT * FROM versions WHERE artifact_id = ? ORDER BY version DESC LIMIT 1",
+                    "SELECT * FROM versions WHERE artifact_id = ? AND state = 'COMMITTED' "
+                    "ORDER BY version DESC LIMIT 1",
                     (artifact_id,),
                 ).fetchone()
             created = newest is None or newest["digest"] != draft["digest"]
             if created:
-                number = 1 if newest is None else int(newest["version"]) + 1
+                # A counter, not MAX()+1: numbers of deleted versions are never given out again.
+                number = (int(art["last_version"]) if art is not None else 0) + 1
+                conn.execute("UPDATE artifacts SET last_version = ? WHERE id = ?", (number, artifact_id))
                 version_id = int(
                     conn.execute(
                         "INSERT INTO versions (artifact_id, version, digest, manifest, size, file_count, description, "
-                        "metadata, created_at, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "metadata, created_at, run_id, uid, tags, updated_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             artifact_id,
                             number,
@@ -476,16 +504,22 @@ class LocalRegistry:
                             draft["metadata"],
                             now,
                             draft["run_id"],
+                            uuid.uuid4().hex,
+                            json.dumps(tags),
+                            now,
                         ),
                     ).lastrowid
                 )
             else:
                 number, version_id = int(newest["version"]), int(newest["id"])
+                add_tags(conn, version_id, tags, now)
             self._apply_aliases(conn, artifact_id, version_id, number, ["latest", *aliases])
             conn.execute("DELETE FROM drafts WHERE id = ?", (draft_id,))
             self._draft_md5s.pop(draft_id, None)
             kill_point("finalize.commit")
-            row = conn.execute("SELECT * FROM versions WHERE id = ?", (version_id,)).fetchone()
+            row = conn.execute(
+                f"SELECT {VERSION_COLUMNS}, v.manifest FROM versions v WHERE v.id = ?", (version_id,)
+            ).fetchone()
             names = self._aliases_by_version(conn, artifact_id).get(number, [])
             info = self._version_info(row, project, name, type_, names, True)
         logger.info("%s %s/%s:v%d", "logged" if created else "unchanged", project, name, number)
@@ -505,7 +539,8 @@ class LocalRegistry:
                 continue
             if alias == "latest":
                 newest = conn.execute(
-                    "SELECT id FROM versions WHERE artifact_id = ? ORDER BY version DESC LIMIT 1",
+                    "SELECT id FROM versions WHERE artifact_id = ? AND state = 'COMMITTED' "
+                    "ORDER BY version DESC LIMIT 1",
                     (artifact_id,),
                 ).fetchone()
                 if int(newest["id"]) != version_id:
@@ -540,7 +575,8 @@ class LocalRegistry:
         with self.db.write() as conn:
             art = self._artifact_row(conn, project, name)
             row = conn.execute(
-                "SELECT id FROM versions WHERE artifact_id = ? AND version = ?", (art["id"], version)
+                "SELECT id FROM versions WHERE artifact_id = ? AND version = ? AND state = 'COMMITTED'",
+                (art["id"], version),
             ).fetchone()
             if row is None:
                 raise VersionNotFoundError(f"artifact '{name}:v{version}' not found in project '{project}'")
@@ -647,10 +683,15 @@ class LocalRegistry:
             ).fetchall()
         return [json.loads(r["row"]) for r in rows]
 
-    def _version_id(self, conn: sqlite3.Connection, project: str, name: str, version: int) -> int:
-        art = self._artifact_row(conn, project, name)
+    def _version_id(
+        self, conn: sqlite3.Connection, project: str, name: str, version: int, *, with_deleted: bool = False
+    ) -> int:
+        """The row id of ``name:vN``; a deleted version (a tombstone) is found only ``with_deleted``."""
+        art = self._artifact_row(conn, project, name, with_deleted=with_deleted)
         row = conn.execute(
-            "SELECT id FROM versions WHERE artifact_id = ? AND version = ?", (art["id"], version)
+            "SELECT id FROM versions WHERE artifact_id = ? AND version = ?"
+            + ("" if with_deleted else " AND state = 'COMMITTED'"),
+            (art["id"], version),
         ).fetchone()
         if row is None:
             raise VersionNotFoundError(f"artifact '{name}:v{version}' not found in project '{project}'")
@@ -668,7 +709,7 @@ class LocalRegistry:
 
     def logged_by(self, project: str, name: str, version: int) -> RunInfo | None:
         with self.db.read() as conn:
-            version_id = self._version_id(conn, project, name, version)
+            version_id = self._version_id(conn, project, name, version, with_deleted=True)
             row = conn.execute(
                 self._RUN_SELECT + "JOIN versions v ON v.run_id = r.id WHERE v.id = ?", (version_id,)
             ).fetchone()
@@ -676,7 +717,7 @@ class LocalRegistry:
 
     def used_by(self, project: str, name: str, version: int) -> list[RunInfo]:
         with self.db.read() as conn:
-            version_id = self._version_id(conn, project, name, version)
+            version_id = self._version_id(conn, project, name, version, with_deleted=True)
             rows = conn.execute(
                 self._RUN_SELECT + "JOIN artifact_uses u ON u.run_id = r.id WHERE u.version_id = ? "
                 "ORDER BY u.used_at",

@@ -193,7 +193,7 @@ def refresh_upload_urls(request: Request, draft_id: str) -> JSONResponse:
 
 @router.post("/drafts/{draft_id}/finalize", summary="Make the draft a version and apply its aliases")
 def finalize_draft(request: Request, draft_id: str, body: FinalizeRequest) -> JSONResponse:
-    result = _state(request).registry.finalize_draft(draft_id, body.aliases)
+    result = _state(request).registry.finalize_draft(draft_id, body.aliases, tags=body.tags)
     return JSONResponse({"version": result.version.to_dict(), "created": result.created})
 
 

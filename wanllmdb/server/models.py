@@ -25,6 +25,7 @@ class DraftRequest(BaseModel):
 
 class FinalizeRequest(BaseModel):
     aliases: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
 
 
 class AliasRequest(BaseModel):
@@ -76,3 +77,21 @@ class NewUploadRequest(BaseModel):
     """An upload whose SHA-256 the client computes while sending it."""
 
     size: int = Field(ge=0)
+
+
+class VersionUpdateRequest(BaseModel):
+    """Changes to a logged version (contents stay immutable); a field left out or null stays unchanged."""
+
+    description: str | None = None
+    metadata: dict[str, Any] | None = Field(None, description="replaces the whole metadata dict")
+    tags: list[str] | None = Field(None, description="replaces the tag set")
+    add_aliases: list[str] = Field(default_factory=list)
+    remove_aliases: list[str] = Field(default_factory=list)
+
+
+class LinkRequest(BaseModel):
+    """Where to link a version: a link collection (created on first link) and aliases there."""
+
+    target_project: str
+    target_name: str
+    aliases: list[str] = Field(default_factory=list)
