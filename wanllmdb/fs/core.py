@@ -362,6 +362,8 @@ class ArtifactFS:
             started = started or child is node
             if not started or not isinstance(child, FileNode) or child.entry.is_chunked or not child.entry.size:
                 continue
+            if child.entry.is_reference:  # fetched from its URI, not from the registry
+                continue
             if not cache.contains(child.entry.sha256):
                 batch.append(child.entry.sha256)
                 if len(batch) >= PREPARE_BATCH:
