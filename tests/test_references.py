@@ -12,6 +12,7 @@ import http.server
 import os
 import pathlib
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -318,3 +319,13 @@ def test_mount_serves_verified_references_and_refuses_broken_ones(project, tmp_p
         10, "log lines naming the broken references",
     )  # fmt: skip
     assert not _cached(hash_bytes(b"after edit!").sha256)
+
+
+def test_reference_example_runs():
+    proc = subprocess.run(
+        [sys.executable, str(pathlib.Path(__file__).parents[1] / "examples" / "reference_artifact.py")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "3 references, nothing uploaded" in proc.stdout and "'rows of shard 0'" in proc.stdout
+    assert "refused the edited reference: ReferenceChangedError" in proc.stdout and "shard-2.txt" in proc.stdout
