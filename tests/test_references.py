@@ -307,6 +307,7 @@ def test_mount_serves_verified_references_and_refuses_broken_ones(project, tmp_p
 
     assert (v1 / "big.bin").read_bytes() == big and os.stat(v1 / "big.bin").st_size == len(big)
     assert _cat(v1 / "page.html").stdout == b"<p>hi</p>"
+    assert os.getxattr(v1 / "page.html", "user.wanllmdb.ref") == f"{base}/page.html".encode()
     for name in ("gone.txt", "edit.txt", "loose.txt"):
         result = _cat(v1 / name)
         assert result.returncode != 0 and b"Input/output error" in result.stderr and not result.stdout, name

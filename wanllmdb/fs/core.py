@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 XATTR_PREFIX = "user.wanllmdb."
 XATTR_SHA256 = XATTR_PREFIX + "sha256"
 XATTR_MD5 = XATTR_PREFIX + "md5"
+XATTR_REF = XATTR_PREFIX + "ref"
 #: On the mount root: JSON counters of the read path (chunks and blobs fetched, cache hits...).
 XATTR_STATS = XATTR_PREFIX + "stats"
 #: Threads answering metadata requests (listings, manifests) to the registry.
@@ -260,7 +261,7 @@ class ArtifactFS:
         return here.node.target
 
     def getxattr(self, path: str, name: str) -> bytes:
-        """``user.wanllmdb.sha256`` / ``.md5`` of a file; ``user.wanllmdb.stats`` of the root.
+        """``user.wanllmdb.sha256`` / ``.md5`` of a file (``.ref``: a reference's URI); ``.stats`` of the root.
 
         Raises:
             AttributeMissingError: the node has no such attribute.
@@ -275,6 +276,8 @@ class ArtifactFS:
                 return here.node.entry.sha256.encode()
             if name == XATTR_MD5:
                 return here.node.entry.md5.encode()
+            if name == XATTR_REF and here.node.entry.ref is not None:
+                return here.node.entry.ref.encode()
         if here.kind == "root" and name == XATTR_STATS:
             return json.dumps(self.stats(), sort_keys=True).encode()
         raise AttributeMissingError(f"{path} has no attribute {name}")
@@ -282,7 +285,8 @@ class ArtifactFS:
     def listxattr(self, path: str) -> list[str]:
         here = self.locate(path)
         if here.kind == "file":
-            return [XATTR_SHA256, XATTR_MD5]
+            assert isinstance(here.node, FileNode)
+            return [XATTR_SHA256, XATTR_MD5, *([XATTR_REF] if here.node.entry.ref is not None else [])]
         if here.kind == "root":
             return [XATTR_STATS]
         return []
