@@ -48,6 +48,7 @@ def _http() -> requests.Session:
     with _session_lock:
         if _session is None:
             _session = make_session()
+            _session.proxies = {}  # chosen per URL in _stream_http
         return _session
 
 
@@ -124,7 +125,9 @@ def _stream_file(uri: str, writer: BlobWriter, label: str) -> None:
 def _stream_http(uri: str, writer: BlobWriter, label: str) -> str | None:
     server = f"reference {uri}"
     try:
-        response = _http().get(uri, stream=True, timeout=(HTTP_TIMEOUT, HTTP_TIMEOUT))
+        # Proxies chosen for this URL (NO_PROXY applies): references point at any host.
+        proxies = requests.utils.get_environ_proxies(uri)
+        response = _http().get(uri, stream=True, timeout=(HTTP_TIMEOUT, HTTP_TIMEOUT), proxies=proxies)
     except requests.RequestException as exc:
         raise error_for_exception(exc, server=server) from None
     with response:
