@@ -80,6 +80,11 @@ def _use(project: str, name: str) -> wandb.Artifact:
     return wandb.Api().artifact(f"{project}/{name}:latest")
 
 
+class _Discard:
+    def write(self, data) -> int:
+        return len(data)
+
+
 def _cached(sha256: str) -> bool:
     return get_client().cache.lookup(sha256) is not None
 
@@ -99,7 +104,7 @@ def test_file_reference_is_recorded_by_digest_and_nothing_is_uploaded(backend, p
 
     assert [(f.path, f.ref, f.size, f.sha256) for f in added] == [("weights.bin", uri, 3000, hash_bytes(data).sha256)]
     with pytest.raises(BlobNotFoundError):  # the registry stores no blob for it
-        get_client().registry.fetch_blob(hash_bytes(data).sha256, 3000, open(os.devnull, "wb"))
+        get_client().registry.fetch_blob(hash_bytes(data).sha256, 3000, _Discard())
     used = _use(project, "refs")
     entry = used.manifest.get("weights.bin")
     assert entry.ref == uri and entry.size == 3000 and entry.md5 == hash_bytes(data).md5
@@ -330,3 +335,18 @@ def test_reference_example_runs():
     assert proc.returncode == 0, proc.stderr
     assert "3 references, nothing uploaded" in proc.stdout and "'rows of shard 0'" in proc.stdout
     assert "refused the edited reference: ReferenceChangedError" in proc.stdout and "shard-2.txt" in proc.stdout
+
+
+def test_registries_neither_ask_for_nor_require_reference_blobs(registry, project):
+    from wanllmdb.registry import DraftSpec
+
+    data = os.urandom(5000)
+    d = hash_bytes(data)
+    ref = ManifestEntry("r.bin", d.size, d.md5, d.sha256, ref="https://example.invalid/r.bin", etag='"abc"')
+    draft = registry.create_draft(DraftSpec(project, "onlyrefs", "dataset", Manifest.from_entries([ref])))
+    assert draft.missing == ()
+    result = registry.finalize_draft(draft.id)
+    resolved = registry.resolve(project, "onlyrefs", f"v{result.version.version}")
+    assert resolved.manifest.get("r.bin") == ref
+    with pytest.raises(BlobNotFoundError):
+        registry.fetch_blob(d.sha256, d.size, _Discard())
