@@ -233,6 +233,27 @@ class RequestTooLargeError(InvalidInputError):
     http_status = 413
 
 
+# --- references (add_reference) --------------------------------------------------------------------------
+
+
+class UnsupportedReferenceError(InvalidInputError):
+    """A reference URI whose scheme cannot be read here (``s3://`` until an S3 client is in the project)."""
+
+    code = "unsupported_reference"
+
+
+class ReferenceNotFoundError(NotFoundError):
+    """The file or URL a reference entry was recorded from is gone (missing file, HTTP 404/410)."""
+
+    code = "reference_not_found"
+
+
+class ReferenceChangedError(ChecksumError):
+    """The data behind a reference entry differs from what was recorded when it was logged."""
+
+    code = "reference_changed"
+
+
 # --- local machinery -------------------------------------------------------------------------------------
 
 

@@ -79,8 +79,11 @@ class ArtifactCache:
         if ref is None:
             return None
         manifest = Manifest.from_json(ref.manifest_json)
-        present = self.blobs.lookup_many(manifest.blobs())
-        if len(present) < len(manifest.blobs()):
+        if not all(entry.is_checked for entry in manifest):  # unverified references are never cached
+            return None
+        needed = {entry.sha256 for entry in manifest}
+        present = self.blobs.lookup_many(needed)
+        if len(present) < len(needed):
             return None
         view = os.path.join(self.root, "views", artifact_id, version)
         try:
@@ -139,7 +142,7 @@ class ArtifactCache:
         out = []
         for ref in self.blobs.index.refs():
             manifest = Manifest.from_json(ref.manifest_json)
-            blobs = manifest.blobs()
+            blobs = {entry.sha256: entry.size for entry in manifest if entry.is_checked}
             present = {sha for sha in blobs if self.blobs.contains(sha)}
             out.append(
                 {
@@ -148,7 +151,7 @@ class ArtifactCache:
                     "size": manifest.size,
                     "file_count": manifest.file_count,
                     "cached_bytes": sum(blobs[sha] for sha in present),
-                    "complete": len(present) == len(blobs),
+                    "complete": len(present) == len(blobs) and all(e.is_checked for e in manifest),
                     "created": _iso(ref.created),
                     "last_accessed": _iso(ref.last_access),
                 }

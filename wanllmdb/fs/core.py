@@ -59,6 +59,7 @@ XATTR_SHA256 = XATTR_PREFIX + "sha256"
 XATTR_MD5 = XATTR_PREFIX + "md5"
 #: On a version directory: its tags, comma-separated.
 XATTR_TAGS = XATTR_PREFIX + "tags"
+XATTR_REF = XATTR_PREFIX + "ref"
 #: On the mount root: JSON counters of the read path (chunks and blobs fetched, cache hits...).
 XATTR_STATS = XATTR_PREFIX + "stats"
 #: Threads answering metadata requests (listings, manifests) to the registry.
@@ -293,7 +294,7 @@ class ArtifactFS:
         return here.node.target
 
     def getxattr(self, path: str, name: str) -> bytes:
-        """``user.wanllmdb.sha256`` / ``.md5`` of a file; ``user.wanllmdb.stats`` of the root.
+        """``user.wanllmdb.sha256`` / ``.md5`` of a file (``.ref``: a reference's URI); ``.stats`` of the root.
 
         Raises:
             AttributeMissingError: the node has no such attribute.
@@ -308,6 +309,8 @@ class ArtifactFS:
                 return here.node.entry.sha256.encode()
             if name == XATTR_MD5:
                 return here.node.entry.md5.encode()
+            if name == XATTR_REF and here.node.entry.ref is not None:
+                return here.node.entry.ref.encode()
         if here.kind == "root" and name == XATTR_STATS:
             return json.dumps(self.stats(), sort_keys=True).encode()
         if name == XATTR_TAGS and self._is_version_dir(here):
@@ -318,7 +321,8 @@ class ArtifactFS:
     def listxattr(self, path: str) -> list[str]:
         here = self.locate(path)
         if here.kind == "file":
-            return [XATTR_SHA256, XATTR_MD5]
+            assert isinstance(here.node, FileNode)
+            return [XATTR_SHA256, XATTR_MD5, *([XATTR_REF] if here.node.entry.ref is not None else [])]
         if here.kind == "root":
             return [XATTR_STATS]
         if self._is_version_dir(here):
@@ -405,6 +409,8 @@ class ArtifactFS:
         for child in parent.children.values():
             started = started or child is node
             if not started or not isinstance(child, FileNode) or child.entry.is_chunked or not child.entry.size:
+                continue
+            if child.entry.is_reference:  # fetched from its URI, not from the registry
                 continue
             if not cache.contains(child.entry.sha256):
                 batch.append(child.entry.sha256)

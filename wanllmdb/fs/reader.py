@@ -40,6 +40,13 @@ fetches only the chunks it touches.
 If the whole-file digest contradicts the manifest, nothing is admitted and every read of that file fails.
 A partial nobody holds open stays resumable for a while (``idle_partials``), then is discarded.
 
+**References** (entries added with ``add_reference``) are fetched whole from their URI at ``open()``, through
+``BlobCache.ensure`` like single-chunk files, by ``transport.references.ReferenceFetcher``, which checks
+them against the recorded size and SHA-256 (and the cache checks again before admitting): a reference that
+changed or vanished fails the open (EIO) with a log line naming the file and the URI, and nothing of it is
+served or cached. A reference recorded without a checksum has nothing to check against, so it is refused
+(EIO, logged): ``download()`` fetches those.
+
 **Failures.** A fetch error, a timeout or a digest mismatch fails the read with
 :class:`~wanllmdb.errors.FetchError` / :class:`~wanllmdb.errors.ChecksumError` (the FUSE layer answers EIO),
 logged with the file and the reason; the chunk is fetched again by the next read that needs it.
@@ -62,8 +69,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 
 from ..cache.store import BlobCache, BlobWriter
-from ..errors import ChecksumError, FetchError, WanllmdbError
+from ..errors import ChecksumError, FetchError, ReferenceNotFoundError, WanllmdbError
 from ..manifest import ManifestEntry
+from ..transport.references import ReferenceFetcher
 from .flight import Flights, Stopped
 
 logger = logging.getLogger(__name__)
@@ -223,12 +231,18 @@ class ChunkReader:
         Raises:
             FetchError, ChecksumError, TransportError: the file could not be fetched.
         """
+        if not entry.is_checked:
+            logger.error("open of %s refused: reference %s was recorded without a checksum", label, entry.ref)
+            raise FetchError(
+                f"{label}: the reference {entry.ref} was recorded without a checksum; the mount serves only "
+                f"verified bytes (download() fetches it unverified)"
+            )
         if entry.size == 0:
             return Handle(entry, label, None, None)
         for _attempt in range(2):
             path = self._cache.lookup(entry.sha256)
             if path is None:
-                if entry.is_chunked:
+                if entry.is_chunked and not entry.is_reference:
                     return Handle(entry, label, None, self._acquire_partial(entry, label))
                 path = self._fetch_whole(entry, label)
             else:
@@ -310,7 +324,10 @@ class ChunkReader:
 
         def fetch() -> str:
             def write_blob(writer: BlobWriter) -> None:
-                self._fetch_blob(entry.sha256, entry.size, progress.wrap(writer))
+                if entry.is_reference:
+                    ReferenceFetcher(entry, label)(progress.wrap(writer))
+                else:
+                    self._fetch_blob(entry.sha256, entry.size, progress.wrap(writer))
                 self._count(blobs_fetched=1, blob_bytes=entry.size)
 
             path = self._cache.ensure(entry.sha256, entry.size, write_blob, label=label, lock_timeout=self._timeout)
@@ -323,6 +340,8 @@ class ChunkReader:
         except WanllmdbError as exc:
             self._count(failures=1)
             logger.error("read of %s failed: %s", label, exc)
+            if isinstance(exc, ReferenceNotFoundError):  # the file is listed: its data is what is missing (EIO)
+                raise FetchError(str(exc)) from exc
             raise
 
     # --- partials ---------------------------------------------------------------------------------------

@@ -3,6 +3,14 @@
 The manifest digest depends only on content (each path with its size and SHA-256), so logging identical
 content always yields the identical digest, whatever the order files were added in, the chunk size, or
 the metadata.
+
+A *reference* entry (``Artifact.add_reference``) has ``ref`` set to the URI its bytes are read from; the
+registry stores nothing for it. With a checksum its size and digests are those of the bytes read when it was
+added (readers check them); without one (``checksum=False``) its size is 0 and its digests are those of the
+URI text (:func:`unchecked_reference`), so it stands for "whatever the URI holds". A reference takes part in
+the manifest digest with its URI added to the triple: a version that reads its bytes from elsewhere differs
+from one that holds them (otherwise logging the stored copy after a reference of the same content would
+be taken as "unchanged" and never upload the bytes), and moving the data to another URI makes a new version.
 """
 
 from __future__ import annotations
@@ -37,7 +45,8 @@ class ManifestEntry:
         md5, sha256: lowercase hex digests of the whole file.
         chunk_size: for files larger than one chunk, the chunk length; 0 otherwise.
         chunks: SHA-256 of each chunk in order (empty for single-chunk files).
-        ref: optional external reference the file was recorded from.
+        ref: the URI of a reference entry (``file://``, ``http(s)://``); None for stored files.
+        etag: the ETag an HTTP reference was served with when it was added (as W&B records it), if any.
     """
 
     path: str
@@ -47,12 +56,17 @@ class ManifestEntry:
     chunk_size: int = 0
     chunks: tuple[str, ...] = ()
     ref: str | None = None
+    etag: str | None = None
 
     def __post_init__(self) -> None:
         try:
             validate_path(self.path)
         except InvalidPathError as exc:
             raise InvalidManifestError(str(exc)) from None
+        if self.ref is not None and (not isinstance(self.ref, str) or "://" not in self.ref):
+            raise InvalidManifestError(f"{self.path}: ref must be a URI, got {self.ref!r:.200}")
+        if self.etag is not None and (self.ref is None or not isinstance(self.etag, str)):
+            raise InvalidManifestError(f"{self.path}: an etag belongs to a reference entry, as a string")
         if not isinstance(self.size, int) or isinstance(self.size, bool) or not 0 <= self.size <= MAX_FILE_SIZE:
             raise InvalidManifestError(
                 f"{self.path}: size must be an integer from 0 to {MAX_FILE_SIZE}, got {self.size!r}"
@@ -81,13 +95,25 @@ class ManifestEntry:
     def is_chunked(self) -> bool:
         return bool(self.chunks)
 
+    @property
+    def is_reference(self) -> bool:
+        """Its bytes live at ``ref``, not in the registry."""
+        return self.ref is not None
+
+    @property
+    def is_checked(self) -> bool:
+        """Its size and digests are those of its bytes: False only for references added with checksum=False."""
+        return self.ref is None or self.size != 0 or self.sha256 != _text_sha256(self.ref)
+
     def chunk_range(self, index: int) -> tuple[int, int]:
         """(offset, length) of chunk ``index``."""
         start = index * self.chunk_size
         return start, min(self.chunk_size, self.size - start)
 
     def with_path(self, path: str) -> ManifestEntry:
-        return ManifestEntry(path, self.size, self.md5, self.sha256, self.chunk_size, self.chunks, self.ref)
+        return ManifestEntry(
+            path, self.size, self.md5, self.sha256, self.chunk_size, self.chunks, self.ref, self.etag
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"path": self.path, "size": self.size, "md5": self.md5, "sha256": self.sha256}
@@ -96,6 +122,8 @@ class ManifestEntry:
             data["chunks"] = list(self.chunks)
         if self.ref is not None:
             data["ref"] = self.ref
+        if self.etag is not None:
+            data["etag"] = self.etag
         return data
 
     @classmethod
@@ -111,6 +139,7 @@ class ManifestEntry:
                 chunk_size=data.get("chunk_size", 0),
                 chunks=tuple(data.get("chunks", ())),
                 ref=data.get("ref"),
+                etag=data.get("etag"),
             )
         except KeyError as exc:
             raise InvalidManifestError(f"manifest entry lacks {exc.args[0]!r}: {dict(data)!r:.200}") from None
@@ -160,11 +189,12 @@ class Manifest:
 
     @cached_property
     def digest(self) -> str:
-        """SHA-256 over the sorted (path, size, sha256) triples: equal content, equal digest."""
+        """SHA-256 over the sorted (path, size, sha256) triples, a reference's URI appended to its triple."""
         # The JSON of the whole list, hashed entry by entry so that no copy of it is ever held.
         sha = hashlib.sha256(b"[")
         for i, e in enumerate(self.entries.values()):
-            item = json.dumps([e.path, e.size, e.sha256], separators=(",", ":"), ensure_ascii=False)
+            triple = [e.path, e.size, e.sha256, *([e.ref] if e.ref is not None else [])]
+            item = json.dumps(triple, separators=(",", ":"), ensure_ascii=False)
             sha.update((("," if i else "") + item).encode("utf-8"))
         sha.update(b"]")
         return sha.hexdigest()
@@ -178,8 +208,8 @@ class Manifest:
         return len(self.entries)
 
     def blobs(self) -> dict[str, int]:
-        """Distinct blobs (sha256 -> size) this manifest needs."""
-        return {e.sha256: e.size for e in self.entries.values()}
+        """Distinct blobs (sha256 -> size) the registry stores for this manifest: reference entries excluded."""
+        return {e.sha256: e.size for e in self.entries.values() if e.ref is None}
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": MANIFEST_FORMAT, "entries": [e.to_dict() for e in self.entries.values()]}
@@ -221,6 +251,20 @@ class Manifest:
         except ValueError as exc:
             raise InvalidManifestError(f"manifest is not valid JSON: {exc}") from None
         return cls.from_dict(data)
+
+
+def unchecked_reference(path: str, uri: str) -> ManifestEntry:
+    """The entry of a reference recorded without a checksum: size 0, digests of the URI text.
+
+    No file of size 0 has those digests (the URI is never empty), so :attr:`ManifestEntry.is_checked` can
+    tell such an entry from a checked one.
+    """
+    md5 = hashlib.md5(uri.encode("utf-8"), usedforsecurity=False).hexdigest()
+    return ManifestEntry(path, 0, md5, _text_sha256(uri), ref=uri)
+
+
+def _text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def check_tree(paths: Iterable[str]) -> None:

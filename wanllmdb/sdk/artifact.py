@@ -336,6 +336,38 @@ class Artifact:
                 files.append((validate_path(prefix + rel), os.path.abspath(full)))
         self._add_local(files, overwrite=True)
 
+    def add_reference(
+        self,
+        uri: str,
+        name: str | None = None,
+        checksum: bool = True,
+        max_objects: int | None = None,
+    ) -> list[ArtifactFile]:
+        """Record files that stay where they are (``file://`` paths and directories, ``http(s)://`` URLs).
+
+        Nothing is uploaded; readers fetch from ``uri`` and check the bytes against what was recorded here
+        (see :mod:`wanllmdb.sdk.references`). Returns the entries added, as W&B does.
+
+        Raises:
+            UnsupportedReferenceError: an unsupported scheme (``s3://`` included).
+            ReferenceNotFoundError: ``checksum=True`` and nothing is at ``uri``.
+            InvalidInputError: a path the artifact already holds with other content, or more than
+                ``max_objects`` files under a directory.
+        """
+        from .references import reference_entries
+
+        self._check_mutable()
+        entries = reference_entries(uri, name, checksum=checksum, max_objects=max_objects)
+        trial = dict(self._entries)
+        for entry in entries:
+            existing = trial.get(entry.path)
+            if entry.path in self._pending or (existing is not None and existing != entry):
+                raise InvalidInputError(f"artifact '{self._name}' already holds a different file at {entry.path!r}")
+            trial[entry.path] = entry
+        check_tree([*trial, *self._pending])
+        self._entries = trial
+        return [ArtifactFile(entry.path, self) for entry in entries]
+
     @contextlib.contextmanager
     def new_file(self, name: str, mode: str = "w", encoding: str | None = None) -> Iterator[IO[Any]]:
         """Write a new file into the artifact: ``with art.new_file("config.json") as f: f.write(...)``."""
@@ -478,6 +510,8 @@ def _compare(local: str, entry: ManifestEntry) -> str | None:
         size = os.stat(local).st_size
     except FileNotFoundError:
         return "is missing"
+    if not entry.is_checked:  # a reference added with checksum=False: nothing recorded to compare with
+        return None
     if size != entry.size:
         return f"has {size} bytes, expected {entry.size}"
     try:

@@ -10,12 +10,16 @@ Logging:
    bundles (one request per few MiB), the rest one request each, in parallel; ``finalize_draft``.
 
 Fetching: cache hits first (no registry request), then parallel fetches into the cache, then placement.
+A reference entry's blob comes from its URI (``transport.references.ReferenceFetcher``, checked against the
+entry) unless a stored entry has the same content; a reference recorded without a checksum is streamed
+straight to its place, unverified and not cached (the cache holds only verified content).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from functools import partial
@@ -23,11 +27,13 @@ from typing import TypeVar
 
 from ..cache.digests import stamp
 from ..cache.materialize import Placer
+from ..cache.store import BlobWriter
 from ..errors import ChecksumError
 from ..killpoints import kill_point
 from ..manifest import ManifestEntry
 from ..manifest.digest import FileDigest
 from ..registry import DraftSpec, FinalizeResult
+from ..transport.references import ReferenceFetcher
 from .client import Client
 from .hashing import digest_file, remember
 from .progress import ByteProgress
@@ -152,8 +158,15 @@ def fetch_files(
     cache = client.cache
     registry = client.registry
     by_sha: dict[str, list[ManifestEntry]] = {}
+    unchecked: list[ManifestEntry] = []
     for entry in entries:
-        by_sha.setdefault(entry.sha256, []).append(entry)
+        if entry.is_checked:
+            by_sha.setdefault(entry.sha256, []).append(entry)
+        else:
+            unchecked.append(entry)
+    # Stored entries first in each group: their blob comes from the registry rather than from a reference.
+    for group in by_sha.values():
+        group.sort(key=lambda e: e.is_reference)
     result: dict[str, str] = {}
 
     def place(sha: str, blob_path: str) -> None:
@@ -163,13 +176,13 @@ def fetch_files(
 
     def fetch(sha: str, progress: Callable[[int], object] | None = None) -> None:
         entry = by_sha[sha][0]
+        fetcher: Callable[[BlobWriter], object] = (
+            ReferenceFetcher(entry, f"{label}/{entry.path}")
+            if entry.is_reference
+            else lambda writer: registry.fetch_blob(sha, entry.size, writer, progress)
+        )
         for attempt in range(2):
-            blob_path = cache.ensure(
-                sha,
-                entry.size,
-                lambda writer: registry.fetch_blob(sha, entry.size, writer, progress),
-                label=f"{label}/{entry.path}",
-            )
+            blob_path = cache.ensure(sha, entry.size, fetcher, label=f"{label}/{entry.path}")
             try:
                 place(sha, blob_path)
                 return
@@ -190,8 +203,9 @@ def fetch_files(
         missing.append(sha)
     if missing:
         prepare = getattr(registry, "prepare_fetch", None)
-        if prepare is not None:
-            prepare(missing)
+        stored = [sha for sha in missing if not by_sha[sha][0].is_reference]
+        if prepare is not None and stored:
+            prepare(stored)
         total = sum(by_sha[sha][0].size for sha in missing)
         try:
             with ByteProgress(total, f"download {label}") as progress:
@@ -200,4 +214,25 @@ def fetch_files(
             cache.flush()
     if placer is not None and placer.link:
         cache.restamp(by_sha)  # the hard links just made moved the blobs' ctimes
+    for entry in unchecked:
+        assert placer is not None, "a reference without checksum can only be fetched to a place"
+        result[entry.path] = fetch_unchecked(entry, placer, f"{label}/{entry.path}")
     return result
+
+
+def fetch_unchecked(entry: ManifestEntry, placer: Placer, label: str) -> str:
+    """Stream a reference recorded with ``checksum=False`` from its URI to its place; returns the path.
+
+    Nothing can be checked (no digest was recorded), so the bytes never enter the content-addressed cache.
+    """
+    target = placer.target(entry.path)
+    tmp = os.path.join(os.path.dirname(target), f".wanllmdb-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "wb") as out:
+            ReferenceFetcher(entry, label)(out)
+        os.replace(tmp, target)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+    logger.info("%s: fetched from %s unverified (recorded with checksum=False)", label, entry.ref)
+    return target
