@@ -24,7 +24,7 @@ def test_mount_on_the_mountpoint_of_a_killed_mount_recovers_it(local_registry, m
     wait_until(lambda: not pid_alive(pid), 10, "the mount process to die")
     with pytest.raises(OSError) as info:
         os.stat(mnt.path / "never-looked-up")
-    assert info.value.errno == errno.ENOTCONN
+    assert info.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)  # the kernel says either
     again = run_cli("mount", str(mnt.path), "--log-file", str(tmp_path / "again.log"))
     assert again.returncode == 0, again.stderr
     wait_until(lambda: os.path.ismount(mnt.path), 30, "the new mount")

@@ -11,7 +11,6 @@ import textwrap
 
 import pytest
 
-from tests.support.mount import wait_until
 from wanllmdb import tmpfiles
 
 BIG = 64 * 1024 * 1024
@@ -34,10 +33,6 @@ def _tmp_bytes(directory: str, pid: int | None = None) -> int:
     return sum(os.path.getsize(os.path.join(directory, f)) for f in names)
 
 
-def _writing(directory: str, proc: subprocess.Popen) -> bool:
-    return _tmp_bytes(directory, proc.pid) > 0 or proc.poll() is not None
-
-
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
@@ -54,12 +49,9 @@ def test_temporary_files_of_killed_embedded_loggers_are_reclaimed_by_the_next_wr
         src = tmp_path / f"big{i}.bin"
         with open(src, "wb") as f:
             f.write(os.urandom(1024 * 1024) * (BIG // (1024 * 1024)))
-        proc = subprocess.Popen([sys.executable, "-c", LOGGER, str(src)])
-        try:
-            wait_until(lambda p=proc: _writing(tmp_dir, p), 60, "the logger to start writing its blob")
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+        # The logger kills itself while its blob is half written (wanllmdb.killpoints).
+        env = {**os.environ, "WANLLMDB_TEST_KILL_AT": f"blob.write:{2 + i}"}
+        proc = subprocess.run([sys.executable, "-c", LOGGER, str(src)], env=env, capture_output=True, timeout=120)
         killed += proc.returncode == -signal.SIGKILL
     assert killed == 3 and _tmp_bytes(tmp_dir) > 0
     # A live writer's temporary file is not touched.

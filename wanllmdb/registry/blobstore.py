@@ -216,6 +216,7 @@ class BlobStore:
                 if not failure:
                     try:
                         out.write(piece)
+                        kill_point("blob.write")
                     except BaseException as exc:  # reported by the reading thread
                         failure.append(exc)
 
