@@ -38,7 +38,9 @@ fetches only the chunks it touches.
 **Completion.** When the last chunk lands, the worker hashes the partial as a whole and promotes it into
 ``blobs/`` (``BlobCache.promote_partial``, a hard link: the handles' descriptor now names the complete blob).
 If the whole-file digest contradicts the manifest, nothing is admitted and every read of that file fails.
-A partial nobody holds open stays resumable for a while (``idle_partials``), then is discarded.
+A partial nobody holds open stays resumable for a while (``idle_partials``), then is discarded; at once while
+the cache is over its size limit. Partial files count against that limit with the chunks they hold, and no
+other process evicts them while this one lives (the cache's module docstring says why).
 
 **Failures.** A fetch error, a timeout or a digest mismatch fails the read with
 :class:`~wanllmdb.errors.FetchError` / :class:`~wanllmdb.errors.ChecksumError` (the FUSE layer answers EIO),
@@ -359,6 +361,10 @@ class ChunkReader:
                 self._idle[sha] = part
                 while len(self._idle) > self._idle_max:
                     discard.append(self._idle.popitem(last=False)[1])
+        if not discard and self._cache.over_limit():
+            # Nobody else may evict a live process's partials: idle ones go while the cache is over its limit.
+            with self._lock:
+                discard, self._idle = list(self._idle.values()), OrderedDict()
         for item in discard:
             self._close_partial(item)
 
