@@ -291,6 +291,14 @@ class BlobCache:
         except FileNotFoundError:
             pass
 
+    def is_verified(self, sha256: str, st: os.stat_result) -> bool:
+        """Whether ``st`` (a fresh ``stat`` of an open blob) is the stamp recorded when the blob was verified."""
+        stamp = blob_stamp(st)
+        if self._stamps.get(sha256) == stamp or self.index.stamps([sha256]).get(sha256) == stamp:
+            self._remember(sha256, stamp)
+            return True
+        return False
+
     def restamp(self, sha256s: Iterable[str]) -> None:
         """Record the current stamps of blobs this process just hard-linked (a new link moves the ctime).
 

@@ -63,7 +63,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 
-from ..cache.store import BlobCache, BlobWriter
+from ..cache.store import BlobCache, BlobWriter, blob_stamp, sha256_file
 from ..errors import ChecksumError, FetchError, WanllmdbError
 from ..manifest import ManifestEntry
 from .flight import Flights, Stopped
@@ -113,6 +113,7 @@ class _Partial:
 
     __slots__ = (
         "entry", "label", "path", "fd", "present", "count", "nchunks", "refs", "cond", "fetching", "failed", "done",
+        "stamp",
     )
 
     def __init__(self, entry: ManifestEntry, label: str, path: str, fd: int) -> None:
@@ -128,6 +129,7 @@ class _Partial:
         self.fetching: dict[int, _Fetch] = {}  # chunk -> the fetch queued or running that will bring it
         self.failed: WanllmdbError | None = None
         self.done = False  # every chunk present (and promotion attempted)
+        self.stamp: str | None = None  # once promoted: the blob's stamp (see ChunkReader._unchanged)
 
 
 class _Fetch:
@@ -149,12 +151,13 @@ class _Fetch:
 class Handle:
     """One open file: a descriptor of the complete blob, or a share of a partial, plus read-ahead state."""
 
-    __slots__ = ("entry", "label", "fd", "partial", "next_offset", "window", "last_chunk")
+    __slots__ = ("entry", "label", "fd", "stamp", "partial", "next_offset", "window", "last_chunk")
 
     def __init__(self, entry: ManifestEntry, label: str, fd: int | None, partial: _Partial | None) -> None:
         self.entry = entry
         self.label = label
         self.fd = fd
+        self.stamp = None if fd is None else blob_stamp(os.fstat(fd))
         self.partial = partial
         self.next_offset = 0
         self.window = 0
@@ -260,6 +263,7 @@ class ChunkReader:
         """
         fd = handle.fd
         if fd is not None:
+            handle.stamp = self._unchanged(handle.entry, handle.label, fd, handle.stamp)
             return os.preadv(fd, [view], offset)
         part = handle.partial
         if part is None:
@@ -271,7 +275,37 @@ class ChunkReader:
             self._fill(handle, part, offset, end)
         if part.failed is not None:
             raise part.failed
+        if part.stamp is not None:
+            part.stamp = self._unchanged(part.entry, part.label, part.fd, part.stamp)
         return os.preadv(part.fd, [view[: end - offset]], offset)
+
+    def _unchanged(self, entry: ManifestEntry, label: str, fd: int, stamp: str | None) -> str:
+        """The stamp of an open complete blob, after making sure its bytes are still the verified ones.
+
+        Downloads hard-link cached blobs, so a file edited in place changes the blob under an open handle. A
+        read costs one ``fstat``; a different stamp (a new link, an eviction, or a write) is accepted if the
+        cache recorded it at verification, else the blob is hashed again through the descriptor.
+
+        Raises:
+            ChecksumError: the bytes changed; the cache drops the blob and the next ``open`` fetches it again.
+        """
+        st = os.fstat(fd)
+        now = blob_stamp(st)
+        if now == stamp or self._cache.is_verified(entry.sha256, st):
+            return now
+        digest, _ = sha256_file(f"/proc/self/fd/{fd}")
+        if digest == entry.sha256 and blob_stamp(os.fstat(fd)) == now:
+            return now
+        self._cache.lookup(entry.sha256)  # the cache finds the change too, and evicts the blob
+        self._count(failures=1)
+        error = ChecksumError(
+            f"{label}: the cached file changed while it was open (written through a hard link of a download?); "
+            f"open it again for the right bytes",
+            expected=entry.sha256,
+            actual=digest,
+        )
+        logger.error("read of %s failed: %s", label, error)
+        raise error
 
     def _fill(self, handle: Handle, part: _Partial, offset: int, end: int) -> None:
         chunk_size = handle.entry.chunk_size
@@ -561,6 +595,7 @@ class ChunkReader:
                 logger.info("%s: partial file was evicted while open; serving it without caching", part.label)
             else:
                 self._cache.promote_partial(part.path, entry.sha256, entry.size, label=part.label)
+                part.stamp = blob_stamp(os.fstat(part.fd))  # now a cached blob: reads check it as one
                 self._count(promoted=1)
                 self._index_soon()
         except ChecksumError as exc:
