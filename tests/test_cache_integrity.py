@@ -258,8 +258,9 @@ def test_an_open_mount_handle_never_serves_a_blob_edited_under_it(tmp_path, size
         cache.restamp([d.sha256])
         assert reader.read(handle, size, 0) == data
         _edit_in_place(str(download), size - 10, b"EDITED")
-        with pytest.raises(ChecksumError, match="changed while it was open"):
-            reader.read(handle, size, 0)
+        for _ in range(2):  # and every later read of that handle
+            with pytest.raises(ChecksumError, match="changed while it was open"):
+                reader.read(handle, size, 0)
         reader.release(handle)
         again = reader.open(entry, "w.bin")
         assert reader.read(again, size, 0) == data

@@ -151,13 +151,14 @@ class _Fetch:
 class Handle:
     """One open file: a descriptor of the complete blob, or a share of a partial, plus read-ahead state."""
 
-    __slots__ = ("entry", "label", "fd", "stamp", "partial", "next_offset", "window", "last_chunk")
+    __slots__ = ("entry", "label", "fd", "stamp", "changed", "partial", "next_offset", "window", "last_chunk")
 
     def __init__(self, entry: ManifestEntry, label: str, fd: int | None, partial: _Partial | None) -> None:
         self.entry = entry
         self.label = label
         self.fd = fd
         self.stamp = None if fd is None else blob_stamp(os.fstat(fd))
+        self.changed: ChecksumError | None = None  # the blob changed under this handle: every read fails
         self.partial = partial
         self.next_offset = 0
         self.window = 0
@@ -263,7 +264,13 @@ class ChunkReader:
         """
         fd = handle.fd
         if fd is not None:
-            handle.stamp = self._unchanged(handle.entry, handle.label, fd, handle.stamp)
+            if handle.changed is not None:
+                raise handle.changed
+            try:
+                handle.stamp = self._unchanged(handle.entry, handle.label, fd, handle.stamp)
+            except ChecksumError as exc:
+                handle.changed = exc
+                raise
             return os.preadv(fd, [view], offset)
         part = handle.partial
         if part is None:
@@ -276,7 +283,11 @@ class ChunkReader:
         if part.failed is not None:
             raise part.failed
         if part.stamp is not None:
-            part.stamp = self._unchanged(part.entry, part.label, part.fd, part.stamp)
+            try:
+                part.stamp = self._unchanged(part.entry, part.label, part.fd, part.stamp)
+            except ChecksumError as exc:
+                self._detach(part, exc)
+                raise
         return os.preadv(part.fd, [view[: end - offset]], offset)
 
     def _unchanged(self, entry: ManifestEntry, label: str, fd: int, stamp: str | None) -> str:
@@ -375,6 +386,16 @@ class ChunkReader:
                 self._partials[sha] = part
             part.refs += 1
         return part
+
+    def _detach(self, part: _Partial, error: ChecksumError) -> None:
+        """A promoted partial whose blob changed: its handles fail from now on, new opens start afresh."""
+        part.failed = error
+        with self._lock:
+            sha = part.entry.sha256
+            if self._partials.get(sha) is part:
+                del self._partials[sha]
+            if self._idle.get(sha) is part:
+                del self._idle[sha]
 
     def _ref(self, part: _Partial) -> None:
         with self._lock:
