@@ -49,7 +49,7 @@ from ..errors import CacheError, ChecksumError
 from ..iobuf import buffer_for
 from ..killpoints import kill_point
 from ..settings import DEFAULT_CACHE_BYTES
-from ..tmpfiles import reclaim_dead
+from ..tmpfiles import owner_pid, pid_alive, reclaim_dead
 from .index import CacheIndex, IndexEntry
 from .locks import BlobLocks
 
@@ -637,21 +637,8 @@ def _evictable(entry: IndexEntry) -> bool:
     """Blobs always; partial files (``partial:<sha>.<pid>.<token>``) only once the process filling them is gone."""
     if entry.kind != "partial":
         return True
-    try:
-        pid = int(entry.key.split(".")[1])
-    except (IndexError, ValueError):
-        return True
-    return not _process_alive(pid)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
+    pid = owner_pid(entry.key.split(":", 1)[1])
+    return pid is None or not pid_alive(pid)
 
 
 def _check(got_size: int, got_sha: str, size: int, sha256: str, label: str | None) -> None:
