@@ -113,7 +113,7 @@ class _Partial:
 
     __slots__ = (
         "entry", "label", "path", "fd", "present", "count", "nchunks", "refs", "cond", "fetching", "failed", "done",
-        "stamp",
+        "stamp", "accounting",
     )
 
     def __init__(self, entry: ManifestEntry, label: str, path: str, fd: int) -> None:
@@ -130,6 +130,7 @@ class _Partial:
         self.failed: WanllmdbError | None = None
         self.done = False  # every chunk present (and promotion attempted)
         self.stamp: str | None = None  # once promoted: the blob's stamp (see ChunkReader._unchanged)
+        self.accounting = threading.Lock()  # so that the last count recorded is the newest
 
 
 class _Fetch:
@@ -604,7 +605,8 @@ class ChunkReader:
 
     def _account(self, part: _Partial) -> None:
         try:
-            self._cache.account_partial(part.path, part.count * part.entry.chunk_size)
+            with part.accounting:  # fetches of one partial end concurrently: count read and recorded in turn
+                self._cache.account_partial(part.path, part.count * part.entry.chunk_size)
         except Exception as exc:  # bookkeeping only: the verified chunk stays readable either way
             logger.warning("%s: could not record partial download in the cache index: %s", part.label, exc)
 
