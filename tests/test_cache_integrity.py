@@ -216,3 +216,55 @@ def test_a_later_write_brings_an_overshoot_back_under_the_limit(tmp_path):
     small.ensure(*_blob(data), _fetcher(data))
     wait_until(lambda: _bytes_on_disk(root) <= 10 * 1024 * 1024, 5, "the overshoot to be evicted")
     assert small.lookup(_blob(data)[0]) is not None
+
+
+# --- a blob edited while the mount holds it open ---------------------------------------------------------
+
+
+def _reader(cache, data: bytes, stop):
+    from wanllmdb.fs.reader import ChunkReader
+
+    def fetch_blob(sha256, size, writer):
+        writer.write(data)
+
+    def fetch_range_into(sha256, start, length, writer):
+        writer.write(data[start : start + length])
+        return length
+
+    return ChunkReader(cache, fetch_range_into, fetch_blob, stop=stop)
+
+
+@pytest.mark.parametrize("size", [10_000, 5 * CHUNK + 3], ids=["whole", "chunked"])
+def test_an_open_mount_handle_never_serves_a_blob_edited_under_it(tmp_path, size):
+    from concurrent.futures import Future
+
+    from wanllmdb.errors import ChecksumError
+    from wanllmdb.manifest import ManifestEntry, hash_bytes
+
+    data = os.urandom(size)
+    d = hash_bytes(data, CHUNK)
+    entry = ManifestEntry("w.bin", d.size, d.md5, d.sha256, d.chunk_size, d.chunks if size > CHUNK else ())
+    cache = BlobCache(str(tmp_path / "c"))
+    stop: Future[None] = Future()
+    reader = _reader(cache, data, stop)
+    try:
+        handle = reader.open(entry, "w.bin")
+        assert reader.read(handle, size, 0) == data
+        part = handle.partial
+        wait_until(lambda: cache.contains(d.sha256) and (part is None or part.stamp), 10, "the blob to be cached")
+        # A download links the blob (its ctime moves) and records it: reads go on.
+        download = tmp_path / "download.bin"
+        os.link(cache.blob_path(d.sha256), download)
+        cache.restamp([d.sha256])
+        assert reader.read(handle, size, 0) == data
+        _edit_in_place(str(download), size - 10, b"EDITED")
+        for _ in range(2):  # and every later read of that handle
+            with pytest.raises(ChecksumError, match="changed while it was open"):
+                reader.read(handle, size, 0)
+        reader.release(handle)
+        again = reader.open(entry, "w.bin")
+        assert reader.read(again, size, 0) == data
+        reader.release(again)
+    finally:
+        stop.set_result(None)
+        reader.close()

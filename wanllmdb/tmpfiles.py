@@ -61,6 +61,18 @@ def owner(name: str) -> tuple[int, int | None] | None:
     return int(pid), int(namespace) if namespace else None
 
 
+def writer_gone(name: str) -> bool:
+    """Whether the writer named in a temporary file's name is known to be dead (False when it cannot be told:
+    another PID namespace; True for a name that names no writer)."""
+    writer = owner(name)
+    if writer is None:
+        return True
+    pid, namespace = writer
+    if namespace != _NAMESPACE:
+        return False
+    return pid != os.getpid() and not pid_alive(pid)
+
+
 def reclaim_dead(directory: str, foreign_min_age: float | None = None) -> tuple[list[str], int]:
     """Remove the files in ``directory`` whose writer is dead; returns the names removed and the bytes freed."""
     foreign_min_age = FOREIGN_MIN_AGE if foreign_min_age is None else foreign_min_age

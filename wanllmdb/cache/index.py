@@ -9,7 +9,7 @@ write costs one row read.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..sqlitedb import SQLiteDB
@@ -108,7 +108,11 @@ class CacheIndex:
                 )
 
     def admit_blobs(
-        self, blobs: dict[str, tuple[int, str]], max_bytes: int, keep: Iterable[str] = ()
+        self,
+        blobs: dict[str, tuple[int, str]],
+        max_bytes: int,
+        keep: Iterable[str] = (),
+        evictable: Callable[[IndexEntry], bool] = lambda entry: True,
     ) -> tuple[list[IndexEntry], int]:
         """Index verified blobs (sha -> (size, stamp)) and, in the same transaction, take the least recently
         used entries out of the index until the total fits ``max_bytes``; returns those victims and the
@@ -116,7 +120,8 @@ class CacheIndex:
 
         One ``BEGIN IMMEDIATE`` transaction reads the total every process shares and picks the victims, so
         concurrent writers never decide from stale totals, and two of them never pick the same victim.
-        The caller unlinks the victims' files.
+        Entries ``evictable`` refuses (partial files a live process holds open) stay counted but are never
+        picked. The caller unlinks the victims' files.
         """
         now = time.time()
         keep = set(keep)
@@ -139,7 +144,7 @@ class CacheIndex:
                     if excess <= 0:
                         break
                     entry = IndexEntry(*row)
-                    if entry.key in keep:
+                    if entry.key in keep or not evictable(entry):
                         continue
                     victims.append(entry)
                     excess -= entry.size

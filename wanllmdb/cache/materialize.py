@@ -1,4 +1,10 @@
-"""Place cached blobs as files under a target root: hard links where the filesystem allows, copies otherwise.
+"""Place cached blobs as files under a target root: reflinks where the filesystem offers them, else hard links,
+else copies.
+
+A reflink (``FICLONE``: btrfs, XFS) costs what a link costs and shares no inode with the cache, so editing the
+file never touches the cached blob. Without one, a hard link (tens of microseconds) is chosen over a copy
+(0.5-2.3 s per GB on this project's machines, and twice the disk): an edit through the link then changes the
+blob, which the cache notices at its next hit (``store.py``) and never serves.
 
 Nothing is ever written outside the root: every path is validated, and a parent directory that resolves
 outside the root (a symlink planted inside it) is refused. Each file appears atomically (link or copy to a
@@ -8,6 +14,7 @@ temporary name in the same directory, then ``os.replace``), so an interrupted do
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import secrets
 import shutil
@@ -15,6 +22,11 @@ from collections.abc import Mapping
 
 from ..errors import InvalidPathError
 from ..manifest import Manifest, validate_path
+
+#: ``_IOW(0x94, 9, int)`` from linux/fs.h: make the target share the source's extents (copy on write).
+FICLONE = 0x40049409
+#: What a filesystem (or a pair of them) without reflinks answers.
+_NO_REFLINK = (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.EPERM, errno.ENOSYS)
 
 
 class Placer:
@@ -26,6 +38,7 @@ class Placer:
         self._real_root = os.path.realpath(self.root)
         self._checked_dirs: set[str] = set()
         self.link = link
+        self.reflink = True  # until the filesystem says it has none
 
     def target(self, rel_path: str) -> str:
         """Absolute path for ``rel_path`` under the root, after checking that it stays inside."""
@@ -53,6 +66,10 @@ class Placer:
         # A short name of its own: the final name may already be NAME_MAX (255 bytes) long.
         tmp = os.path.join(os.path.dirname(target), f".wanllmdb-{os.getpid()}-{secrets.token_hex(4)}.tmp")
         try:
+            if self.reflink and _clone(src, tmp):
+                os.replace(tmp, target)
+                return target
+            self.reflink = False
             if self.link:
                 try:
                     os.link(src, tmp)
@@ -68,6 +85,19 @@ class Placer:
             if os.path.lexists(tmp):
                 os.unlink(tmp)
         return target
+
+
+def _clone(src: str, dst: str) -> bool:
+    """Make ``dst`` a reflink of ``src``; False (and no ``dst``) where the filesystem offers none."""
+    with open(src, "rb") as fin, open(dst, "xb") as out:
+        try:
+            fcntl.ioctl(out.fileno(), FICLONE, fin.fileno())
+            return True
+        except OSError as exc:
+            if exc.errno not in _NO_REFLINK:
+                raise
+    os.unlink(dst)
+    return False
 
 
 def materialize(manifest: Manifest, root: str, blob_paths: Mapping[str, str], *, link: bool = True) -> str:

@@ -17,6 +17,12 @@ The size limit holds at every write, across processes: admitting a blob indexes 
 least-recently-used victims in one transaction over the total every process shares (``index.admit_blobs``).
 Eviction unlinks files, which never disturbs a reader that holds one open, nor a download that hard-linked it.
 
+Partial files count against the limit with the bytes they hold, and are never evicted while the process that
+fills them lives (its name is in the file name): it holds them open, so unlinking one would free nothing while
+the index stopped counting it. Eviction takes blobs instead, and partials of dead processes; the owner drops
+its idle partials itself while the cache is over its limit. So the disk holds what the index counts, and the
+limit is exceeded only by partials of files being read at that moment (at most their sizes).
+
 A hit is never trusted blindly: downloads hard-link cached blobs, and a write through any link changes the
 blob. Each blob's *stamp* (inode, size, mtime and ctime, as ``stat`` reports them when it was verified) is
 recorded in the index; every hit compares a fresh ``stat`` with it. A difference makes the cache hash the
@@ -43,7 +49,7 @@ from ..errors import CacheError, ChecksumError
 from ..iobuf import buffer_for
 from ..killpoints import kill_point
 from ..settings import DEFAULT_CACHE_BYTES
-from ..tmpfiles import reclaim_dead, writer_tag
+from ..tmpfiles import reclaim_dead, writer_gone, writer_tag
 from .index import CacheIndex, IndexEntry
 from .locks import BlobLocks
 
@@ -285,6 +291,14 @@ class BlobCache:
         except FileNotFoundError:
             pass
 
+    def is_verified(self, sha256: str, st: os.stat_result) -> bool:
+        """Whether ``st`` (a fresh ``stat`` of an open blob) is the stamp recorded when the blob was verified."""
+        stamp = blob_stamp(st)
+        if self._stamps.get(sha256) == stamp or self.index.stamps([sha256]).get(sha256) == stamp:
+            self._remember(sha256, stamp)
+            return True
+        return False
+
     def restamp(self, sha256s: Iterable[str]) -> None:
         """Record the current stamps of blobs this process just hard-linked (a new link moves the ctime).
 
@@ -425,8 +439,12 @@ class BlobCache:
         with self._touched_lock:
             pending, self._pending, self._pending_bytes = self._pending, {}, 0
             self._last_flush = time.monotonic()
-        victims, self._known_total = self.index.admit_blobs(pending, self.max_bytes, keep)
+        victims, self._known_total = self.index.admit_blobs(pending, self.max_bytes, keep, _evictable)
         return self._evict_files(victims) if victims else 0
+
+    def over_limit(self) -> bool:
+        """Whether the shared total (as the index has it now) exceeds the limit."""
+        return self.index.total_size() > self.max_bytes
 
     def _blob_lock(self, sha256: str, timeout: float | None):
         return self.locks.hold(sha256, timeout)
@@ -449,7 +467,8 @@ class BlobCache:
         return "partial:" + os.path.basename(path)
 
     def account_partial(self, path: str, present_bytes: int) -> None:
-        """Record how many bytes of a partial file are filled, evicting LRU entries if over the limit."""
+        """Record how many bytes of a partial file are filled, evicting LRU entries if over the limit (never
+        a partial a live process holds: see the module docstring)."""
         key = self._partial_key(path)
         self.index.upsert(key, "partial", present_bytes)
         self.enforce_limit(keep={key})
@@ -470,6 +489,8 @@ class BlobCache:
                 if not self.contains(sha256):
                     tmp = self._tmp_path(sha256)
                     os.link(path, tmp)
+                    # The bytes change entries, not place: the partial's stops counting as the blob's starts.
+                    self.index.remove([key])
                     self._admit(tmp, sha256, size)
             return self.blob_path(sha256)
         finally:
@@ -507,7 +528,7 @@ class BlobCache:
         chosen: list[IndexEntry] = []
         remaining: list[IndexEntry] = []
         for entry in self.index.entries_lru():
-            if entry.key in keep:
+            if entry.key in keep or not _evictable(entry):
                 remaining.append(entry)
             elif max_age is not None and now - entry.last_access > max_age:
                 chosen.append(entry)
@@ -518,7 +539,7 @@ class BlobCache:
             for entry in remaining:
                 if total <= max_bytes:
                     break
-                if entry.key in keep:
+                if entry.key in keep or not _evictable(entry):
                     continue
                 chosen.append(entry)
                 total -= entry.size
@@ -610,6 +631,14 @@ class BlobCache:
         missing = [key for key in indexed if not self.contains(key)]
         self.index.remove(missing)
         return VerifyReport(checked, tuple(corrupt), healed + len(missing))
+
+
+def _evictable(entry: IndexEntry) -> bool:
+    """Blobs always; partial files (``partial:<sha>.<writer>.<token>``) only once the process filling them is
+    gone (see :mod:`wanllmdb.tmpfiles`)."""
+    if entry.kind != "partial":
+        return True
+    return writer_gone(entry.key.split(":", 1)[1])
 
 
 def _check(got_size: int, got_sha: str, size: int, sha256: str, label: str | None) -> None:

@@ -38,7 +38,9 @@ fetches only the chunks it touches.
 **Completion.** When the last chunk lands, the worker hashes the partial as a whole and promotes it into
 ``blobs/`` (``BlobCache.promote_partial``, a hard link: the handles' descriptor now names the complete blob).
 If the whole-file digest contradicts the manifest, nothing is admitted and every read of that file fails.
-A partial nobody holds open stays resumable for a while (``idle_partials``), then is discarded.
+A partial nobody holds open stays resumable for a while (``idle_partials``), then is discarded; at once while
+the cache is over its size limit. Partial files count against that limit with the chunks they hold, and no
+other process evicts them while this one lives (the cache's module docstring says why).
 
 **References** (entries added with ``add_reference``) are fetched whole from their URI at ``open()``, through
 ``BlobCache.ensure`` like single-chunk files, by ``transport.references.ReferenceFetcher``, which checks
@@ -68,7 +70,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 
-from ..cache.store import BlobCache, BlobWriter
+from ..cache.store import BlobCache, BlobWriter, blob_stamp, sha256_file
 from ..errors import ChecksumError, FetchError, ReferenceNotFoundError, WanllmdbError
 from ..manifest import ManifestEntry
 from ..transport.references import ReferenceFetcher
@@ -119,6 +121,7 @@ class _Partial:
 
     __slots__ = (
         "entry", "label", "path", "fd", "present", "count", "nchunks", "refs", "cond", "fetching", "failed", "done",
+        "stamp", "accounting",
     )
 
     def __init__(self, entry: ManifestEntry, label: str, path: str, fd: int) -> None:
@@ -134,6 +137,8 @@ class _Partial:
         self.fetching: dict[int, _Fetch] = {}  # chunk -> the fetch queued or running that will bring it
         self.failed: WanllmdbError | None = None
         self.done = False  # every chunk present (and promotion attempted)
+        self.stamp: str | None = None  # once promoted: the blob's stamp (see ChunkReader._unchanged)
+        self.accounting = threading.Lock()  # so that the last count recorded is the newest
 
 
 class _Fetch:
@@ -155,12 +160,14 @@ class _Fetch:
 class Handle:
     """One open file: a descriptor of the complete blob, or a share of a partial, plus read-ahead state."""
 
-    __slots__ = ("entry", "label", "fd", "partial", "next_offset", "window", "last_chunk")
+    __slots__ = ("entry", "label", "fd", "stamp", "changed", "partial", "next_offset", "window", "last_chunk")
 
     def __init__(self, entry: ManifestEntry, label: str, fd: int | None, partial: _Partial | None) -> None:
         self.entry = entry
         self.label = label
         self.fd = fd
+        self.stamp = None if fd is None else blob_stamp(os.fstat(fd))
+        self.changed: ChecksumError | None = None  # the blob changed under this handle: every read fails
         self.partial = partial
         self.next_offset = 0
         self.window = 0
@@ -272,6 +279,13 @@ class ChunkReader:
         """
         fd = handle.fd
         if fd is not None:
+            if handle.changed is not None:
+                raise handle.changed
+            try:
+                handle.stamp = self._unchanged(handle.entry, handle.label, fd, handle.stamp)
+            except ChecksumError as exc:
+                handle.changed = exc
+                raise
             return os.preadv(fd, [view], offset)
         part = handle.partial
         if part is None:
@@ -283,7 +297,41 @@ class ChunkReader:
             self._fill(handle, part, offset, end)
         if part.failed is not None:
             raise part.failed
+        if part.stamp is not None:
+            try:
+                part.stamp = self._unchanged(part.entry, part.label, part.fd, part.stamp)
+            except ChecksumError as exc:
+                self._detach(part, exc)
+                raise
         return os.preadv(part.fd, [view[: end - offset]], offset)
+
+    def _unchanged(self, entry: ManifestEntry, label: str, fd: int, stamp: str | None) -> str:
+        """The stamp of an open complete blob, after making sure its bytes are still the verified ones.
+
+        Downloads hard-link cached blobs, so a file edited in place changes the blob under an open handle. A
+        read costs one ``fstat``; a different stamp (a new link, an eviction, or a write) is accepted if the
+        cache recorded it at verification, else the blob is hashed again through the descriptor.
+
+        Raises:
+            ChecksumError: the bytes changed; the cache drops the blob and the next ``open`` fetches it again.
+        """
+        st = os.fstat(fd)
+        now = blob_stamp(st)
+        if now == stamp or self._cache.is_verified(entry.sha256, st):
+            return now
+        digest, _ = sha256_file(f"/proc/self/fd/{fd}")
+        if digest == entry.sha256 and blob_stamp(os.fstat(fd)) == now:
+            return now
+        self._cache.lookup(entry.sha256)  # the cache finds the change too, and evicts the blob
+        self._count(failures=1)
+        error = ChecksumError(
+            f"{label}: the cached file changed while it was open (written through a hard link of a download?); "
+            f"open it again for the right bytes",
+            expected=entry.sha256,
+            actual=digest,
+        )
+        logger.error("read of %s failed: %s", label, error)
+        raise error
 
     def _fill(self, handle: Handle, part: _Partial, offset: int, end: int) -> None:
         chunk_size = handle.entry.chunk_size
@@ -359,6 +407,16 @@ class ChunkReader:
             part.refs += 1
         return part
 
+    def _detach(self, part: _Partial, error: ChecksumError) -> None:
+        """A promoted partial whose blob changed: its handles fail from now on, new opens start afresh."""
+        part.failed = error
+        with self._lock:
+            sha = part.entry.sha256
+            if self._partials.get(sha) is part:
+                del self._partials[sha]
+            if self._idle.get(sha) is part:
+                del self._idle[sha]
+
     def _ref(self, part: _Partial) -> None:
         with self._lock:
             part.refs += 1
@@ -378,6 +436,10 @@ class ChunkReader:
                 self._idle[sha] = part
                 while len(self._idle) > self._idle_max:
                     discard.append(self._idle.popitem(last=False)[1])
+        if not discard and self._cache.over_limit():
+            # Nobody else may evict a live process's partials: idle ones go while the cache is over its limit.
+            with self._lock:
+                discard, self._idle = list(self._idle.values()), OrderedDict()
         for item in discard:
             self._close_partial(item)
 
@@ -562,7 +624,8 @@ class ChunkReader:
 
     def _account(self, part: _Partial) -> None:
         try:
-            self._cache.account_partial(part.path, part.count * part.entry.chunk_size)
+            with part.accounting:  # fetches of one partial end concurrently: count read and recorded in turn
+                self._cache.account_partial(part.path, part.count * part.entry.chunk_size)
         except Exception as exc:  # bookkeeping only: the verified chunk stays readable either way
             logger.warning("%s: could not record partial download in the cache index: %s", part.label, exc)
 
@@ -574,6 +637,7 @@ class ChunkReader:
                 logger.info("%s: partial file was evicted while open; serving it without caching", part.label)
             else:
                 self._cache.promote_partial(part.path, entry.sha256, entry.size, label=part.label)
+                part.stamp = blob_stamp(os.fstat(part.fd))  # now a cached blob: reads check it as one
                 self._count(promoted=1)
                 self._index_soon()
         except ChecksumError as exc:
