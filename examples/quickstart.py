@@ -65,7 +65,7 @@ def main() -> None:
         print(f"mnist:v1 has {first.file_count} files; logged by run '{first.logged_by().name}'")
         run.log({"train_rows": rows})
 
-    versions = wanllmdb.Api().artifact_versions("quickstart", "mnist")
+    versions = wanllmdb.Api().artifact_versions("dataset", "quickstart/mnist")
     print("versions:", ", ".join(f"{a.version} {a.aliases}" for a in versions))
     print("next: mkdir -p ~/artifacts && wanllmdb mount ~/artifacts && ls -l ~/artifacts/quickstart/mnist/")
 

@@ -181,11 +181,13 @@ def test_verify_names_a_tampered_file_and_drops_the_damaged_cache_blob(
     os.chmod(target, 0o644)
     with open(target, "r+") as f:  # in place, through the hard link into the cache
         f.write("TAMPERED")
-    with caplog.at_level("WARNING"):
-        assert art.verify(root) is False
+    with caplog.at_level("WARNING"), pytest.raises(ChecksumError, match="train.csv") as info:
+        art.verify(root)  # W&B's shape: a mismatch raises (a ValueError), naming the file
+    assert isinstance(info.value, ValueError)
     assert "train.csv" in caplog.text
     os.remove(os.path.join(root, "test.csv"))
-    assert art.verify(root) is False
+    with pytest.raises(ChecksumError, match="test.csv is missing"):
+        art.verify(root)
     fresh = art.download(str(tmp_path / "again"))
     assert open(os.path.join(fresh, "train.csv")).read() == "x,y\n1,2\n3,4\n"
     assert art.verify(fresh) is True
@@ -286,7 +288,7 @@ def test_disabled_mode_writes_nothing(project, files):
     run.log({"x": 1})
     art = wandb.Artifact("ds", type="dataset")
     art.add_file(str(files / "train.csv"))
-    assert run.log_artifact(art).version is None
+    assert run.log_artifact(art).is_draft()  # not logged: a draft has no version (asking for one raises)
     run.finish()
     assert project not in wandb.Api().projects()
 
@@ -296,7 +298,8 @@ def test_api_listing(backend, project, files):
     _log_dataset(project, files, name="a2")
     api = wandb.Api()
     assert project in api.projects()
-    assert [a.name for a in api.artifacts(project)] == ["a1", "a2"]
+    assert [a.name for a in api.artifacts(project)] == ["a1:v1", "a2:v1"]  # W&B's "name:version"
+    assert [a.collection.name for a in api.artifacts(project)] == ["a1", "a2"]
     assert [a.version for a in api.artifacts("dataset", f"{project}/a1")] == ["v1"]
     assert api.artifact_exists(f"{project}/a1:v1") and not api.artifact_exists(f"{project}/a1:v2")
     with pytest.raises(InvalidRefError, match="project"):

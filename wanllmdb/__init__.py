@@ -27,9 +27,12 @@ from .sdk import (
     Summary,
     finish,
     init,
+    link_artifact,
     log,
     log_artifact,
+    log_model,
     use_artifact,
+    use_model,
 )
 from .sdk.run import current_run as _current_run
 
@@ -71,6 +74,9 @@ __all__ = [
     "finish",
     "init",
     "log",
+    "link_artifact",
     "log_artifact",
+    "log_model",
     "use_artifact",
+    "use_model",
 ]

@@ -100,16 +100,23 @@ class EmptyArtifactError(InvalidInputError):
 # --- not found -------------------------------------------------------------------------------------------
 
 
+class CommError(WanllmdbError):
+    """W&B's error for a failed exchange with the backend; W&B code catches it around ``Api().artifact()``
+    and ``run.use_artifact()``. The not-found errors of projects and artifacts are CommErrors too."""
+
+    code = "comm_error"
+
+
 class NotFoundError(WanllmdbError, LookupError):
     code = "not_found"
     http_status = 404
 
 
-class ProjectNotFoundError(NotFoundError):
+class ProjectNotFoundError(NotFoundError, CommError):
     code = "project_not_found"
 
 
-class ArtifactNotFoundError(NotFoundError):
+class ArtifactNotFoundError(NotFoundError, CommError):
     code = "artifact_not_found"
 
 
@@ -138,8 +145,8 @@ class RunNotFoundError(NotFoundError):
     code = "run_not_found"
 
 
-class LocalFileNotFoundError(NotFoundError, FileNotFoundError):
-    """A local file given to the SDK (e.g. to ``add_file``) does not exist."""
+class LocalFileNotFoundError(NotFoundError, FileNotFoundError, ValueError):
+    """A local file given to the SDK (e.g. to ``add_file``) does not exist (a ``ValueError`` too, as W&B raises)."""
 
     code = "local_file_not_found"
     http_status = 400
@@ -165,6 +172,19 @@ class ChecksumError(WanllmdbError, ValueError):
         super().__init__(message)
         self.expected = expected
         self.actual = actual
+
+
+class ArtifactVerificationError(ChecksumError):
+    """``Artifact.verify()`` found files that differ from the manifest (W&B raises ``ValueError``)."""
+
+    code = "verification_failed"
+
+
+class ArtifactNotLoggedError(WanllmdbError, RuntimeError):
+    """Something only a logged artifact has (its version, id, ...) was asked of a draft."""
+
+    code = "artifact_not_logged"
+    http_status = 409
 
 
 class IncompleteDraftError(WanllmdbError, RuntimeError):

@@ -15,6 +15,7 @@ be taken as "unchanged" and never upload the bytes), and moving the data to anot
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -114,6 +115,11 @@ class ManifestEntry:
         return ManifestEntry(
             path, self.size, self.md5, self.sha256, self.chunk_size, self.chunks, self.ref, self.etag
         )
+
+    @property
+    def digest(self) -> str:
+        """W&B's digest of a file: its MD5, base64-encoded (``sha256`` is the hex SHA-256)."""
+        return base64.b64encode(bytes.fromhex(self.md5)).decode("ascii")
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"path": self.path, "size": self.size, "md5": self.md5, "sha256": self.sha256}

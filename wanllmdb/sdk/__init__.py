@@ -2,7 +2,20 @@
 
 from .api import Api
 from .artifact import Artifact, ArtifactFile, ArtifactFilePath
-from .run import Config, Run, Summary, current_run, finish, init, log, log_artifact, use_artifact
+from .run import (
+    Config,
+    Run,
+    Summary,
+    current_run,
+    finish,
+    init,
+    link_artifact,
+    log,
+    log_artifact,
+    log_model,
+    use_artifact,
+    use_model,
+)
 
 __all__ = [
     "Api",
@@ -16,6 +29,9 @@ __all__ = [
     "finish",
     "init",
     "log",
+    "link_artifact",
     "log_artifact",
+    "log_model",
     "use_artifact",
+    "use_model",
 ]

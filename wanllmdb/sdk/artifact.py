@@ -9,6 +9,8 @@ files come from the shared cache (``download``, ``get_path``) and can be checked
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime
 import logging
 import os
 import shutil
@@ -20,6 +22,8 @@ from typing import IO, Any
 from ..cache.materialize import Placer
 from ..errors import (
     ArtifactFinalizedError,
+    ArtifactNotLoggedError,
+    ArtifactVerificationError,
     FileNotInArtifactError,
     InvalidInputError,
     InvalidPathError,
@@ -35,7 +39,7 @@ from ..manifest import (
 )
 from ..manifest.digest import FileDigest
 from ..manifest.entry import check_tree
-from ..registry import RunInfo, VersionInfo
+from ..registry import RunInfo, VersionInfo, VersionUpdate
 from .client import Client
 from .hashing import cached_digest, digest_file
 
@@ -77,16 +81,36 @@ class ArtifactFile:
     ref = property(lambda self: self.entry.ref)
 
     @property
+    def name(self) -> str:
+        """The file's path inside the artifact (W&B's ``name``)."""
+        return self.path
+
+    @property
     def digest(self) -> str:
-        """The SHA-256 the file is stored and verified under."""
-        return self.entry.sha256
+        """W&B's digest: the MD5, base64-encoded. The SHA-256 the file is stored under is ``sha256``."""
+        return self.entry.digest
 
     # Seed names for the same values.
     md5_hash = md5
     sha256_hash = sha256
 
-    def download(self, root: str | None = None) -> str:
-        """Fetch this file (through the cache) under ``root``; returns its local path."""
+    def download(self, root: str | None = None, replace: bool = False, exist_ok: bool = False) -> str:
+        """Fetch this file (through the cache) under ``root`` (the artifact's download root by default);
+        returns its local path.
+
+        Raises:
+            InvalidInputError: a different file is already there and neither ``replace`` nor ``exist_ok``.
+        """
+        if root is not None and not replace:
+            target = os.path.join(root, *self.path.split("/"))
+            if os.path.exists(target):
+                if exist_ok:
+                    return target
+                if _compare(target, self.entry) is not None:
+                    raise InvalidInputError(
+                        f"{target} already exists: pass replace=True to overwrite it or exist_ok=True to keep it"
+                    )
+                return target
         return self._artifact._download_entries([self.entry], root)[self.path]
 
     def __repr__(self) -> str:
@@ -123,13 +147,19 @@ class Artifact:
         self._info: VersionInfo | None = None
         self._client: Client | None = None
         self._download_root: str | None = None
+        #: Tags of the version (W&B's ``tags``); written by ``log_artifact`` and ``save()``.
+        self.tags: list[str] = list(_wandb_compat.get("tags") or [])
+        self._aliases: list[str] = []
+        # "name:v3" or "name:best" for an artifact fetched by that ref; None for one logged here.
+        self._fetched_as: str | None = None
 
     # --- construction from a registry version -----------------------------------------------------------
 
     @classmethod
-    def _from_version(cls, info: VersionInfo, client: Client) -> Artifact:
+    def _from_version(cls, info: VersionInfo, client: Client, fetched_as: str | None = None) -> Artifact:
         art = cls(info.name, info.type, info.description, dict(info.metadata))
         art._bind(info, client)
+        art._fetched_as = f"{info.name}:{fetched_as or info.label}"
         return art
 
     def _bind(self, info: VersionInfo, client: Client) -> None:
@@ -139,23 +169,62 @@ class Artifact:
         self._entries = dict(info.manifest.entries)
         self._name = info.name
         self._type = info.type
+        self._rebind_fields(info)
+
+    def _rebind_fields(self, info: VersionInfo) -> None:
+        self._info = info
         self.description = info.description
         self.metadata = dict(info.metadata)
+        self.tags = list(info.tags)
+        self._aliases = list(info.aliases)
 
     # --- identity -------------------------------------------------------------------------------------
 
     @property
     def name(self) -> str:
-        return self._name
+        """W&B's shape: ``"mnist:v2"`` (or ``"mnist:best"``) for an artifact fetched by that ref; the bare
+        name for a draft and for the artifact just passed to ``log_artifact`` (``collection.name`` is always
+        the bare name)."""
+        return self._fetched_as or self._name
 
     @property
     def type(self) -> str:
         return self._type
 
     @property
-    def version(self) -> str | None:
-        """``"v2"`` once logged or fetched; None for an artifact not logged yet."""
-        return self._info.label if self._info else None
+    def version(self) -> str:
+        """``"v2"`` once logged or fetched.
+
+        Raises:
+            ArtifactNotLoggedError: the artifact is a draft (check ``is_draft()`` first).
+        """
+        if self._info is None:
+            raise ArtifactNotLoggedError(
+                f"artifact '{self._name}' is not logged yet, so it has no version: call run.log_artifact() first"
+            )
+        return self._info.label
+
+    def is_draft(self) -> bool:
+        """True until the artifact is logged (or for one never fetched from the registry)."""
+        return self._info is None
+
+    @property
+    def id(self) -> str:
+        """The version's stable id."""
+        info = self._logged("id")
+        return info.id or f"{info.project}/{info.name}:{info.label}"
+
+    @property
+    def collection(self):
+        """The artifact's collection (its versions under one name): ``.name``, ``.type``, ``.versions()``."""
+        from .collection import ArtifactCollection
+
+        return ArtifactCollection(self._client, self._info.project if self._info else None, self._name, self._type)
+
+    def _logged(self, what: str) -> VersionInfo:
+        if self._info is None:
+            raise ArtifactNotLoggedError(f"{what}: artifact '{self._name}' is not logged yet")
+        return self._info
 
     @property
     def project(self) -> str | None:
@@ -167,15 +236,27 @@ class Artifact:
 
     @property
     def source_name(self) -> str:
-        return f"{self._name}:{self.version}" if self._info else self._name
+        return f"{self._name}:{self._info.label}" if self._info else self._name
 
     @property
     def aliases(self) -> list[str]:
-        return list(self._info.aliases) if self._info else []
+        """The version's aliases: a list to change in place (``aliases.append("best")``), then ``save()``."""
+        return self._aliases
+
+    @aliases.setter
+    def aliases(self, value: list[str]) -> None:
+        self._aliases = list(value)
 
     @property
-    def created_at(self) -> float | None:
-        return self._info.created_at if self._info else None
+    def created_at(self) -> str:
+        """When the version was logged, ISO-8601 (UTC)."""
+        return _iso(self._logged("created_at").created_at)
+
+    @property
+    def updated_at(self) -> str:
+        """When the version last changed (aliases, tags, metadata), ISO-8601 (UTC)."""
+        info = self._logged("updated_at")
+        return _iso(info.updated_at or info.created_at)
 
     @property
     def state(self) -> str:
@@ -384,11 +465,16 @@ class Artifact:
         self.add_file(local, path, overwrite=True)
 
     def remove(self, name: str) -> None:
-        """Remove a file added before logging."""
+        """Remove a file added before logging, or every file under a directory."""
         self._check_mutable()
-        if self._entries.pop(name, None) is None and self._pending.pop(name, None) is None:
-            raise FileNotInArtifactError(f"artifact '{self._name}' has no file {name!r}")
-        self._local_paths.pop(name, None)
+        prefix = name.strip("/") + "/"
+        doomed = [p for p in [*self._entries, *self._pending] if p == name or p.startswith(prefix)]
+        if not doomed:
+            raise FileNotInArtifactError(f"artifact '{self._name}' has no file or directory {name!r}")
+        for path in doomed:
+            self._entries.pop(path, None)
+            self._pending.pop(path, None)
+            self._local_paths.pop(path, None)
 
     def _cleanup_staging(self) -> None:
         if self._staging:
@@ -413,7 +499,7 @@ class Artifact:
         return ArtifactFile(name, self, self._local_paths.get(name))
 
     def default_root(self) -> str:
-        return os.path.join(".", "artifacts", f"{self._name}:{self.version}")
+        return os.path.join(".", "artifacts", f"{self._name}:{self._info.label if self._info else 'draft'}")
 
     def _download_entries(self, entries: list[ManifestEntry], root: str | None) -> dict[str, str]:
         from .transfer import fetch_files
@@ -432,8 +518,9 @@ class Artifact:
             return ArtifactFilePath(item.local_path or "")
         return ArtifactFilePath(self._download_entries([item.entry], None)[name])
 
-    def download(self, root: str | None = None, **_: Any) -> str:
-        """Place every file under ``root`` (default ``./artifacts/<name>:<version>``); returns the root.
+    def download(self, root: str | None = None, path_prefix: str | None = None, **_: Any) -> str:
+        """Place every file (or those under ``path_prefix``) under ``root`` (default
+        ``./artifacts/<name>:<version>``); returns the root.
 
         Files come from the shared cache, fetched only if missing there, and are hard-linked where the
         filesystem allows (copied otherwise). Nothing is written outside ``root``.
@@ -442,21 +529,55 @@ class Artifact:
             ChecksumError: a fetched file does not match its digest (nothing corrupt is cached).
         """
         client = self._require_bound("download")
-        self._download_entries(list(self._entries.values()), root)
+        entries = [e for e in self._entries.values() if not path_prefix or e.path.startswith(path_prefix)]
+        if path_prefix and not entries:
+            raise FileNotInArtifactError(f"artifact '{self.source_name}' has no file under {path_prefix!r}")
+        self._download_entries(entries, root)
         assert self._info is not None and self._download_root is not None
-        client.artifact_cache().record(f"{self._info.project}/{self._name}", self._info.label, self.manifest)
+        if not path_prefix:
+            client.artifact_cache().record(f"{self._info.project}/{self._name}", self._info.label, self.manifest)
         return self._download_root
 
+    def checkout(self, root: str | None = None) -> str:
+        """Make ``root`` hold exactly this version: download it, then remove every file it does not hold."""
+        root = self.download(root)
+        listed = {os.path.join(root, *p.split("/")) for p in self._entries}
+        for dirpath, _dirs, filenames in os.walk(root, topdown=False):
+            for filename in filenames:
+                full = os.path.join(dirpath, filename)
+                if full not in listed:
+                    os.unlink(full)
+            if dirpath != root and not os.listdir(dirpath):
+                os.rmdir(dirpath)
+        return root
+
+    def file(self, root: str | None = None) -> str:
+        """Download the one file of a single-file artifact; returns its path.
+
+        Raises:
+            InvalidInputError: the artifact holds more (or fewer) than one file.
+        """
+        if self.file_count != 1:
+            raise InvalidInputError(
+                f"file(): artifact '{self.source_name}' holds {self.file_count} files; use download() instead"
+            )
+        return self._download_entries(list(self._entries.values()), root)[next(iter(self._entries))]
+
     def verify(self, root: str | None = None) -> bool:
-        """Check that the files under ``root`` match the manifest; False (and a log line each) if not."""
+        """Check that the files under ``root`` match the manifest; True when they all do.
+
+        Raises:
+            ArtifactVerificationError: (a ``ValueError``, as W&B raises) naming every file that is missing
+                or differs.
+        """
         self._require_bound("verify")
         root = os.path.abspath(root or self._download_root or self.default_root())
-        ok = True
+        problems: list[str] = []
         for entry in self._entries.values():
             local = os.path.join(root, *entry.path.split("/"))
             problem = _compare(local, entry)
             if problem:
-                ok = False
+                problems.append(f"{entry.path} {problem}")
                 logger.warning("verify %s: %s %s", self.source_name, entry.path, problem)
                 self._drop_corrupt_cache_link(local, entry)
         listed = {os.path.join(root, *p.split("/")) for p in self._entries}
@@ -465,7 +586,10 @@ class Artifact:
                 full = os.path.join(dirpath, filename)
                 if full not in listed:
                     logger.info("verify %s: %s is not part of the artifact", self.source_name, full)
-        return ok
+        if problems:
+            shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+            raise ArtifactVerificationError(f"artifact '{self.source_name}' under {root}: {shown}")
+        return True
 
     def _drop_corrupt_cache_link(self, local: str, entry: ManifestEntry) -> None:
         # A downloaded file is often a hard link to the cached blob: if it was modified in place, the cached
@@ -495,13 +619,68 @@ class Artifact:
         return self
 
     def save(self, project: str | None = None) -> Artifact:
-        """Log this artifact with the current run, or without a run into ``project``."""
+        """A draft: log it with the current run, or without a run into ``project``. A logged version: write
+        what was changed on it (aliases added or removed, description, metadata, tags); its files never change.
+        """
         from . import run as run_module
 
+        if self._info is not None:
+            return self._save_changes()
         current = run_module.current_run()
         if current is not None and project in (None, current.project):
             return current.log_artifact(self)
         return run_module.log_artifact_without_run(self, project)
+
+
+    def _save_changes(self) -> Artifact:
+        client = self._require_bound("save")
+        info = self._logged("save")
+        wanted = list(dict.fromkeys(self._aliases))
+        update = VersionUpdate(
+            description=self.description if self.description != info.description else None,
+            metadata=self.metadata if self.metadata != dict(info.metadata) else None,
+            tags=self.tags if list(self.tags) != list(info.tags) else None,
+            add_aliases=[a for a in wanted if a not in info.aliases and a != "latest"],
+            remove_aliases=[a for a in info.aliases if a not in wanted and a != "latest"],
+        )
+        fresh = client.registry.update_version(info.project, info.name, info.version, update)
+        if fresh.manifest is None:
+            fresh = dataclasses.replace(fresh, manifest=info.manifest)
+        self._rebind_fields(fresh)
+        return self
+
+    def delete(self, delete_aliases: bool = False) -> None:
+        """Delete this version. Refused (``AliasProtectedError``) while custom aliases point at it, unless
+        ``delete_aliases``; its number is never given out again and ``latest`` moves to the newest left."""
+        client = self._require_bound("delete")
+        info = self._logged("delete")
+        client.registry.delete_version(info.project, info.name, info.version, delete_aliases=delete_aliases)
+
+    def link(self, target_path: str, aliases: list[str] | None = None) -> Artifact:
+        """Link this version into the collection ``target_path`` (``project/name`` or ``name``, in this
+        artifact's project); returns the link version, which resolves to this version's files."""
+        from ..manifest import parse_ref
+
+        client = self._require_bound("link")
+        info = self._logged("link")
+        ref = parse_ref(target_path)
+        linked = client.registry.link_version(
+            info.project, info.name, info.version, ref.project or info.project, ref.name, list(aliases or ())
+        )
+        if linked.manifest is None:
+            linked = dataclasses.replace(linked, manifest=info.manifest)
+        return Artifact._from_version(linked, client)
+
+    def new_draft(self) -> Artifact:
+        """A draft holding this version's files, description, metadata and tags, to change and log."""
+        draft = Artifact(self._name, self._type, self.description, dict(self.metadata))
+        draft._entries = dict(self._entries)
+        draft.tags = list(self.tags)
+        return draft
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, tz=datetime.timezone.utc).isoformat()
 
 
 def _compare(local: str, entry: ManifestEntry) -> str | None:

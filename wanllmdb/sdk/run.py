@@ -255,10 +255,34 @@ class Run:
         artifact = _artifact_from(artifact_or_path, name, type)
         if isinstance(aliases, str):
             aliases = [aliases]
+        if isinstance(tags, str):
+            tags = [tags]
         if self.disabled:
             logger.info("run is disabled: artifact %s not logged", artifact.name)
             return artifact
-        return _log(self._client, artifact, self.project, self.id, list(aliases or ()))
+        return _log(self._client, artifact, self.project, self.id, list(aliases or ()), list(tags or ()))
+
+    def link_artifact(self, artifact: Artifact, target_path: str, aliases: Sequence[str] | None = None) -> Artifact:
+        """Link a logged version into the collection ``target_path`` (``project/name`` or ``name``)."""
+        self._check_open("link_artifact")
+        if artifact.is_draft():
+            self.log_artifact(artifact)
+        return artifact.link(target_path, aliases)
+
+    def log_model(
+        self, path: str | os.PathLike[str], name: str | None = None, aliases: Sequence[str] | None = None
+    ) -> Artifact:
+        """Log a file or directory as a ``model`` artifact (named ``run-<id>-<basename>`` by default)."""
+        name = name or _name_from_path(f"run-{self.id}-{os.path.basename(os.path.normpath(os.fspath(path)))}")
+        return self.log_artifact(path, name=name, type="model", aliases=aliases)
+
+    def use_model(self, name: str) -> str:
+        """Use a ``model`` artifact and download it; returns the local path of its file(s)."""
+        artifact = self.use_artifact(name)
+        if artifact.type != "model":
+            raise ArtifactTypeMismatchError(f"use_model: '{name}' has type '{artifact.type}', not 'model'")
+        root = artifact.download()
+        return os.path.join(root, artifact.files()[0].path) if artifact.file_count == 1 else root
 
     def use_artifact(
         self,
@@ -273,7 +297,7 @@ class Run:
         """Resolve ``name``, ``name:v1``, ``name:latest`` or ``project/name:alias`` and record the use."""
         self._check_open("use_artifact")
         if isinstance(artifact_or_name, Artifact):
-            if artifact_or_name.version is None:
+            if artifact_or_name.is_draft():
                 artifact = self.log_artifact(artifact_or_name)
             else:
                 artifact = artifact_or_name
@@ -281,13 +305,13 @@ class Run:
             ref = parse_ref(artifact_or_name, version=version, alias=alias)
             project = ref.project or self.project
             info = self.registry.resolve(project, ref.name, ref.selector)
-            artifact = Artifact._from_version(info, self._client)
+            artifact = Artifact._from_version(info, self._client, fetched_as=ref.selector)
         if type is not None and artifact.type != type:
             raise ArtifactTypeMismatchError(
                 f"artifact '{artifact.source_name}' has type '{artifact.type}', not the requested '{type}'"
             )
         if not self.disabled:
-            self.registry.record_use(self.id, artifact.project, artifact.name, int(artifact.version[1:]))
+            self.registry.record_use(self.id, artifact.project, artifact.collection.name, int(artifact.version[1:]))
         return artifact
 
     # --- end --------------------------------------------------------------------------------------------
@@ -327,9 +351,14 @@ def _name_from_path(path: str) -> str:
 
 
 def _log(
-    client: Client, artifact: Artifact, project: str, run_id: str | None, aliases: list[str]
+    client: Client,
+    artifact: Artifact,
+    project: str,
+    run_id: str | None,
+    aliases: list[str],
+    tags: list[str] | None = None,
 ) -> Artifact:
-    if artifact.version is not None:
+    if not artifact.is_draft():
         raise InvalidInputError(
             f"artifact {artifact.qualified_name} is already logged; create a new Artifact for a new version"
         )
@@ -339,7 +368,7 @@ def _log(
     manifest = artifact.manifest
     spec = DraftSpec(
         project=validate_project(project),
-        name=artifact.name,
+        name=artifact.collection.name,
         type=artifact.type,
         manifest=manifest,
         description=artifact.description,
@@ -351,7 +380,8 @@ def _log(
         entry = manifest.get(path)
         if entry is not None:
             local_paths.setdefault(entry.sha256, local)
-    result = upload_version(client, spec, local_paths, aliases)
+    tags = list(dict.fromkeys([*artifact.tags, *(tags or ())]))
+    result = upload_version(client, spec, local_paths, aliases, tags)
     artifact._bind(result.version, client)
     artifact._cleanup_staging()
     logger.info(
@@ -480,8 +510,23 @@ def log_artifact(
     name: str | None = None,
     type: str | None = None,
     aliases: Sequence[str] | None = None,
+    tags: Sequence[str] | None = None,
 ) -> Artifact:
-    return _require_run("log_artifact").log_artifact(artifact_or_path, name=name, type=type, aliases=aliases)
+    return _require_run("log_artifact").log_artifact(
+        artifact_or_path, name=name, type=type, aliases=aliases, tags=tags
+    )
+
+
+def link_artifact(artifact: Artifact, target_path: str, aliases: Sequence[str] | None = None) -> Artifact:
+    return _require_run("link_artifact").link_artifact(artifact, target_path, aliases)
+
+
+def log_model(path: Any, name: str | None = None, aliases: Sequence[str] | None = None) -> Artifact:
+    return _require_run("log_model").log_model(path, name=name, aliases=aliases)
+
+
+def use_model(name: str) -> str:
+    return _require_run("use_model").use_model(name)
 
 
 def use_artifact(artifact_or_name: Any, type: str | None = None, **kwargs: Any) -> Artifact:

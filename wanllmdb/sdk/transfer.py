@@ -98,9 +98,13 @@ def store_pending(client: Client, pending: Mapping[str, str]) -> dict[str, FileD
 
 
 def upload_version(
-    client: Client, spec: DraftSpec, local_paths: Mapping[str, str], aliases: Sequence[str]
+    client: Client,
+    spec: DraftSpec,
+    local_paths: Mapping[str, str],
+    aliases: Sequence[str],
+    tags: Sequence[str] = (),
 ) -> FinalizeResult:
-    """Create a draft, upload the blobs the registry lacks, finalize with ``aliases``.
+    """Create a draft, upload the blobs the registry lacks, finalize with ``aliases`` and ``tags``.
 
     Args:
         local_paths: sha256 -> a local file holding those bytes.
@@ -131,7 +135,7 @@ def upload_version(
 
                 run_parallel(run_job, jobs, client.settings.transfer_threads)
         kill_point("log.finalize")
-        return registry.finalize_draft(draft.id, aliases)
+        return registry.finalize_draft(draft.id, aliases, tags)
     except BaseException:
         try:
             registry.abort_draft(draft.id)
