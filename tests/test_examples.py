@@ -31,3 +31,11 @@ def test_seed_artifact_examples_run_with_import_wanllmdb_as_wandb():
     assert "train.csv has 200 rows" in out
     assert "metadata {'accuracy': 0.92}" in out
     assert "example 4: latest is v2 (['data_v2.txt']), v1 holds ['data_v1.txt']" in out
+
+
+def test_promotion_example_aliases_after_evaluation_and_links():
+    out = _run("promotion.py")
+    assert "promoted classifier epoch-1: aliases ['epoch-1', 'production'], tags ['validated']" in out
+    assert "model-registry:champion holds ['model.pt']" in out
+    assert "serving model.pt: 'weights after epoch 1'" in out
+    assert "versions: [('v1', ['epoch-1', 'production']), ('v2', ['epoch-2', 'latest'])]" in out
