@@ -7,9 +7,10 @@ aliases, resolves by ``vN``, alias and ``latest``, lists artifacts and downloads
 It runs against the embedded registry and against the session's real server (``registry`` fixture); each
 example uses a fresh project so that examples never see each other.
 
-Adding an operation is a model method plus a rule of a few lines: the model keeps versions by number
-(not by position) so that deleting one (``delete_version``, coming with issue 10's sibling branch) is
-``versions.pop(n)`` with ``next_version`` untouched.
+Versions are deleted too (``delete_version``): the model keeps versions by number, so a deletion is
+``versions.pop(n)`` with ``next_version`` untouched (numbers are never given out again), ``latest`` falls to
+the highest left, custom aliases protect a version unless deleted with it, and an artifact whose every
+version is deleted leaves the listings.
 """
 
 from __future__ import annotations
@@ -32,7 +33,13 @@ from hypothesis.stateful import (
 )
 
 from tests.support.data import log_files
-from wanllmdb.errors import AliasError, ArtifactNotFoundError, ProjectNotFoundError, VersionNotFoundError
+from wanllmdb.errors import (
+    AliasError,
+    AliasProtectedError,
+    ArtifactNotFoundError,
+    ProjectNotFoundError,
+    VersionNotFoundError,
+)
 
 LONG = os.environ.get("WANLLMDB_LONG_TESTS") == "1"
 SETTINGS = settings(
@@ -65,6 +72,16 @@ class ArtifactModel:
     @property
     def latest(self) -> int:
         return max(self.versions)
+
+    def delete(self, version: int, delete_aliases: bool) -> bool:
+        """Whether deleting ``version`` succeeds (custom aliases on it refuse unless deleted with it)."""
+        protected = [a for a, v in self.aliases.items() if v == version]
+        if protected and not delete_aliases:
+            return False
+        for alias in protected:
+            del self.aliases[alias]
+        del self.versions[version]
+        return True
 
     def all_aliases(self) -> dict[str, int]:
         return {**self.aliases, "latest": self.latest}
@@ -111,7 +128,8 @@ class RegistryMachine(RuleBasedStateMachine):
         self.counts[what] = self.counts.get(what, 0) + n
 
     def _known(self) -> list[str]:
-        return sorted(self.model.artifacts)
+        """Artifacts with at least one version left (one whose versions are all deleted is not listed)."""
+        return sorted(name for name, art in self.model.artifacts.items() if art.versions)
 
     @rule(name=st.sampled_from(NAMES), files=FILES, aliases=st.lists(st.sampled_from(ALIASES), max_size=2))
     def log(self, name: str, files: Files, aliases: list[str]) -> None:
@@ -121,7 +139,24 @@ class RegistryMachine(RuleBasedStateMachine):
         self._count("logs")
         self._count("operations")
 
-    @precondition(lambda self: self.model.artifacts)
+    @precondition(lambda self: self._known())
+    @rule(data=st.data(), delete_aliases=st.booleans())
+    def delete_version(self, data, delete_aliases: bool) -> None:
+        name = data.draw(st.sampled_from(self._known()))
+        art = self.model.artifacts[name]
+        version = data.draw(st.integers(1, art.next_version))
+        if version not in art.versions:
+            with pytest.raises(VersionNotFoundError):
+                self.registry.delete_version(self.project, name, version, delete_aliases=delete_aliases)
+        elif art.delete(version, delete_aliases):
+            self.registry.delete_version(self.project, name, version, delete_aliases=delete_aliases)
+            self._count("deletions")
+        else:
+            with pytest.raises(AliasProtectedError):
+                self.registry.delete_version(self.project, name, version, delete_aliases=delete_aliases)
+        self._count("operations")
+
+    @precondition(lambda self: self._known())
     @rule(data=st.data(), alias=st.sampled_from(ALIASES))
     def set_alias(self, data, alias: str) -> None:
         name = data.draw(st.sampled_from(self._known()))
@@ -135,7 +170,7 @@ class RegistryMachine(RuleBasedStateMachine):
                 self.registry.set_alias(self.project, name, alias, version)
         self._count("operations")
 
-    @precondition(lambda self: self.model.artifacts)
+    @precondition(lambda self: self._known())
     @rule(data=st.data(), alias=st.sampled_from((*ALIASES, "latest")))
     def delete_alias(self, data, alias: str) -> None:
         name = data.draw(st.sampled_from(self._known()))
@@ -153,7 +188,7 @@ class RegistryMachine(RuleBasedStateMachine):
 
     @rule(name=st.sampled_from(NAMES), data=st.data())
     def resolve(self, name: str, data) -> None:
-        if name not in self.model.artifacts:
+        if name not in self._known():
             with pytest.raises((ArtifactNotFoundError, ProjectNotFoundError)):
                 self.registry.resolve(self.project, name, "latest")
             self._count("operations")
@@ -174,7 +209,7 @@ class RegistryMachine(RuleBasedStateMachine):
             assert sorted(info.aliases) == sorted(a for a, v in art.all_aliases().items() if v == expected)
         self._count("operations")
 
-    @precondition(lambda self: self.model.artifacts)
+    @precondition(lambda self: self._known())
     @rule(data=st.data())
     def download(self, data) -> None:
         import wanllmdb
@@ -199,9 +234,12 @@ class RegistryMachine(RuleBasedStateMachine):
     def listings_match(self) -> None:
         if not hasattr(self, "model") or not self.model.artifacts:
             return
+        if not self._known():
+            return
         summaries = {s.name: s for s in self.registry.list_artifacts(self.project)}
         assert sorted(summaries) == self._known()
-        for name, art in self.model.artifacts.items():
+        for name in self._known():
+            art = self.model.artifacts[name]
             info = self.registry.get_artifact(self.project, name)
             assert [v.version for v in info.versions] == sorted(art.versions)
             assert dict(info.aliases) == art.all_aliases()
@@ -216,4 +254,4 @@ def test_registry_answers_as_the_model_does(registry, tmp_path):
     machine = _machine_for(registry, str(tmp_path))
     run_state_machine_as_test(machine, settings=SETTINGS)
     assert machine.counts["logs"] > SETTINGS.max_examples
-    assert machine.counts["downloads"] > 0
+    assert machine.counts["downloads"] > 0 and machine.counts.get("deletions", 0) > 0
