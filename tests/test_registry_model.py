@@ -15,6 +15,7 @@ version is deleted leaves the listings.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import uuid
@@ -253,5 +254,6 @@ def _machine_for(registry, workdir: str) -> type[RegistryMachine]:
 def test_registry_answers_as_the_model_does(registry, tmp_path):
     machine = _machine_for(registry, str(tmp_path))
     run_state_machine_as_test(machine, settings=SETTINGS)
+    logging.getLogger(__name__).info("registry model: %s", machine.counts)
     assert machine.counts["logs"] > SETTINGS.max_examples
     assert machine.counts["downloads"] > 0 and machine.counts.get("deletions", 0) > 0
