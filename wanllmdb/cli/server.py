@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description="Serve the registry under --root over HTTP: the API under /api/v1, docs at /docs.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    parser.add_argument("--port", type=_port, default=8080, help="port (default 8080; 0 picks a free one)")
     parser.add_argument("--root", help="registry directory (default: WANLLMDB_DIR or the user data dir)")
     parser.add_argument(
         "--api-key",
@@ -48,21 +48,41 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
+#: The shortest draft lifetime accepted: a writer's draft must outlive its upload URLs, and at least this.
+MIN_DRAFT_MAX_AGE = 60.0
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0 to 65535 (0 picks a free one), not {port}")
+    return port
+
+
 def _duration(text: str, flag: str) -> float:
     # A bare number means seconds here (config.parse_duration reads it as days, as cache ages are).
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
-        pass
-    seconds = parse_duration(text)
-    if seconds <= 0:
-        raise ConfigError(f"{flag} must be positive: {text!r}")
+        seconds = parse_duration(text)
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(f"{flag} must be a positive duration (e.g. 90s, 30m, 1h), not {text!r}")
     return seconds
 
 
 def build_config(args: argparse.Namespace) -> ServerConfig:
     """The server's configuration from the command line and the environment."""
 
+    url_ttl = _duration(args.url_ttl, "--url-ttl")
+    draft_max_age = _duration(args.draft_max_age, "--draft-max-age")
+    if draft_max_age < max(url_ttl, MIN_DRAFT_MAX_AGE):
+        raise ConfigError(
+            f"--draft-max-age ({args.draft_max_age}) must be at least --url-ttl ({args.url_ttl}) and at least "
+            f"{MIN_DRAFT_MAX_AGE:g}s: shorter, drafts would expire while their uploads are still running"
+        )
     keys = [k.strip() for k in args.api_key if k.strip()]
     keys += [k.strip() for k in os.environ.get("WANLLMDB_SERVER_API_KEYS", "").split(",") if k.strip()]
     secret = os.environ.get("WANLLMDB_SERVER_SECRET") or None
@@ -70,8 +90,8 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         root=os.path.abspath(os.path.expanduser(args.root or load_settings().data_dir)),
         api_keys=tuple(dict.fromkeys(keys)),
         secret=secret.encode() if secret else None,
-        url_ttl=_duration(args.url_ttl, "--url-ttl"),
-        draft_max_age=_duration(args.draft_max_age, "--draft-max-age"),
+        url_ttl=url_ttl,
+        draft_max_age=draft_max_age,
         max_json_bytes=parse_size(args.max_json_size),
         public_url=args.public_url,
     )

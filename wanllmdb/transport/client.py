@@ -132,7 +132,12 @@ class HttpTransport:
                     raise_for_status(response, server=self.server)
                     return _parse_json(response, self.server)
             except (ServerError, ServerUnreachableError) as exc:
-                retry = isinstance(exc, ServerUnreachableError) or exc.status in RETRY_STATUSES
+                # A connection that could not be made was already retried by the session, for every method;
+                # an answer lost after the request went out is worth one more round, no more.
+                if isinstance(exc, ServerUnreachableError):
+                    retry = attempt == 0 and not _never_connected(exc)
+                else:
+                    retry = exc.status in RETRY_STATUSES
                 if not retry or attempt + 1 >= attempts:
                     raise
                 delay = min(10.0, self.backoff * 2**attempt)
@@ -413,3 +418,11 @@ def _parse_json(response: requests.Response, server: str) -> Any:
             status=response.status_code,
             response=response,
         ) from exc
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """Whether the request failed before it was sent (no connection could be made)."""
+    cause = exc.__cause__
+    return isinstance(cause, requests.ConnectTimeout) or (
+        isinstance(cause, requests.ConnectionError) and "NewConnectionError" in repr(cause)
+    )

@@ -9,13 +9,20 @@ Retries are urllib3's ``Retry`` on the adapter, so they cost nothing on the happ
   repeated after a lost answer would not be safe. Requests known to be safe to repeat (creating a
   draft, presigning URLs) are retried by :mod:`.client` instead.
 
+A server that does not answer is retried for about ``retry_window()`` seconds per request (7.5 s with the
+defaults; a request that may be repeated at most twice that): the first retry says so once, in one log line
+naming the server and how long the retries may take, instead of urllib3's line per attempt.
+
 Request bodies are sent in 1 MiB blocks rather than urllib3's default 16 KiB (fewer Python calls per
 byte; see NOTES-performance.md).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+import time
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -29,6 +36,61 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 BLOCK_SIZE = 1 << 20
 DEFAULT_RETRIES = 5
 DEFAULT_BACKOFF = 0.25
+BACKOFF_MAX = 10.0
+#: A server's retries are announced at most this often.
+ANNOUNCE_INTERVAL = 60.0
+
+logger = logging.getLogger(__name__)
+
+
+def retry_window(retries: int = DEFAULT_RETRIES, backoff: float = DEFAULT_BACKOFF) -> float:
+    """Seconds of backoff the retries of one request may add (urllib3: none before the second retry, then
+    ``backoff * 2**(n-1)`` each, at most BACKOFF_MAX)."""
+    return sum(min(BACKOFF_MAX, backoff * 2 ** (n - 1)) for n in range(2, retries + 1))
+
+
+class _AnnouncingRetry(Retry):
+    """urllib3's ``Retry`` that says once per server (and per ANNOUNCE_INTERVAL) that it is retrying, and for
+    how long at most; urllib3's own line per attempt is filtered out (:class:`_NoRetryLines`)."""
+
+    _announced: dict[str, float] = {}
+    _lock = threading.Lock()
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        if not self.history and _pool is not None:
+            server = f"{_pool.scheme}://{_pool.host}:{_pool.port}"
+            now = time.monotonic()
+            with self._lock:
+                due = now - self._announced.get(server, -ANNOUNCE_INTERVAL) >= ANNOUNCE_INTERVAL
+                if due:
+                    self._announced[server] = now
+            if due:
+                why = error if error is not None else f"HTTP {response.status}" if response is not None else "failed"
+                logger.warning(
+                    "%s is not answering (%s); retrying for up to %.0fs",
+                    server,
+                    _short(why),
+                    retry_window(self.total or 0, self.backoff_factor),
+                )
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
+def _short(why: object) -> str:
+    text = str(why)
+    for marker in ("Connection refused", "timed out", "Connection reset", "Name or service not known"):
+        if marker in text:
+            return marker.lower()
+    return text[:120]
+
+
+class _NoRetryLines(logging.Filter):
+    """Drops urllib3's "Retrying (Retry(total=...)) after connection broken by ..." lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Retrying (")
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_NoRetryLines())
 
 
 class _LargeBlockAdapter(HTTPAdapter):
@@ -41,14 +103,14 @@ class _LargeBlockAdapter(HTTPAdapter):
 
 def make_retry(retries: int = DEFAULT_RETRIES, backoff: float = DEFAULT_BACKOFF) -> Retry:
     """The retry policy every session uses (see the module docstring)."""
-    return Retry(
+    return _AnnouncingRetry(
         total=retries,
         connect=retries,
         read=min(retries, 2),
         status=retries,
         other=0,
         backoff_factor=backoff,
-        backoff_max=10.0,
+        backoff_max=BACKOFF_MAX,
         status_forcelist=RETRY_STATUSES,
         allowed_methods=IDEMPOTENT_METHODS,
         raise_on_status=False,
