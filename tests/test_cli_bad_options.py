@@ -55,9 +55,8 @@ def test_an_unreachable_server_is_retried_quietly_then_named(tmp_path):
     src.write_text("data")
     url = f"http://127.0.0.1:{_free_port()}"
     started = time.monotonic()
-    result = run_cli(
-        "artifact", "put", str(src), "-p", "p", "-n", "n", "-t", "dataset", env={**os.environ, "WANLLMDB_BASE_URL": url}, timeout=60
-    )
+    env = {**os.environ, "WANLLMDB_BASE_URL": url}
+    result = run_cli("artifact", "put", str(src), "-p", "p", "-n", "n", "-t", "dataset", env=env, timeout=60)
     took = time.monotonic() - started
     assert result.returncode != 0 and "Traceback" not in result.stderr
     lines = _lines(result.stderr)
