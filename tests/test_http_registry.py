@@ -98,7 +98,7 @@ def test_client_killed_mid_log_leaves_no_version_and_relog_uploads_only_the_rest
 
 
 def test_drafts_left_behind_are_removed_after_draft_max_age(make_server, project, tmp_path):
-    server = make_server(draft_max_age="1s")
+    server = make_server(draft_max_age="1s", url_ttl="1s")
     reg = server.registry()
     try:
         manifest, _ = manifest_of(write_files(tmp_path / "src", 3))

@@ -48,10 +48,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-#: The shortest draft lifetime accepted: a writer's draft must outlive its upload URLs, and at least this.
-MIN_DRAFT_MAX_AGE = 60.0
-
-
 def _port(text: str) -> int:
     try:
         port = int(text)
@@ -78,10 +74,10 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
 
     url_ttl = _duration(args.url_ttl, "--url-ttl")
     draft_max_age = _duration(args.draft_max_age, "--draft-max-age")
-    if draft_max_age < max(url_ttl, MIN_DRAFT_MAX_AGE):
+    if draft_max_age < url_ttl:
         raise ConfigError(
-            f"--draft-max-age ({args.draft_max_age}) must be at least --url-ttl ({args.url_ttl}) and at least "
-            f"{MIN_DRAFT_MAX_AGE:g}s: shorter, drafts would expire while their uploads are still running"
+            f"--draft-max-age ({args.draft_max_age}) must be at least --url-ttl ({args.url_ttl}): shorter, "
+            "drafts would expire while their uploads are still running"
         )
     keys = [k.strip() for k in args.api_key if k.strip()]
     keys += [k.strip() for k in os.environ.get("WANLLMDB_SERVER_API_KEYS", "").split(",") if k.strip()]
