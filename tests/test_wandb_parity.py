@@ -168,6 +168,8 @@ def test_checkout_file_new_draft_and_delete(backend, project, files, tmp_path):
     with pytest.raises(AliasProtectedError):
         small.delete()
     small.delete(delete_aliases=True)
+    with pytest.raises(CommError, match="deleted"):
+        small.download(str(tmp_path / "gone"))
     assert wandb.Api().artifact(f"{project}/ds:latest").version == "v1"
     with pytest.raises(CommError):
         wandb.Api().artifact(f"{project}/ds:v2")

@@ -28,6 +28,7 @@ from ..errors import (
     InvalidInputError,
     InvalidPathError,
     LocalFileNotFoundError,
+    VersionNotFoundError,
 )
 from ..manifest import (
     Manifest,
@@ -152,6 +153,7 @@ class Artifact:
         self._aliases: list[str] = []
         # "name:v3" or "name:best" for an artifact fetched by that ref; None for one logged here.
         self._fetched_as: str | None = None
+        self._deleted = False
 
     # --- construction from a registry version -----------------------------------------------------------
 
@@ -488,6 +490,8 @@ class Artifact:
             raise ArtifactFinalizedError(
                 f"{what}: artifact '{self._name}' has not been logged; call run.log_artifact() first"
             )
+        if self._deleted:
+            raise VersionNotFoundError(f"{what}: artifact '{self.qualified_name}' was deleted")
         return self._client
 
     def get_entry(self, name: str) -> ArtifactFile:
@@ -655,6 +659,7 @@ class Artifact:
         client = self._require_bound("delete")
         info = self._logged("delete")
         client.registry.delete_version(info.project, info.name, info.version, delete_aliases=delete_aliases)
+        self._deleted = True
 
     def link(self, target_path: str, aliases: list[str] | None = None) -> Artifact:
         """Link this version into the collection ``target_path`` (``project/name`` or ``name``, in this
