@@ -207,3 +207,12 @@ def test_link_of_a_fetched_version_and_a_deleted_handle_downloads_nothing(backen
     with pytest.raises(CommError, match="deleted"):
         art.get_path("train.csv")
     assert not (tmp_path / "gone").exists()
+
+
+def test_api_lists_types_and_collections_of_a_project(backend, project, files):
+    _log(project, files)
+    with wandb.init(project=project) as run:
+        run.log_model(str(files / "train.csv"), name="clf")
+    api = wandb.Api()
+    assert [t.name for t in api.artifact_types(project)] == ["dataset", "model"]
+    assert [(c.name, c.type) for c in api.artifact_collections(project, "model")] == [("clf", "model")]
