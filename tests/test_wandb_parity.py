@@ -191,3 +191,30 @@ def test_links_log_model_use_model_and_run_lineage(backend, project, files):
     assert [(a.collection.name, a.version) for a in logged] == [("clf", "v1")]
     used = wandb.Api().run(f"{project}/{user_id}").used_artifacts()
     assert [(a.collection.name, a.version) for a in used] == [("clf", "v1")]
+
+
+def test_link_of_a_fetched_version_and_a_deleted_handle_downloads_nothing(backend, project, files, tmp_path):
+    _log(project, files)
+    art = wandb.Api().artifact(f"{project}/ds:v1")
+    assert [f.name for f in art.files(names=["train.csv"])] == ["train.csv"]
+    linked = art.link(f"{project}/datasets", aliases=["golden"])
+    assert linked.name == "datasets:v1" and "golden" in linked.aliases
+    assert wandb.Api().artifact(f"{project}/datasets:golden").get_entry("train.csv").sha256 == art.get_entry(
+        "train.csv"
+    ).sha256
+    art.delete(delete_aliases=True)
+    assert art.state == "DELETED"
+    with pytest.raises(CommError, match="deleted"):
+        art.download(str(tmp_path / "gone"))
+    with pytest.raises(CommError, match="deleted"):
+        art.get_path("train.csv")
+    assert not (tmp_path / "gone").exists()
+
+
+def test_api_lists_types_and_collections_of_a_project(backend, project, files):
+    _log(project, files)
+    with wandb.init(project=project) as run:
+        run.log_model(str(files / "train.csv"), name="clf")
+    api = wandb.Api()
+    assert [t.name for t in api.artifact_types(project)] == ["dataset", "model"]
+    assert [(c.name, c.type) for c in api.artifact_collections(project, "model")] == [("clf", "model")]

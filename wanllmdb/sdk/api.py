@@ -142,6 +142,16 @@ class Api:
         """The artifacts of type ``type_name`` in ``project`` (default: the default project)."""
         return ArtifactType(self._client, self._project_for(project, type_name), type_name)
 
+    def artifact_types(self, project: str | None = None) -> list[ArtifactType]:
+        """One ``ArtifactType`` per type logged in ``project`` (default: the default project)."""
+        project = self._project_for(project, "artifact_types")
+        types = sorted({s.type for s in self.registry.list_artifacts(project)})
+        return [ArtifactType(self._client, project, t) for t in types]
+
+    def artifact_collections(self, project_name: str, type_name: str, **_: Any) -> list[ArtifactCollection]:
+        """The collections of type ``type_name`` in ``project_name`` (W&B's ``per_page`` is accepted)."""
+        return self.artifact_type(type_name, project_name).collections()
+
     def run(self, path: str) -> ApiRun:
         """A run by id (``project/id`` and ``entity/project/id`` accepted): its record (config, summary, state)
         and ``logged_artifacts()`` / ``used_artifacts()``."""

@@ -153,7 +153,6 @@ class Artifact:
         self._aliases: list[str] = []
         # "name:v3" or "name:best" for an artifact fetched by that ref; None for one logged here.
         self._fetched_as: str | None = None
-        self._deleted = False
 
     # --- construction from a registry version -----------------------------------------------------------
 
@@ -262,7 +261,7 @@ class Artifact:
 
     @property
     def state(self) -> str:
-        return "COMMITTED" if self._info else "PENDING"
+        return self._info.state if self._info else "PENDING"
 
     @property
     def manifest(self) -> Manifest:
@@ -282,9 +281,16 @@ class Artifact:
     def file_count(self) -> int:
         return len(self._entries) + len(self._pending)
 
-    def files(self) -> list[ArtifactFile]:
+    def files(self, names: list[str] | None = None, per_page: int = 50) -> list[ArtifactFile]:
+        """The artifact's files (only those in ``names`` when given); ``per_page`` is W&B's paging, unused
+        here: the manifest is already local."""
         self._hash_pending()
-        return [ArtifactFile(path, self, self._local_paths.get(path)) for path in self._entries]
+        wanted = set(names) if names is not None else None
+        return [
+            ArtifactFile(path, self, self._local_paths.get(path))
+            for path in self._entries
+            if wanted is None or path in wanted
+        ]
 
     def _entry_for(self, path: str) -> ManifestEntry:
         if path in self._pending:
@@ -490,9 +496,14 @@ class Artifact:
             raise ArtifactFinalizedError(
                 f"{what}: artifact '{self._name}' has not been logged; call run.log_artifact() first"
             )
-        if self._deleted:
-            raise VersionNotFoundError(f"{what}: artifact '{self.qualified_name}' was deleted")
         return self._client
+
+    def _require_live(self, what: str) -> Client:
+        client = self._require_bound(what)
+        assert self._info is not None
+        if self._info.state == "DELETED":
+            raise VersionNotFoundError(f"{what}: artifact '{self.qualified_name}' was deleted")
+        return client
 
     def get_entry(self, name: str) -> ArtifactFile:
         entry = self._entries.get(name) or (self._entry_for(name) if name in self._pending else None)
@@ -508,7 +519,7 @@ class Artifact:
     def _download_entries(self, entries: list[ManifestEntry], root: str | None) -> dict[str, str]:
         from .transfer import fetch_files
 
-        client = self._require_bound("download")
+        client = self._require_live("download")
         root = root or self._download_root or self.default_root()
         placer = Placer(root)
         paths = fetch_files(client, entries, placer, label=self.qualified_name or self._name)
@@ -532,7 +543,7 @@ class Artifact:
         Raises:
             ChecksumError: a fetched file does not match its digest (nothing corrupt is cached).
         """
-        client = self._require_bound("download")
+        client = self._require_live("download")
         entries = [e for e in self._entries.values() if not path_prefix or e.path.startswith(path_prefix)]
         if path_prefix and not entries:
             raise FileNotInArtifactError(f"artifact '{self.source_name}' has no file under {path_prefix!r}")
@@ -635,7 +646,6 @@ class Artifact:
             return current.log_artifact(self)
         return run_module.log_artifact_without_run(self, project)
 
-
     def _save_changes(self) -> Artifact:
         client = self._require_bound("save")
         info = self._logged("save")
@@ -659,7 +669,7 @@ class Artifact:
         client = self._require_bound("delete")
         info = self._logged("delete")
         client.registry.delete_version(info.project, info.name, info.version, delete_aliases=delete_aliases)
-        self._deleted = True
+        self._info = dataclasses.replace(info, state="DELETED")
 
     def link(self, target_path: str, aliases: list[str] | None = None) -> Artifact:
         """Link this version into the collection ``target_path`` (``project/name`` or ``name``, in this
