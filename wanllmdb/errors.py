@@ -284,6 +284,15 @@ class CacheError(WanllmdbError, OSError):
         return str(self.args[0]) if self.args else ""
 
 
+class DatabaseError(WanllmdbError, OSError):
+    """A SQLite database file (registry, cache index) is damaged or is not a database; the message names it."""
+
+    code = "database_error"
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class FetchError(WanllmdbError, OSError):
     """Bytes could not be fetched in time or at all (the mount turns this into EIO)."""
 
