@@ -56,14 +56,14 @@ LARGE_DRAFT_BYTES = 1024 * 1024
 MAX_LARGE_DRAFTS = 2
 #: How long a large draft waits for its turn before the server answers 503 (with Retry-After).
 LARGE_DRAFT_WAIT = 30.0
-_large_drafts: asyncio.Semaphore | None = None
 
 
-def _draft_turns() -> asyncio.Semaphore:
-    global _large_drafts
-    if _large_drafts is None:
-        _large_drafts = asyncio.Semaphore(MAX_LARGE_DRAFTS)
-    return _large_drafts
+def _draft_turns(request: Request) -> asyncio.Semaphore:
+    """The app's turns for large drafts (made on first use, inside the app's event loop)."""
+    turns = getattr(request.app.state, "large_draft_turns", None)
+    if turns is None:
+        turns = request.app.state.large_draft_turns = asyncio.Semaphore(MAX_LARGE_DRAFTS)
+    return turns
 
 
 @router.post(
@@ -84,7 +84,7 @@ async def create_draft(request: Request) -> StreamingResponse:
     base = state.base_url(str(request.base_url))
     declared = request.headers.get("content-length")
     large = declared is None or not declared.isdigit() or int(declared) > LARGE_DRAFT_BYTES
-    turns = _draft_turns()
+    turns = _draft_turns(request)
     if large:
         try:
             await asyncio.wait_for(turns.acquire(), LARGE_DRAFT_WAIT)
