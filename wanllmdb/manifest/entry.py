@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -196,14 +195,12 @@ class Manifest:
     @cached_property
     def digest(self) -> str:
         """SHA-256 over the sorted (path, size, sha256) triples, a reference's URI appended to its triple."""
-        # The JSON of the whole list, hashed entry by entry so that no copy of it is ever held.
-        sha = hashlib.sha256(b"[")
-        for i, e in enumerate(self.entries.values()):
-            triple = [e.path, e.size, e.sha256, *([e.ref] if e.ref is not None else [])]
-            item = json.dumps(triple, separators=(",", ":"), ensure_ascii=False)
-            sha.update((("," if i else "") + item).encode("utf-8"))
-        sha.update(b"]")
-        return sha.hexdigest()
+        canonical = json.dumps(
+            [[e.path, e.size, e.sha256, *([e.ref] if e.ref is not None else [])] for e in self.entries.values()],
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     @cached_property
     def size(self) -> int:
@@ -221,15 +218,7 @@ class Manifest:
         return {"format": MANIFEST_FORMAT, "entries": [e.to_dict() for e in self.entries.values()]}
 
     def to_json(self) -> str:
-        """``json.dumps(self.to_dict())``, written entry by entry (no dict of each entry held at once)."""
-        out = io.StringIO()
-        out.write(f'{{"format":{MANIFEST_FORMAT},"entries":[')
-        for i, e in enumerate(self.entries.values()):
-            if i:
-                out.write(",")
-            out.write(json.dumps(e.to_dict(), separators=(",", ":"), ensure_ascii=False))
-        out.write("]}")
-        return out.getvalue()
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, consume: bool = False) -> Manifest:
