@@ -58,6 +58,9 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    except OverflowError:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: not a port (expected 0..65535)") from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
