@@ -52,6 +52,10 @@ LOOP_EXIT_GRACE = 2.0
 M_ARENA_MAX, M_MMAP_THRESHOLD = -8, -3  # glibc mallopt parameters
 #: Bytes of kernel read-ahead asked for on the mount's device (one FUSE request is at most 1 MiB).
 READ_AHEAD_KB = 4096
+#: Retries of a request by the mount's HTTP transport: one, at once. A refused connection must reach the
+#: catalog's circuit breaker in milliseconds (it then leaves the server alone and serves what it has), not
+#: after the transport's default ~8 s of backoff (twice that for a presign), during which uncached reads wait.
+MOUNT_RETRIES = 1
 #: How long the check that a mount lost its process waits for an answer; a mount that takes longer is alive.
 DEAD_PROBE_TIMEOUT = 2.0
 
@@ -427,7 +431,7 @@ class _Daemon:
 
         options = self.options
         settings = options.settings
-        self.registry = registry = open_registry(settings)
+        self.registry = registry = open_registry(settings, retries=MOUNT_RETRIES)
         self.cache = cache = open_cache(settings)
         self.fs = open_filesystem(
             registry, cache, project=options.project, metadata_ttl=options.metadata_ttl, timeout=settings.timeout
