@@ -174,7 +174,8 @@ def test_new_versions_and_moved_aliases_show_after_the_ttl(registry, make_fs, pr
 
 
 def test_listings_and_cached_files_survive_the_registry_going_down(registry, make_fs, project, tmp_path):
-    log_version(registry, tmp_path, project, "a", {"f.txt": b"cached", "g.txt": b"never read"})
+    files = {"f.txt": b"cached", "g.txt": b"never read", "big.bin": os.urandom(3 * CHUNK)}
+    log_version(registry, tmp_path, project, "a", files, chunk_size=CHUNK)
     switch = Switchable(registry)
     fs = make_fs(switch, metadata_ttl=0.05, timeout=2)
     assert read_file(fs, f"/{project}/a/v1/f.txt") == b"cached"
@@ -190,6 +191,15 @@ def test_listings_and_cached_files_survive_the_registry_going_down(registry, mak
     with pytest.raises(FetchError, match="not answering"):
         read_file(fs, f"/{project}/a/v1/g.txt")
     assert time.monotonic() - started < 1
+    # So do the chunks of a large file, even from a registry that would stall rather than refuse.
+    switch.stall.clear()
+    try:
+        started = time.monotonic()
+        with pytest.raises(FetchError, match="not answering"):
+            read_file(fs, f"/{project}/a/v1/big.bin")
+        assert time.monotonic() - started < 1
+    finally:
+        switch.stall.set()
 
 
 def test_a_stalled_registry_fails_lookups_after_the_timeout(registry, make_fs, project, tmp_path):

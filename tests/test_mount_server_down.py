@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tests.support.mount import log_version, wait_until
+from tests.support.server import start_server
 
 pytestmark = [pytest.mark.fuse, pytest.mark.server]
 
@@ -33,20 +34,41 @@ def _cat(path) -> subprocess.CompletedProcess:
     return subprocess.run(["cat", str(path)], capture_output=True, timeout=60)
 
 
-def _check_served_while_down(mnt, version, artifact_dir):
+def _ls_l(path) -> subprocess.CompletedProcess:
+    return subprocess.run(["ls", "-l", str(path)], capture_output=True, timeout=60)
+
+
+def _check_served_while_down(mnt, version, artifact_dir, cold_bound):
     time.sleep(TTL * 2)  # every listing on the way has expired
     for _ in range(3):  # and again: no lookup may wait on the server, the first nor the later ones
         out, took = _timed(lambda: _cat(version / "cached.txt"))
         assert out.returncode == 0 and out.stdout == b"cached" and took < PROMPT, took
-        listing, took = _timed(lambda: subprocess.run(["ls", "-l", str(version)], capture_output=True, timeout=60))
-        assert listing.returncode == 0 and b"cached.txt" in listing.stdout and took < PROMPT, took
-        names, took = _timed(lambda: sorted(os.listdir(artifact_dir)))
-        assert names == ["latest", "v1"] and took < PROMPT, took
+        sha, took = _timed(lambda: os.getxattr(version / "cached.txt", "user.wanllmdb.sha256"))
+        assert len(sha) == 64 and took < PROMPT, took
+        for listed, name in ((version, b"cached.txt"), (artifact_dir, b"latest -> v1"), (artifact_dir.parent, b"a")):
+            listing, took = _timed(lambda d=listed: _ls_l(d))
+            assert listing.returncode == 0 and name in listing.stdout and took < PROMPT, (listed, took)
+        names, took = _timed(lambda: sorted(os.listdir(mnt.path)))
+        assert "down" in names and took < PROMPT, took
         time.sleep(TTL)
     for cold_file in ("other/cold.txt", "big/cold.bin"):  # never read: not in the cache
         cold, took = _timed(lambda f=cold_file: _cat(version / f))
         assert cold.returncode != 0 and b"Input/output error" in cold.stderr, cold_file
-        assert took < TIMEOUT + PROMPT, (cold_file, took)
+        assert took < cold_bound, (cold_file, took)
+
+
+def _check_back(server, tmp_path, version, artifact_dir):
+    """A version logged now shows up again, and the cold files read."""
+    registry = server.registry()
+    try:
+        log_version(registry, tmp_path, "down", "a", {"cached.txt": b"second"})
+    finally:
+        registry.close()
+    wait_until(lambda: "v2" in os.listdir(artifact_dir), 30, "v2 to show once the server answers again")
+    assert (artifact_dir / "v2" / "cached.txt").read_bytes() == b"second"
+    wait_until(lambda: _cat(version / "other" / "cold.txt").returncode == 0, 30, "the cold file to read")
+    assert (version / "other" / "cold.txt").read_bytes() == b"never read"
+    assert (version / "big" / "cold.bin").read_bytes() == BIG
 
 
 @pytest.mark.parametrize("fault", ["stalled", "killed"])
@@ -69,23 +91,22 @@ def test_cached_files_and_seen_listings_stay_prompt_while_the_server_is_down(
     assert sorted(os.listdir(version)) == ["big", "cached.txt", "other"]
     assert os.listdir(version / "other") == ["cold.txt"] and os.listdir(version / "big") == ["cold.bin"]
     pid = server.process.pid
-    if fault == "killed":
-        os.kill(pid, signal.SIGKILL)
-        server.process.wait(10)
-        _check_served_while_down(mnt, version, artifact_dir)
+    if fault == "stalled":
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            _check_served_while_down(mnt, version, artifact_dir, cold_bound=TIMEOUT + PROMPT)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        _check_back(server, tmp_path, version, artifact_dir)
         return
-    os.kill(pid, signal.SIGSTOP)
+    os.kill(pid, signal.SIGKILL)
+    server.process.wait(10)
+    # A refused connection is known at once: an uncached read fails without waiting out any timeout.
+    _check_served_while_down(mnt, version, artifact_dir, cold_bound=PROMPT)
+    # The same server started again where the killed one was (its root, port and key).
+    port = int(server.url.rpartition(":")[2])
+    again = start_server(os.path.dirname(server.root), api_key=server.api_key, port=port)
     try:
-        _check_served_while_down(mnt, version, artifact_dir)
+        _check_back(again, tmp_path, version, artifact_dir)
     finally:
-        os.kill(pid, signal.SIGCONT)
-    # Back: a version logged now shows up again, and the cold file reads.
-    registry = server.registry()
-    try:
-        log_version(registry, tmp_path, "down", "a", {"cached.txt": b"second"})
-    finally:
-        registry.close()
-    wait_until(lambda: "v2" in os.listdir(artifact_dir), 30, "v2 to show once the server answers again")
-    assert (artifact_dir / "v2" / "cached.txt").read_bytes() == b"second"
-    assert (version / "other" / "cold.txt").read_bytes() == b"never read"
-    assert (version / "big" / "cold.bin").read_bytes() == BIG
+        again.stop()

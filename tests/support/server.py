@@ -86,11 +86,13 @@ def start_server(
     extra_args: tuple[str, ...] = (),
     quiet: bool = False,
     extra_env: dict[str, str] | None = None,
+    port: int = 0,
 ) -> ServerProcess:
     """Start a server on a free port under ``root`` and wait until it answers its health check.
 
     Args:
         api_key: True for a random key, a string for that key, None/False for no key.
+        port: a given port instead of a free one (to start a server again where a killed one was).
         extra_env: variables added to the server's environment (which otherwise has no ``WANLLMDB_*``).
     """
     root = str(root)
@@ -100,7 +102,7 @@ def start_server(
     log_path = os.path.join(root, "server.log")
     cmd = [
         sys.executable, "-m", "wanllmdb.cli.main", "server",
-        "--host", host, "--port", "0", "--root", os.path.join(root, "registry"), "--port-file", port_file,
+        "--host", host, "--port", str(port), "--root", os.path.join(root, "registry"), "--port-file", port_file,
     ]  # fmt: skip
     if key:
         cmd += ["--api-key", key]

@@ -8,7 +8,8 @@
 - A registry that failed (an error or a timeout) is remembered as down for ``DOWN_BACKOFF`` seconds:
   meanwhile no lookup waits on it. Expired listings are served as they are, and something never seen fails
   at once (EIO) instead of costing every lookup a full timeout; the first lookup after the backoff tries
-  again.
+  again. Blob fetches ask :meth:`Catalog.registry_down` too (``core._unless_down``), so uncached reads
+  fail at once meanwhile.
 - "Not found" answers are kept ``ttl`` seconds as well, so a shell probing names does not hammer the server.
 - Version trees never change once finalized: an LRU bounded by the total number of entries it holds keeps
   the recently used ones (a version larger than the whole bound is still kept, alone), so memory stays flat

@@ -27,9 +27,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from cachetools import TTLCache
 
@@ -53,6 +54,8 @@ from .reader import ChunkReader, Handle
 from .tree import Attr, DirNode, FileNode, LinkNode, VersionRef, artifact_listing, dir_attr, split_path
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 XATTR_PREFIX = "user.wanllmdb."
 XATTR_SHA256 = XATTR_PREFIX + "sha256"
@@ -359,8 +362,6 @@ class ArtifactFS:
         node = here.node
         assert isinstance(node, FileNode)
         if not node.entry.is_chunked and node.entry.size:
-            if self.catalog.registry_down() and not self.reader.cache.contains(node.entry.sha256):
-                raise FetchError(f"{here.label}: not cached, and {self.catalog.down_reason()}")
             self._prepare_siblings(here)
         handle = self.reader.open(node.entry, here.label)
         fh = next(self._fh)
@@ -465,12 +466,26 @@ def open_filesystem(
         timeout: seconds a read or lookup waits on a registry call that makes no progress.
     """
     stop: Future[None] = Future()
-    reader = ChunkReader(cache, registry.fetch_range_into, registry.fetch_blob, stop=stop, timeout=timeout)
     meta_pool = ThreadPoolExecutor(METADATA_WORKERS, thread_name_prefix="wanllmdb-meta")
     catalog = Catalog(
         registry, Flights(meta_pool, stop), ttl=metadata_ttl, timeout=timeout, max_tree_entries=max_tree_entries
     )
+    fetch_range_into, fetch_blob = (_unless_down(catalog, f) for f in (registry.fetch_range_into, registry.fetch_blob))
+    reader = ChunkReader(cache, fetch_range_into, fetch_blob, stop=stop, timeout=timeout)
     return ArtifactFS(catalog, reader, stop=stop, project=project, pools=(meta_pool,))
+
+
+def _unless_down(catalog: Catalog, fetch: Callable[..., T]) -> Callable[..., T]:
+    """``fetch`` (a registry's blob fetcher, called with the blob's SHA-256 first), failing at once while the
+    catalog holds the registry for down: an uncached read then fails without waiting out the timeout, as a
+    lookup of something never seen does. Cached bytes never reach a fetcher."""
+
+    def fetch_unless_down(sha256: str, *args: Any) -> T:
+        if catalog.registry_down():
+            raise FetchError(f"blob {sha256[:12]} is not cached, and {catalog.down_reason()}")
+        return fetch(sha256, *args)
+
+    return fetch_unless_down
 
 
 def _check_name(validate, name: str, path: str) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import hashlib
 import json
 import logging
@@ -51,6 +52,12 @@ LOOP_EXIT_GRACE = 2.0
 M_ARENA_MAX, M_MMAP_THRESHOLD = -8, -3  # glibc mallopt parameters
 #: Bytes of kernel read-ahead asked for on the mount's device (one FUSE request is at most 1 MiB).
 READ_AHEAD_KB = 4096
+#: Retries of a request by the mount's HTTP transport: one, at once. A refused connection must reach the
+#: catalog's circuit breaker in milliseconds (it then leaves the server alone and serves what it has), not
+#: after the transport's default ~8 s of backoff (twice that for a presign), during which uncached reads wait.
+MOUNT_RETRIES = 1
+#: How long the check that a mount lost its process waits for an answer; a mount that takes longer is alive.
+DEAD_PROBE_TIMEOUT = 2.0
 
 
 # --- the mount table ------------------------------------------------------------------------------------
@@ -137,10 +144,13 @@ def recover_dead_mount(mountpoint: str, entry: MountEntry) -> bool:
     """Detach a mount of ours whose process is gone (every access gives ENOTCONN); True if it was one.
 
     A crashed or killed mount leaves its entry in the mount table; mounting again on it must not need a
-    manual ``wanllmdb unmount`` (nor must the systemd unit's restart). A live mount, or anyone else's, is
-    left alone.
+    manual ``wanllmdb unmount`` (nor must the systemd unit's restart). Dead means both: no mount process
+    of ours is found, and the mount itself answers ENOTCONN (a process in another PID namespace, or hidden
+    by ``hidepid``, cannot be found). A live mount, or anyone else's, is left alone.
     """
     if entry.fstype != "fuse.wanllmdb" or find_mount_process(mountpoint) is not None:
+        return False
+    if not connection_lost(mountpoint):  # served by a process we cannot see (another PID namespace, hidepid)
         return False
     logger.warning("%s is a mount of wanllmdb whose process is gone: detaching it", mountpoint)
     abort_connection(entry.device)
@@ -149,6 +159,28 @@ def recover_dead_mount(mountpoint: str, entry: MountEntry) -> bool:
     if mount_entry(mountpoint) is not None:
         raise MountError(f"{mountpoint} is a dead wanllmdb mount that could not be detached (try: umount -l)")
     return True
+
+
+def connection_lost(mountpoint: str, timeout: float = DEAD_PROBE_TIMEOUT) -> bool:
+    """Whether the FUSE mount at ``mountpoint`` has no process behind it: opening its root gives ENOTCONN
+    (ECONNABORTED once aborted).
+
+    ``stat`` cannot tell, the kernel answers it from cached attributes; an open always asks the process.
+    The open runs on a daemon thread, so a live but hung mount costs ``timeout`` and counts as alive.
+    """
+    failure: list[int | None] = []
+
+    def probe() -> None:
+        try:
+            os.close(os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY))
+            failure.append(None)
+        except OSError as exc:
+            failure.append(exc.errno)
+
+    thread = threading.Thread(target=probe, name="dead-mount-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(failure) and failure[0] in (errno.ENOTCONN, errno.ECONNABORTED)
 
 
 def check_fuse() -> str:
@@ -399,7 +431,7 @@ class _Daemon:
 
         options = self.options
         settings = options.settings
-        self.registry = registry = open_registry(settings)
+        self.registry = registry = open_registry(settings, retries=MOUNT_RETRIES)
         self.cache = cache = open_cache(settings)
         self.fs = open_filesystem(
             registry, cache, project=options.project, metadata_ttl=options.metadata_ttl, timeout=settings.timeout

@@ -23,8 +23,8 @@ from .base import (
 )
 
 
-def open_registry(settings: Settings) -> Registry:
-    """The registry the settings select."""
+def open_registry(settings: Settings, *, retries: int | None = None) -> Registry:
+    """The registry the settings select; ``retries`` replaces the HTTP transport's default retry count."""
     if settings.base_url:
         from .http import HttpRegistry
 
@@ -33,6 +33,7 @@ def open_registry(settings: Settings) -> Registry:
             api_key=settings.api_key,
             timeout=settings.timeout,
             transfer_threads=settings.transfer_threads,
+            **({} if retries is None else {"retries": retries}),
         )
     from .local import LocalRegistry
 
