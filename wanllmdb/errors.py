@@ -284,6 +284,13 @@ class CacheError(WanllmdbError, OSError):
         return str(self.args[0]) if self.args else ""
 
 
+class StorageUnavailableError(ServerError):
+    """The server's object store (an S3 bucket) cannot be reached or refused the server; the message names it."""
+
+    code = "storage_unavailable"
+    http_status = 503
+
+
 class DatabaseError(WanllmdbError, OSError):
     """A SQLite database file (registry, cache index) is damaged or is not a database; the message names it."""
 

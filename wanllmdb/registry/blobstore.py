@@ -143,6 +143,10 @@ class IncomingBlob:
 class BlobStore:
     """Blobs by SHA-256 under ``root``."""
 
+    #: Whether the store itself says which blobs it holds (a directory: a file is stored once renamed into
+    #: place). False for object storage, where the registry's record of checked blobs is the authority.
+    lists_itself = True
+
     def __init__(self, root: str, on_install: InstallListener | None = None, *, compute_md5: bool = False) -> None:
         self.root = os.path.abspath(root)
         self.on_install = on_install
@@ -162,6 +166,10 @@ class BlobStore:
             return os.stat(self.path(sha256)).st_size
         except FileNotFoundError:
             raise BlobNotFoundError(f"blob {sha256} is not stored") from None
+
+    def md5_of(self, sha256: str) -> str:
+        """MD5 (hex) of a stored blob, read once (for blobs stored before MD5s were recorded)."""
+        return md5_file(self.path(sha256))
 
     def begin(self, sha256: str | None, size: int, md5: str | None = None) -> IncomingBlob:
         """Start receiving a blob (``sha256=None``: unaddressed); ``md5`` may be hex or a Content-MD5 header."""

@@ -20,6 +20,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..cache.store import BlobWriter
@@ -64,7 +65,7 @@ from .base import (
     VersionInfo,
     validate_tags,
 )
-from .blobstore import BlobStore, md5_file
+from .blobstore import BlobStore
 from .db import Database
 from .lifecycle import HAS_LIVE_VERSION, VERSION_COLUMNS, LifecycleOps, add_tags
 
@@ -96,7 +97,12 @@ class LocalRegistry(LifecycleOps):
     """
 
     def __init__(
-        self, root: str, *, draft_max_age: float = DEFAULT_DRAFT_MAX_AGE, verify_md5: bool = False
+        self,
+        root: str,
+        *,
+        draft_max_age: float = DEFAULT_DRAFT_MAX_AGE,
+        verify_md5: bool = False,
+        blobstore: BlobStore | None = None,
     ) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
         os.makedirs(self.root, exist_ok=True)
@@ -104,7 +110,11 @@ class LocalRegistry(LifecycleOps):
         #: Compute the MD5 of every blob received and hold every manifest entry to it (the server does:
         #: its clients are not trusted); otherwise MD5s are checked where they were recorded.
         self.verify_md5 = verify_md5
-        self.blobs = BlobStore(self.root, on_install=self._note_blobs, compute_md5=verify_md5)
+        #: The blobs: a directory under root by default; the server may give an object store
+        #: (``s3blobs.S3BlobStore``), whose stored blobs are those recorded here after checking.
+        self.blobs = blobstore if blobstore is not None else BlobStore(self.root)
+        self.blobs.on_install = self._note_blobs
+        self.blobs.compute_md5 = self.blobs.compute_md5 or verify_md5
         # The MD5s this process's own drafts state for the blobs they upload (see BlobStore.put_file).
         self._draft_md5s: dict[str, dict[str, str]] = {}
         self.draft_max_age = draft_max_age
@@ -299,6 +309,55 @@ class LocalRegistry(LifecycleOps):
                 found.update((r[0], r[1]) for r in rows)
         return found
 
+    def stored_sizes(self, sha256s: Iterable[str]) -> dict[str, int]:
+        """The size of each of ``sha256s`` that is stored (the others are left out).
+
+        A directory store answers itself (a blob file exists only once checked); for object storage the
+        answer is the registry's record of the blobs it checked (``blob_sizes``), never a bucket listing.
+        """
+        wanted = list(dict.fromkeys(sha256s))
+        found: dict[str, int] = {}
+        if self.blobs.lists_itself:
+            for sha in wanted:
+                try:
+                    found[sha] = self.blobs.size(sha)
+                except BlobNotFoundError:
+                    continue
+            return found
+        with self.db.read() as conn:
+            for i in range(0, len(wanted), 500):
+                part = wanted[i : i + 500]
+                rows = conn.execute(
+                    f"SELECT sha256, size FROM blob_sizes WHERE sha256 IN ({','.join('?' * len(part))})", part
+                )
+                found.update((r[0], int(r[1])) for r in rows)
+        return found
+
+    def _settle_uploads(self, manifest: Manifest) -> None:
+        """Check and record the blobs clients uploaded straight to object storage since the draft was made.
+
+        Nothing to do for a directory store (blobs are checked as they arrive). For object storage every
+        blob of the manifest not yet recorded is checked where it lies (``S3BlobStore.verify_stored``: the
+        store's checksum, or a read) and recorded with its MD5; a missing or wrong one stays unrecorded.
+        """
+        if self.blobs.lists_itself:
+            return
+        blobs = manifest.blobs()
+        unknown = [sha for sha in blobs if sha not in self.stored_sizes(blobs)]
+        if not unknown:
+            return
+        md5s = {entry.sha256: entry.md5 for entry in manifest}
+        verify = self.blobs.verify_stored  # type: ignore[attr-defined]
+
+        def check(sha: str) -> tuple[str, int, str | None] | None:
+            md5 = verify(sha, blobs[sha], md5s.get(sha))
+            return (sha, blobs[sha], md5) if md5 is not None else None
+
+        with ThreadPoolExecutor(min(16, len(unknown))) as pool:
+            checked = [item for item in pool.map(check, unknown) if item is not None]
+        if checked:
+            self._note_blobs(checked)
+
     def check_against_stored(self, manifest: Manifest, label: str) -> None:
         """Hold every entry whose blob is stored to what was stored: its size, and its MD5 where recorded
         (always, with ``verify_md5``: a blob stored before MD5s were recorded is hashed once, here).
@@ -306,15 +365,10 @@ class LocalRegistry(LifecycleOps):
         Raises:
             ManifestMismatchError: an entry states another size or MD5 than its stored blob has.
         """
-        sizes: dict[str, int] = {}
-        for sha in manifest.blobs():
-            try:
-                sizes[sha] = self.blobs.size(sha)
-            except BlobNotFoundError:
-                continue
+        sizes = self.stored_sizes(manifest.blobs())
         md5s = self._recorded_md5s(list(sizes))
         if self.verify_md5:
-            unknown = [(sha, size, md5_file(self.blobs.path(sha))) for sha, size in sizes.items() if sha not in md5s]
+            unknown = [(sha, size, self.blobs.md5_of(sha)) for sha, size in sizes.items() if sha not in md5s]
             if unknown:
                 self._note_blobs(unknown)
                 md5s.update((sha, md5) for sha, _, md5 in unknown)
@@ -405,19 +459,18 @@ class LocalRegistry(LifecycleOps):
                     time.time(),
                 ),
             )
-        missing = tuple(
-            BlobTarget(sha, size) for sha, size in spec.manifest.blobs().items() if not self.blobs.exists(sha)
-        )
+        blobs = spec.manifest.blobs()
+        stored = self.stored_sizes(blobs)
+        missing = tuple(BlobTarget(sha, size) for sha, size in blobs.items() if sha not in stored)
         if missing and not self.verify_md5:
             self._draft_md5s[draft_id] = {entry.sha256: entry.md5 for entry in spec.manifest}
         return Draft(draft_id, spec.manifest.digest, missing)
 
     def draft_missing(self, draft_id: str) -> tuple[BlobTarget, ...]:
         """Blobs a draft still needs (for the server's refresh of upload URLs)."""
-        manifest = self._draft_manifest(draft_id)
-        return tuple(
-            BlobTarget(sha, size) for sha, size in manifest.blobs().items() if not self.blobs.exists(sha)
-        )
+        blobs = self._draft_manifest(draft_id).blobs()
+        stored = self.stored_sizes(blobs)
+        return tuple(BlobTarget(sha, size) for sha, size in blobs.items() if sha not in stored)
 
     def _draft_manifest(self, draft_id: str) -> Manifest:
         with self.db.read() as conn:
@@ -449,13 +502,17 @@ class LocalRegistry(LifecycleOps):
         tags = validate_tags(tags)
         # Outside the write transaction: checking may hash a blob stored before MD5s were recorded. Blobs
         # never change once stored, so what this finds still holds when the transaction runs.
-        self.check_against_stored(self._draft_manifest(draft_id), f"draft {draft_id}")
+        draft_manifest = self._draft_manifest(draft_id)
+        self._settle_uploads(draft_manifest)
+        self.check_against_stored(draft_manifest, f"draft {draft_id}")
+        stored = self.stored_sizes(draft_manifest.blobs())
+        del draft_manifest
         with self.db.write() as conn:
             draft = conn.execute("SELECT * FROM drafts WHERE id = ?", (draft_id,)).fetchone()
             if draft is None:
                 raise DraftNotFoundError(f"draft {draft_id!r} not found (finalized, aborted or expired)")
             manifest = Manifest.from_json(draft["manifest"])
-            missing = [sha for sha in manifest.blobs() if not self.blobs.exists(sha)]
+            missing = [sha for sha in manifest.blobs() if sha not in stored]
             if missing:
                 raise IncompleteDraftError(
                     f"cannot finalize '{draft['name']}': {len(missing)} blob(s) not uploaded yet", missing
