@@ -4,7 +4,8 @@
 ``kill_point("<step>")``, so that a test can crash a logger, a downloader or a server at an exact step
 instead of at a random moment. The variable is read once, at import; unset, a call is one comparison.
 
-Steps: ``log.draft`` (draft created), ``log.upload`` (one blob or bundle uploaded), ``log.finalize``
+Steps: ``log.draft`` (draft created), ``log.upload`` (one blob or bundle uploaded), ``log.part`` (one part of a
+multipart upload sent to the object store), ``log.finalize``
 (about to finalize), ``blob.write`` (a piece of an incoming blob written to the store's ``tmp/``),
 ``finalize.commit`` (new version inserted, transaction not committed), ``cache.write`` (a piece of a
 fetched blob written to the cache's ``tmp/``), ``download.place`` (one downloaded file placed).

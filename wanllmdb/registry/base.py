@@ -234,12 +234,18 @@ class DraftSpec:
 
 @dataclass(frozen=True)
 class BlobTarget:
-    """A blob the registry lacks; ``url`` is a presigned upload URL for the HTTP registry."""
+    """A blob the registry lacks; ``url`` is a presigned upload URL for the HTTP registry.
+
+    ``headers`` must be sent with the URL (an object store checks the checksums they carry); a blob with
+    ``part_size`` is uploaded in parts of that size instead (multipart, no ``url``).
+    """
 
     sha256: str
     size: int
     url: str | None = None
     expires_at: float | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    part_size: int | None = None
 
 
 @dataclass(frozen=True)

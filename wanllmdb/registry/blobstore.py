@@ -45,6 +45,11 @@ RANGE_PIECE = 1 << 20
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
+def check_sha256(sha256: str) -> str:
+    """``sha256`` if it is a lowercase hex SHA-256, else InvalidInputError naming it."""
+    return _check_sha(sha256)
+
+
 def _check_sha(sha256: str) -> str:
     if not isinstance(sha256, str) or not _SHA256_RE.fullmatch(sha256):
         raise InvalidInputError(f"not a SHA-256 hex digest: {sha256[:80]!r}")

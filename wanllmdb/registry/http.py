@@ -18,7 +18,10 @@ Blob bytes never go through the JSON API: they move through presigned URLs.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -29,6 +32,7 @@ from cachetools import LRUCache
 
 from ..cache.store import BlobWriter
 from ..errors import BlobNotFoundError, ChecksumError, ForbiddenError, WanllmdbError
+from ..killpoints import kill_point
 from ..manifest import validate_alias, validate_artifact_name, validate_project
 from ..manifest.digest import Digester, FileDigest
 from ..transport import HttpTransport
@@ -188,6 +192,37 @@ def _q(part: str) -> str:
     return quote(part, safe="")
 
 
+#: Parts of one multipart upload in flight at once.
+MULTIPART_THREADS = 4
+
+
+def _target(item: Mapping[str, Any]) -> BlobTarget:
+    """A missing blob of a draft's answer: a PUT URL (with headers to send), or a multipart layout."""
+    multipart = item.get("multipart") or {}
+    return BlobTarget(
+        item["sha256"],
+        int(item["size"]),
+        item.get("url"),
+        item.get("expires_at"),
+        headers=tuple(sorted((item.get("headers") or {}).items())),
+        part_size=int(multipart["part_size"]) if multipart else None,
+    )
+
+
+def _part_checksum(path: str, offset: int, length: int) -> str:
+    """Base64 SHA-256 of ``length`` bytes of ``path`` from ``offset`` (what a part URL signs)."""
+    sha = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        done = 0
+        while done < length:
+            piece = os.pread(f.fileno(), min(8 << 20, length - done), offset + done)
+            if not piece:
+                raise ChecksumError(f"{path}: shorter than when it was hashed (it changed)")
+            sha.update(piece)
+            done += len(piece)
+    return base64.b64encode(sha.digest()).decode("ascii")
+
+
 class HttpRegistry:
     """The registry of a ``wanllmdb server``.
 
@@ -332,12 +367,10 @@ class HttpRegistry:
             "run_id": spec.run_id,
         }
         data = self._call("POST", "/drafts", body, repeatable=True)
-        missing = tuple(
-            BlobTarget(item["sha256"], int(item["size"]), item.get("url"), item.get("expires_at"))
-            for item in data["missing"]
-        )
+        missing = tuple(_target(item) for item in data["missing"])
         for target in missing:
-            self._put_urls.put((data["id"], target.sha256), target.url, target.expires_at)
+            if target.url is not None:
+                self._put_urls.put((data["id"], target.sha256), target.url, target.expires_at)
         by_sha = {t.sha256: t for t in missing}
         bundles = tuple(
             UploadBundle(item["url"], tuple(by_sha[sha] for sha in item["sha256s"]), item.get("expires_at"))
@@ -349,7 +382,12 @@ class HttpRegistry:
         wanted = sorted({int(s) for s in sizes})
         if not wanted:
             return set()
-        return set(self._call("POST", "/blob-sizes", {"sizes": wanted}, repeatable=True)["known"])
+        answer = self._call("POST", "/blob-sizes", {"sizes": wanted}, repeatable=True)
+        if answer.get("unhashed_uploads", True) is False:
+            # Blobs live in object storage: a file can only be uploaded once its SHA-256 names it, so every
+            # size counts as known and the SDK hashes files before the draft (see transfer.store_pending).
+            return set(wanted)
+        return set(answer["known"])
 
     def store_unhashed(self, path: str, size: int, progress: Progress | None = None) -> FileDigest:
         """Upload through an unaddressed URL while hashing the file in the same read; the server names the
@@ -406,6 +444,10 @@ class HttpRegistry:
         return self._put_urls.get(key)
 
     def upload_blob(self, draft: Draft, target: BlobTarget, path: str, progress: Progress | None = None) -> None:
+        if target.part_size is not None:
+            self._upload_parts(draft, target, path, progress)
+            return
+        headers = dict(target.headers)
         for attempt in range(2):
             url = self._upload_url(draft.id, target, fresh=attempt > 0)
             if url is None:  # stored meanwhile (another uploader of the same content)
@@ -413,7 +455,7 @@ class HttpRegistry:
                     progress(target.size)
                 return
             try:
-                self.transport.put_file(url, path, target.size, progress=progress)
+                self.transport.put_file(url, path, target.size, progress=progress, headers=headers)
             except ForbiddenError:
                 self._put_urls.drop((draft.id, target.sha256))
                 if attempt:
@@ -421,6 +463,73 @@ class HttpRegistry:
             else:
                 self._put_urls.drop((draft.id, target.sha256))
                 return
+
+    def _upload_parts(self, draft: Draft, target: BlobTarget, path: str, progress: Progress | None) -> None:
+        """A multipart upload straight to the object store (see ``server/api_multipart.py``).
+
+        The parts the store already holds (a run that was killed) are hashed (their checksums complete the
+        upload) but not sent again. Missing parts go ``PART_WINDOW`` at a time: each is hashed, then its
+        URL (which signs that SHA-256) is asked for just before it is sent, so no URL waits long enough to
+        expire; a refused URL is asked for again once. ``MULTIPART_THREADS`` parts are in flight at once.
+        """
+        base = f"/drafts/{_q(draft.id)}/multipart/{target.sha256}"
+        state = self._call("POST", base, repeatable=True)
+        upload_id, part_size, parts = state["upload_id"], int(state["part_size"]), int(state["parts"])
+        done = {int(p["number"]): int(p["size"]) for p in state.get("done", ())}
+        checksums: list[str] = [""] * parts
+        failures: list[BaseException] = []
+        lock = threading.Lock()
+
+        def length_of(number: int) -> int:
+            return max(0, min(part_size, target.size - (number - 1) * part_size))
+
+        def send(number: int) -> None:
+            length = length_of(number)
+            checksums[number - 1] = _part_checksum(path, (number - 1) * part_size, length)
+            if done.get(number) == length:
+                if progress:
+                    progress(length)
+                return
+            for attempt in range(2):
+                answer = self._call(
+                    "POST", base + "/part-urls",
+                    {"upload_id": upload_id, "parts": [{"number": number, "sha256": checksums[number - 1]}]},
+                    repeatable=True,
+                )  # fmt: skip
+                signed = answer["urls"][0]
+                try:
+                    self.transport.put_file(
+                        signed["url"], path, length, offset=(number - 1) * part_size, progress=progress,
+                        headers=signed.get("headers") or {},
+                    )  # fmt: skip
+                    kill_point("log.part")
+                    return
+                except ForbiddenError:
+                    if attempt:
+                        raise
+
+        def worker(numbers: list[int]) -> None:
+            for number in numbers:
+                with lock:
+                    if failures:
+                        return
+                try:
+                    send(number)
+                except BaseException as exc:
+                    with lock:
+                        failures.append(exc)
+                    return
+
+        threads_n = max(1, min(MULTIPART_THREADS, parts))
+        lanes = [list(range(1 + i, parts + 1, threads_n)) for i in range(threads_n)]
+        threads = [threading.Thread(target=worker, args=(lane,), daemon=True) for lane in lanes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failures:
+            raise failures[0]
+        self._call("POST", base + "/complete", {"upload_id": upload_id, "checksums": checksums}, repeatable=True)
 
     def finalize_draft(
         self, draft_id: str, aliases: Sequence[str] = (), tags: Sequence[str] = ()

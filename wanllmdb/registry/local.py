@@ -288,6 +288,14 @@ class LocalRegistry(LifecycleOps):
     def fetch_range_into(self, sha256: str, start: int, length: int, writer: BlobWriter) -> int:
         return self.blobs.read_range_into(sha256, start, length, writer)
 
+    def record_blobs(self, items: Sequence[tuple[str, int, str | None]]) -> None:
+        """Record blobs (sha256, size, MD5 hex or None) as stored and checked (multipart uploads to S3)."""
+        self._note_blobs(items)
+
+    def draft_md5s(self, draft_id: str) -> dict[str, str]:
+        """The MD5 each entry of a draft's manifest states for its blob (signed into object-store PUTs)."""
+        return {entry.sha256: entry.md5 for entry in self._draft_manifest(draft_id)}
+
     def _note_blobs(self, items: Sequence[tuple[str, int, str | None]]) -> None:
         with self.db.write() as conn:
             conn.executemany(

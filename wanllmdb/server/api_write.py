@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
@@ -24,6 +24,8 @@ from starlette.responses import StreamingResponse
 from ..errors import InvalidInputError, InvalidManifestError, ServerBusyError
 from ..manifest import Manifest
 from ..registry.base import BlobTarget, DraftSpec
+from ..registry.blobstore import check_sha256
+from ..registry.s3blobs import part_size_for
 from .context import ServerState
 from .models import BlobSizesRequest, BlobUrlsRequest, DraftRequest, FinalizeRequest, NewUploadRequest
 from .responses import JSONResponse, no_content
@@ -43,11 +45,24 @@ def _state(request: Request) -> ServerState:
     return request.app.state.server
 
 
-def _upload_targets(state: ServerState, base: str, targets: Sequence[BlobTarget]) -> list[dict]:
+def _upload_targets(
+    state: ServerState, base: str, targets: Sequence[BlobTarget], md5s: Mapping[str, str] | None = None
+) -> list[dict]:
+    """An upload for each blob: a presigned PUT (to this server, or to the object store with the headers the
+    store checks), or for a large blob on object storage the part layout of a multipart upload."""
     out = []
     for target in targets:
-        signed = state.signer.presign(base, "PUT", target.sha256, target.size)
-        out.append({"sha256": target.sha256, "size": target.size, "url": signed.url, "expires_at": signed.expires_at})
+        item: dict = {"sha256": target.sha256, "size": target.size}
+        if state.s3 is None:
+            signed = state.signer.presign(base, "PUT", target.sha256, target.size)
+            item.update(url=signed.url, expires_at=signed.expires_at)
+        elif state.s3.uses_multipart(target.size):
+            part_size = part_size_for(target.size, state.s3.part_size)
+            item["multipart"] = {"part_size": part_size, "parts": -(-target.size // part_size)}
+        else:
+            put = state.s3.presign_put(target.sha256, target.size, (md5s or {}).get(target.sha256))
+            item.update(url=put.url, headers=put.headers, expires_at=put.expires_at)
+        out.append(item)
     return out
 
 
@@ -107,13 +122,14 @@ def _create_draft(state: ServerState, base: str, body: bytes) -> Iterator[bytes]
     spec = _draft_spec(body)
     del body
     draft = state.registry.create_draft(spec)
+    md5s = {entry.sha256: entry.md5 for entry in spec.manifest} if state.s3 is not None else None
     del spec
     head = {"id": draft.id, "digest": draft.digest, "bundles": _upload_bundles(state, base, draft.missing)}
 
     def answer() -> Iterator[bytes]:
         yield json.dumps(head).encode()[:-1] + b',"missing":['
         for i in range(0, len(draft.missing), 1000):
-            part = _upload_targets(state, base, draft.missing[i : i + 1000])
+            part = _upload_targets(state, base, draft.missing[i : i + 1000], md5s)
             yield (b"," if i else b"") + json.dumps(part, separators=(",", ":")).encode()[1:-1]
         yield b"]}"
 
@@ -160,7 +176,7 @@ def _upload_bundles(state: ServerState, base: str, targets: Sequence[BlobTarget]
         group.clear()
 
     for target in targets:
-        if target.size > BUNDLE_BLOB_MAX:
+        if target.size > BUNDLE_BLOB_MAX or (state.s3 is not None and state.s3.uses_multipart(target.size)):
             continue
         if group and (group_bytes + target.size > BUNDLE_MAX_BYTES or len(group) >= BUNDLE_MAX_BLOBS):
             flush()
@@ -173,7 +189,13 @@ def _upload_bundles(state: ServerState, base: str, targets: Sequence[BlobTarget]
 
 @router.post("/blob-sizes", summary="Which of these sizes some stored blob has", tags=["blobs"])
 def blob_sizes(request: Request, body: BlobSizesRequest) -> JSONResponse:
-    return JSONResponse({"known": sorted(_state(request).registry.known_sizes(body.sizes))})
+    """``unhashed_uploads`` is false when blobs live in object storage: a file whose SHA-256 is not known
+    cannot get a content-addressed PUT URL, and uploading it through the server would put its bytes in the
+    server's path; clients then hash such files first."""
+    state = _state(request)
+    return JSONResponse(
+        {"known": sorted(state.registry.known_sizes(body.sizes)), "unhashed_uploads": state.s3 is None}
+    )
 
 
 @router.post("/uploads", summary="A presigned URL to upload a file whose SHA-256 is not known yet", tags=["blobs"],
@@ -188,7 +210,9 @@ def new_upload(request: Request, body: NewUploadRequest) -> JSONResponse:
 def refresh_upload_urls(request: Request, draft_id: str) -> JSONResponse:
     state = _state(request)
     base = state.base_url(str(request.base_url))
-    return JSONResponse({"missing": _upload_targets(state, base, state.registry.draft_missing(draft_id))})
+    missing = state.registry.draft_missing(draft_id)
+    md5s = state.registry.draft_md5s(draft_id) if state.s3 is not None else None
+    return JSONResponse({"missing": _upload_targets(state, base, missing, md5s)})
 
 
 @router.post("/drafts/{draft_id}/finalize", summary="Make the draft a version and apply its aliases")
@@ -209,19 +233,22 @@ def blob_urls(request: Request, body: BlobUrlsRequest) -> JSONResponse:
     if len(body.sha256s) > MAX_URLS_PER_REQUEST:
         raise InvalidInputError(f"at most {MAX_URLS_PER_REQUEST} blobs per request")
     state = _state(request)
-    blobs = state.registry.blobs
     base = state.base_url(str(request.base_url))
+    wanted = list(dict.fromkeys(body.sha256s))
+    for sha in wanted:
+        check_sha256(sha)
+    stored = state.registry.stored_sizes(wanted)
     urls: dict[str, dict] = {}
     missing: list[str] = []
-    for sha in dict.fromkeys(body.sha256s):
-        try:
-            size = blobs.size(sha)
-        except LookupError:
+    for sha in wanted:
+        size = stored.get(sha)
+        if size is None:
             missing.append(sha)
             continue
-        signed = state.signer.presign(base, "GET", sha, None)
+        signed = state.s3.presign_get(sha) if state.s3 is not None else state.signer.presign(base, "GET", sha, None)
         urls[sha] = {"url": signed.url, "size": size, "expires_at": signed.expires_at}
-    bundles = _bundles(state, base, urls) if body.bundle else []
+    # Bundles are served by this server; with object storage every blob comes straight from the store.
+    bundles = _bundles(state, base, urls) if body.bundle and state.s3 is None else []
     return JSONResponse({"urls": urls, "missing": missing, "bundles": bundles})
 
 

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 
 from .._version import __version__
 from ..errors import InvalidInputError, WanllmdbError
-from . import api_manage, api_read, api_runs, api_write
+from . import api_manage, api_multipart, api_read, api_runs, api_write
 from .blobs import BLOB_PREFIX
 from .context import ServerConfig, ServerState
 from .middleware import OPEN_PATHS, GatewayMiddleware
@@ -64,7 +64,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         return JSONResponse({"status": "ok", "version": __version__, "auth": state.keys.enabled})
 
     app.include_router(health)
-    for module in (api_read, api_write, api_runs, api_manage):
+    for module in (api_read, api_write, api_multipart, api_runs, api_manage):
         app.include_router(module.router, prefix="/api/v1")
     _install_error_handlers(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

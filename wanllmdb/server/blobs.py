@@ -46,7 +46,7 @@ from ..errors import (
     RequestTooLargeError,
     WanllmdbError,
 )
-from ..registry.blobstore import IncomingBlob
+from ..registry.blobstore import IncomingBlob, check_sha256
 from .context import ServerState
 from .responses import (
     BlobResponse,
@@ -263,7 +263,7 @@ class BlobEndpoint:
         self.state.signer.verify("PUT", sha256, size, _int(query, "expires"), query.get("sig"))
         assert size is not None  # a valid signature was made with one
         store = self.state.registry.blobs
-        store.path(sha256)
+        check_sha256(sha256)
         declared = _content_length(headers)
         if declared > size:
             raise RequestTooLargeError(f"body of {declared} bytes exceeds the {size} bytes this URL was signed for")
@@ -273,14 +273,14 @@ class BlobEndpoint:
                 expected=str(size),
                 actual=str(declared),
             )
-        if store.exists(sha256):
+        if sha256 in await run_in_threadpool(self.state.registry.stored_sizes, [sha256]):
             await body.read_into(None)
             return JSONResponse({"sha256": sha256, "size": size, "stored": False})
         md5 = headers.get(b"content-md5")
         incoming = store.begin(sha256, size, md5.decode("latin-1") if md5 else None)
         try:
             await body.read_into(incoming)
-            stored = incoming.commit()
+            stored = await _commit_notify(incoming)
         except _Disconnected:
             logger.info("upload of blob %s broke off after %d bytes; nothing stored", sha256[:12], incoming.received)
             raise
@@ -301,7 +301,7 @@ class BlobEndpoint:
         incoming = self.state.registry.blobs.begin(None, size)
         try:
             await body.read_into(incoming)
-            stored = incoming.commit()
+            stored = await _commit_notify(incoming)
         except _Disconnected:
             logger.info("unaddressed upload broke off after %d bytes; nothing stored", incoming.received)
             raise
@@ -323,16 +323,17 @@ class BlobEndpoint:
         if declared != listing_size + sum(size for _, size in items):
             raise ChecksumError(f"upload bundle: Content-Length {declared} does not match its listing")
         store = self.state.registry.blobs
+        present = await run_in_threadpool(self.state.registry.stored_sizes, [sha for sha, _ in items])
         stored: list[tuple[str, int, str | None]] = []
         try:
             for sha256, size in items:
-                if store.exists(sha256):
+                if sha256 in present:
                     await body.read_exact(size)
                     continue
                 incoming = store.begin(sha256, size)
                 try:
                     await body.read_exact(size, incoming)
-                    if incoming.commit(notify=False):
+                    if await _commit(incoming):
                         stored.append((sha256, size, incoming.md5))
                 finally:
                     incoming.abort()
@@ -340,6 +341,20 @@ class BlobEndpoint:
             if stored and store.on_install is not None:
                 await run_in_threadpool(store.on_install, stored)
         return JSONResponse({"stored": len(stored), "blobs": len(items)}, status_code=201)
+
+
+async def _commit_notify(incoming: IncomingBlob) -> bool:
+    if incoming.store.lists_itself:
+        return incoming.commit()
+    return await run_in_threadpool(incoming.commit)
+
+
+async def _commit(incoming: IncomingBlob) -> bool:
+    """Commit a blob of a bundle without telling the registry yet; with object storage the write to the
+    store is a network call, so it runs on a thread."""
+    if incoming.store.lists_itself:
+        return incoming.commit(notify=False)
+    return await run_in_threadpool(incoming.commit, notify=False)
 
 
 def _write_all(incoming: IncomingBlob, pieces: list[bytes]) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from ..errors import AuthenticationError
 from ..registry.local import DEFAULT_DRAFT_MAX_AGE, LocalRegistry
+from ..registry.s3blobs import DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, S3BlobStore, open_blobstore
 from .signing import DEFAULT_URL_TTL, URLSigner, load_or_create_secret
 
 #: JSON request bodies (manifests) larger than this are refused before they are read.
@@ -27,6 +28,8 @@ class ServerConfig:
         draft_max_age: seconds before an unfinished draft (and stale temporary blob files) are removed.
         max_json_bytes: largest JSON request body accepted.
         public_url: base of the presigned URLs; None uses the address each request came to.
+        blobs, s3_endpoint, presign_endpoint, multipart_threshold, part_size: the blob store (see
+            :mod:`wanllmdb.registry.s3blobs`).
     """
 
     root: str
@@ -36,6 +39,13 @@ class ServerConfig:
     draft_max_age: float = DEFAULT_DRAFT_MAX_AGE
     max_json_bytes: int = DEFAULT_MAX_JSON_BYTES
     public_url: str | None = None
+    #: Where blobs live: None (``<root>/blobs``), a directory, or ``s3://bucket/prefix``.
+    blobs: str | None = None
+    #: The S3 endpoint for the server, and the one put into presigned URLs (None: boto3's configuration).
+    s3_endpoint: str | None = None
+    presign_endpoint: str | None = None
+    multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD
+    part_size: int = DEFAULT_PART_SIZE
 
 
 class KeyChecker:
@@ -71,7 +81,26 @@ class ServerState:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         root = os.path.abspath(os.path.expanduser(config.root))
-        self.registry = LocalRegistry(root, draft_max_age=config.draft_max_age, verify_md5=True)
+        self.blobstore = open_blobstore(
+            config.blobs,
+            root,
+            **(
+                {
+                    "endpoint": config.s3_endpoint,
+                    "presign_endpoint": config.presign_endpoint,
+                    "url_ttl": config.url_ttl,
+                    "multipart_threshold": config.multipart_threshold,
+                    "part_size": config.part_size,
+                }
+                if config.blobs and "://" in config.blobs
+                else {}
+            ),
+        )
+        self.registry = LocalRegistry(
+            root, draft_max_age=config.draft_max_age, verify_md5=True, blobstore=self.blobstore
+        )
+        #: The object store clients upload to and download from directly (None: blobs go through the server).
+        self.s3: S3BlobStore | None = self.blobstore if isinstance(self.blobstore, S3BlobStore) else None
         secret = config.secret or load_or_create_secret(root)
         self.signer = URLSigner(secret, config.url_ttl)
         self.keys = KeyChecker(config.api_keys)

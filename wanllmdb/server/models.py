@@ -95,3 +95,25 @@ class LinkRequest(BaseModel):
     target_project: str
     target_name: str
     aliases: list[str] = Field(default_factory=list)
+
+
+_B64_SHA256 = r"^[A-Za-z0-9+/]{43}=$"
+
+
+class PartDigest(BaseModel):
+    """One part of a multipart upload and the base64 SHA-256 of its bytes."""
+
+    number: int = Field(ge=1, le=10_000)
+    sha256: str = Field(pattern=_B64_SHA256, description="base64 of the part's SHA-256 (x-amz-checksum-sha256)")
+
+
+class PartUrlsRequest(BaseModel):
+    upload_id: str = Field(min_length=1, max_length=1024)
+    parts: list[PartDigest] = Field(min_length=1, max_length=1000)
+
+
+class CompleteUploadRequest(BaseModel):
+    upload_id: str = Field(min_length=1, max_length=1024)
+    checksums: list[str] = Field(
+        min_length=1, max_length=10_000, description="base64 SHA-256 of every part, in order"
+    )

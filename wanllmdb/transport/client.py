@@ -180,6 +180,7 @@ class HttpTransport:
         progress: Any = None,
         headers: Mapping[str, str] | None = None,
         observer: Any = None,
+        offset: int = 0,
     ) -> Any:
         """Stream ``size`` bytes of the local file ``path`` to a presigned upload URL.
 
@@ -188,6 +189,7 @@ class HttpTransport:
         Args:
             observer: called once with every byte sent, in order (e.g. a digester hashing the file in the
                 same read), however often a retry rewinds the body.
+            offset: where in the file the ``size`` bytes start (a part of a multipart upload).
 
         Returns:
             the server's parsed JSON answer, or None.
@@ -195,7 +197,7 @@ class HttpTransport:
         sent_headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
         sent_headers.update(headers or {})
         with open(path, "rb") as f:
-            body = _FileBody(f, size, progress, observer)
+            body = _FileBody(f, size, progress, observer, offset)
             response = self._send_blob("PUT", self.absolute(url), data=body if size else b"", headers=sent_headers)
             with response:
                 raise_for_status(response, server=self.server)
@@ -315,21 +317,24 @@ class _FileBody:
     Progress counts each byte once even when a retry rewinds the file.
     """
 
-    def __init__(self, f: BinaryIO, size: int, progress: Any, observer: Any = None) -> None:
+    def __init__(self, f: BinaryIO, size: int, progress: Any, observer: Any = None, offset: int = 0) -> None:
         self._f = f
         self._size = size
         self._progress = progress
         self._observer = observer
         self._reported = 0
+        self._offset = offset
+        if offset:
+            f.seek(offset)
 
     def __len__(self) -> int:
         return self._size
 
     def read(self, n: int = -1) -> bytes:
-        remaining = self._size - self._f.tell()
+        remaining = self._size - self.tell()
         data = self._f.read(remaining if n is None or n < 0 else min(n, remaining))
         if data:
-            pos = self._f.tell()
+            pos = self.tell()
             if pos > self._reported:
                 fresh = pos - self._reported
                 if self._observer:
@@ -340,10 +345,16 @@ class _FileBody:
         return data
 
     def tell(self) -> int:
-        return self._f.tell()
+        return self._f.tell() - self._offset
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        return self._f.seek(offset, whence)
+        if whence == 0:
+            target = offset
+        elif whence == 1:
+            target = self.tell() + offset
+        else:  # from the end of the body, which is not the end of the file
+            target = self._size + offset
+        return self._f.seek(self._offset + target) - self._offset
 
 
 class _BundleBody:

@@ -8,6 +8,7 @@ registry raises. Answers without a known code (a proxy's 502, a load balancer's 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import requests
@@ -122,7 +123,25 @@ def _read_error_body(response: requests.Response) -> tuple[str | None, str, dict
         return code, message, extra
     except (ValueError, KeyError, TypeError):
         text = raw.decode("utf-8", "replace").strip()
+        s3 = _S3_ERROR.search(text)
+        if s3 is not None:  # an object store's answer to a presigned URL
+            code = s3.group(1)
+            message = _S3_MESSAGE.search(text)
+            detail = f"{code}: {message.group(1)}" if message else code
+            return _S3_CODES.get(code), f"object store refused the request ({detail})", {}
         return None, text[:300], {}
+
+
+_S3_ERROR = re.compile(r"<Error>\s*<Code>([A-Za-z0-9.]+)</Code>")
+_S3_MESSAGE = re.compile(r"<Message>([^<]{0,300})</Message>")
+#: S3 error codes -> our error codes (bytes that are not what the URL signed are a checksum failure).
+_S3_CODES = {
+    "BadDigest": "checksum_mismatch",
+    "InvalidDigest": "checksum_mismatch",
+    "XAmzContentSHA256Mismatch": "checksum_mismatch",
+    "IncompleteBody": "checksum_mismatch",
+    "EntityTooLarge": "too_large",
+}
 
 
 def _root_cause(exc: BaseException) -> str:
