@@ -11,9 +11,13 @@ import uuid
 
 import pytest
 
-pytest_plugins = ["tests.support.server", "tests.support.mount"]
+pytest_plugins = ["tests.support.server", "tests.support.mount", "tests.support.s3"]
 
 REGISTRY_KINDS = ["local", "http"]
+#: The registry contract suites also run over these: a server on S3 (SeaweedFS) blobs.
+SCALE_KINDS = ["http-s3"]
+#: Which session fixture serves each HTTP kind.
+SERVER_FIXTURES = {"http": "live_server", "http-s3": "s3_server"}
 
 
 @pytest.fixture(autouse=True)
@@ -43,15 +47,20 @@ def project() -> str:
     return "p-" + uuid.uuid4().hex[:10]
 
 
-@pytest.fixture(params=REGISTRY_KINDS)
-def backend(request, monkeypatch) -> str:
-    """Run the test against each registry kind; for 'http' the env points the SDK at a live server."""
-    if request.param == "http":
-        server = request.getfixturevalue("live_server")
+def use_backend(request, monkeypatch, kind: str) -> str:
+    """Point the SDK at a registry ``kind``: 'local', or a server (``SERVER_FIXTURES``) through the env."""
+    if kind != "local":
+        server = request.getfixturevalue(SERVER_FIXTURES[kind])
         monkeypatch.setenv("WANLLMDB_BASE_URL", server.url)
         if server.api_key:
             monkeypatch.setenv("WANLLMDB_API_KEY", server.api_key)
-    return request.param
+    return kind
+
+
+@pytest.fixture(params=REGISTRY_KINDS)
+def backend(request, monkeypatch) -> str:
+    """Run the test against each registry kind; for 'http' the env points the SDK at a live server."""
+    return use_backend(request, monkeypatch, request.param)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import io
 
 import pytest
 
+from tests.conftest import REGISTRY_KINDS, SCALE_KINDS, use_backend
 from tests.support.data import log_files, manifest_for, read_range, write_files
 from wanllmdb.errors import (
     AliasError,
@@ -26,6 +27,11 @@ from wanllmdb.errors import (
 from wanllmdb.manifest import Manifest
 from wanllmdb.registry import DraftSpec, RunSpec
 
+
+@pytest.fixture(params=[*REGISTRY_KINDS, *SCALE_KINDS])
+def backend(request, monkeypatch) -> str:
+    """This suite also runs over the scale-out backends (see conftest.SCALE_KINDS)."""
+    return use_backend(request, monkeypatch, request.param)
 
 def test_versions_count_from_v1_and_latest_moves(registry, project, tmp_path):
     first = log_files(registry, str(tmp_path), project, "mnist", {"a.txt": b"one"})

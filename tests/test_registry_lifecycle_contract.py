@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REGISTRY_KINDS, SCALE_KINDS, use_backend
 from tests.support.data import log_files
 from tests.support.server import start_server
 from wanllmdb.errors import (
@@ -39,6 +40,12 @@ def _log(registry, tmp_path, project, name, content: bytes, **kwargs):
 
 # --- tags and updates ------------------------------------------------------------------------------------
 
+
+
+@pytest.fixture(params=[*REGISTRY_KINDS, *SCALE_KINDS])
+def backend(request, monkeypatch) -> str:
+    """This suite also runs over the scale-out backends (see conftest.SCALE_KINDS)."""
+    return use_backend(request, monkeypatch, request.param)
 
 def test_tags_are_set_at_finalize_and_added_when_content_is_identical(registry, project, tmp_path):
     first = _log(registry, tmp_path, project, "m", b"w", tags=["epoch-1", "baseline"])

@@ -2,6 +2,8 @@
 
     wanllmdb server [--host 127.0.0.1] [--port 8080] [--root DIR] [--api-key KEY ...]
                     [--url-ttl 1h] [--draft-max-age 24h] [--public-url URL] [--port-file FILE]
+                    [--blobs DIR|s3://bucket/prefix] [--s3-endpoint URL] [--presign-endpoint URL]
+                    [--multipart-threshold 1GiB] [--part-size 64MiB]
 
 Keys also come from ``WANLLMDB_SERVER_API_KEYS`` (comma-separated), the URL signing secret from
 ``WANLLMDB_SERVER_SECRET`` (else it is generated once into ``<root>/server.secret``). Binding an address
@@ -42,6 +44,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--draft-max-age", default="24h", help="remove unfinished drafts older than this (default 24h)")
     parser.add_argument("--max-json-size", default="256MB", help="largest JSON request body (default 256MB)")
     parser.add_argument("--public-url", help="base URL put into presigned URLs (default: the address asked)")
+    parser.add_argument(
+        "--blobs",
+        help="where blobs live: a directory (default <root>/blobs) or s3://bucket/prefix "
+        "(also WANLLMDB_SERVER_BLOBS; S3 credentials, region and endpoint from boto3's configuration)",
+    )
+    parser.add_argument("--s3-endpoint", help="the S3 endpoint URL the server uses (default: AWS_ENDPOINT_URL or AWS)")
+    parser.add_argument(
+        "--presign-endpoint", help="the S3 endpoint put into presigned URLs, when clients reach the store elsewhere"
+    )
+    parser.add_argument(
+        "--multipart-threshold", default="1GiB", help="S3: blobs larger than this are uploaded in parts (default 1GiB)"
+    )
+    parser.add_argument(
+        "--part-size", default="64MiB", help="S3: size of multipart parts (default 64MiB, at least 5MiB)"
+    )
     parser.add_argument("--port-file", help="write the bound port to this file once listening")
     parser.add_argument("--quiet", action="store_true", help="no per-request log lines")
     parser.set_defaults(func=run)
@@ -90,6 +107,11 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         draft_max_age=draft_max_age,
         max_json_bytes=parse_size(args.max_json_size),
         public_url=args.public_url,
+        blobs=args.blobs or os.environ.get("WANLLMDB_SERVER_BLOBS") or None,
+        s3_endpoint=args.s3_endpoint,
+        presign_endpoint=args.presign_endpoint,
+        multipart_threshold=parse_size(args.multipart_threshold),
+        part_size=parse_size(args.part_size),
     )
 
 
@@ -108,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         server_log.setLevel(logging.INFO)
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    out(f"wanllmdb server: root {config.root}, {len(config.api_keys)} API key(s), docs at /docs")
+    blobs = config.blobs or os.path.join(config.root, "blobs")
+    out(f"wanllmdb server: root {config.root}, blobs {blobs}, {len(config.api_keys)} API key(s), docs at /docs")
     serve(config, args.host, args.port, port_file=args.port_file)
     return 0
