@@ -262,6 +262,12 @@ class HttpRegistry:
     def close(self) -> None:
         self.transport.close()
 
+    def __enter__(self) -> HttpRegistry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         return f"HttpRegistry({self.base_url!r})"
 

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 import requests
 from requests.hooks import dispatch_hook
@@ -166,8 +167,13 @@ class HttpTransport:
                 prepared, stream=True, timeout=self.timeout, verify=self.session.verify, proxies=self.session.proxies
             )
         except requests.RequestException as exc:
-            raise error_for_exception(exc, server=self.server) from exc
+            raise error_for_exception(exc, server=self._who(url)) from exc
         return dispatch_hook("response", self.session.hooks, response)
+
+    def _who(self, url: str) -> str:
+        """Who a blob URL reaches, for messages: this server, or the object store its URLs point at."""
+        host = urlsplit(url).netloc
+        return self.server if host == urlsplit(self.base_url).netloc else f"object store {host}"
 
     # --- blobs ------------------------------------------------------------------------------------------
 
@@ -200,7 +206,7 @@ class HttpTransport:
             body = _FileBody(f, size, progress, observer, offset)
             response = self._send_blob("PUT", self.absolute(url), data=body if size else b"", headers=sent_headers)
             with response:
-                raise_for_status(response, server=self.server)
+                raise_for_status(response, server=self._who(url))
                 return _parse_json(response, self.server)
 
     def post_bundle(
@@ -249,7 +255,7 @@ class HttpTransport:
             before = pos
             response = self._send_blob("GET", url, headers=headers)
             with response:
-                raise_for_status(response, server=self.server)
+                raise_for_status(response, server=self._who(url))
                 if ranged and response.status_code != 206:
                     raise TransportError(
                         f"{self.server} ignored a Range request (status {response.status_code})",
