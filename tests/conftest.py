@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-pytest_plugins = ["tests.support.server", "tests.support.mount"]
+pytest_plugins = ["tests.support.server", "tests.support.mount", "tests.support.postgres"]
 
 REGISTRY_KINDS = ["local", "http"]
 
@@ -46,12 +46,22 @@ def project() -> str:
 @pytest.fixture(params=REGISTRY_KINDS)
 def backend(request, monkeypatch) -> str:
     """Run the test against each registry kind; for 'http' the env points the SDK at a live server."""
-    if request.param == "http":
-        server = request.getfixturevalue("live_server")
+    return select_backend(request, monkeypatch)
+
+
+def select_backend(request, monkeypatch) -> str:
+    """Point the SDK at the registry kind ``request.param``: 'local' (embedded), 'http' (the session's
+    server), or 'pg' (the session's server on PostgreSQL metadata; modules opt in with ``WITH_POSTGRES``)."""
+    if request.param in ("http", "pg"):
+        server = request.getfixturevalue("live_server" if request.param == "http" else "pg_server")
         monkeypatch.setenv("WANLLMDB_BASE_URL", server.url)
         if server.api_key:
             monkeypatch.setenv("WANLLMDB_API_KEY", server.api_key)
     return request.param
+
+
+#: Registry kinds of the modules that also run against a server on PostgreSQL (they override ``backend``).
+WITH_POSTGRES = [*REGISTRY_KINDS, "pg"]
 
 
 @pytest.fixture
@@ -62,6 +72,10 @@ def registry(backend):
     reg = open_registry(load_settings())
     yield reg
     reg.close()
+
+
+def postgres_required() -> bool:
+    return os.environ.get("WANLLMDB_REQUIRE_POSTGRES") == "1"
 
 
 def fuse_required() -> bool:

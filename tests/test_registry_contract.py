@@ -10,6 +10,7 @@ import io
 
 import pytest
 
+from tests.conftest import WITH_POSTGRES, select_backend
 from tests.support.data import log_files, manifest_for, read_range, write_files
 from wanllmdb.errors import (
     AliasError,
@@ -25,6 +26,13 @@ from wanllmdb.errors import (
 )
 from wanllmdb.manifest import Manifest
 from wanllmdb.registry import DraftSpec, RunSpec
+
+
+@pytest.fixture(params=WITH_POSTGRES)
+def backend(request, monkeypatch) -> str:
+    """Also against a server whose metadata is in PostgreSQL."""
+    return select_backend(request, monkeypatch)
+
 
 
 def test_versions_count_from_v1_and_latest_moves(registry, project, tmp_path):

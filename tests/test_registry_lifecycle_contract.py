@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import WITH_POSTGRES, select_backend
 from tests.support.data import log_files
 from tests.support.server import start_server
 from wanllmdb.errors import (
@@ -29,6 +30,13 @@ from wanllmdb.errors import (
 )
 from wanllmdb.registry import RunSpec, VersionUpdate
 from wanllmdb.registry.local import LocalRegistry
+
+
+@pytest.fixture(params=WITH_POSTGRES)
+def backend(request, monkeypatch) -> str:
+    """Also against a server whose metadata is in PostgreSQL."""
+    return select_backend(request, monkeypatch)
+
 
 V1_DUMP = Path(__file__).parent / "data" / "registry-v1.sql"
 

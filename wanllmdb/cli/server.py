@@ -2,10 +2,16 @@
 
     wanllmdb server [--host 127.0.0.1] [--port 8080] [--root DIR] [--api-key KEY ...]
                     [--url-ttl 1h] [--draft-max-age 24h] [--public-url URL] [--port-file FILE]
+                    [--db postgresql://...] [--no-migrate]
+    wanllmdb server migrate [--db postgresql://...]
 
 Keys also come from ``WANLLMDB_SERVER_API_KEYS`` (comma-separated), the URL signing secret from
 ``WANLLMDB_SERVER_SECRET`` (else it is generated once into ``<root>/server.secret``). Binding an address
 other than loopback without a key is refused.
+
+Metadata stays in SQLite under ``--root`` unless ``--db`` (or ``WANLLMDB_SERVER_DB``) names a PostgreSQL
+database, whose missing migrations are applied at start (``--no-migrate``: refuse to start if any is
+missing; ``wanllmdb server migrate`` applies them and says which).
 """
 
 from __future__ import annotations
@@ -44,8 +50,38 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--public-url", help="base URL put into presigned URLs (default: the address asked)")
     parser.add_argument("--port-file", help="write the bound port to this file once listening")
     parser.add_argument("--quiet", action="store_true", help="no per-request log lines")
+    _add_db_option(parser)
+    parser.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not apply missing PostgreSQL migrations at start: refuse to start if any is missing",
+    )
     parser.set_defaults(func=run)
+    sub = parser.add_subparsers(dest="server_command", metavar="ACTION")
+    migrate = sub.add_parser(
+        "migrate",
+        parents=[common_parent()],
+        help="apply the missing migrations to the PostgreSQL metadata database, and exit",
+        description="Apply the migrations the PostgreSQL database named by --db lacks (under a lock: safe "
+        "while servers run or start), print which, and exit.",
+    )
+    _add_db_option(migrate)
+    migrate.set_defaults(func=run_migrate)
     return parser
+
+
+def _add_db_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help="metadata database postgresql://user:password@host:port/dbname (also WANLLMDB_SERVER_DB; "
+        "default: SQLite under --root)",
+    )
+
+
+def _db_url(args: argparse.Namespace) -> str | None:
+    return getattr(args, "db", None) or os.environ.get("WANLLMDB_SERVER_DB") or None
 
 
 def _port(text: str) -> int:
@@ -90,6 +126,8 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         draft_max_age=draft_max_age,
         max_json_bytes=parse_size(args.max_json_size),
         public_url=args.public_url,
+        db=_db_url(args),
+        migrate=not args.no_migrate,
     )
 
 
@@ -110,4 +148,23 @@ def run(args: argparse.Namespace) -> int:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out(f"wanllmdb server: root {config.root}, {len(config.api_keys)} API key(s), docs at /docs")
     serve(config, args.host, args.port, port_file=args.port_file)
+    return 0
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    """``wanllmdb server migrate``: bring the PostgreSQL schema up to date."""
+    from ..registry.pgdb import PostgresDatabase, is_postgres_url
+    from ..registry.pgschema import SCHEMA_VERSION
+
+    url = _db_url(args)
+    if url is None or not is_postgres_url(url):
+        raise ConfigError("wanllmdb server migrate needs --db postgresql://... (or WANLLMDB_SERVER_DB)")
+    db = PostgresDatabase(url, min_size=0, max_size=1)
+    try:
+        if db.applied:
+            out(f"{db.path}: applied migration(s) {', '.join(map(str, db.applied))}; schema {SCHEMA_VERSION}")
+        else:
+            out(f"{db.path}: schema {SCHEMA_VERSION} is current; nothing to apply")
+    finally:
+        db.close()
     return 0

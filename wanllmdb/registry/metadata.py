@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Union
 
 from ..errors import ConfigError
 from .db import Database
 from .pgdb import PostgresDatabase, is_postgres_url, mask_url
 
-MetadataDB = Union[Database, PostgresDatabase]
+MetadataDB = Database | PostgresDatabase
 
 
 def open_metadata(url: str | None, root: str, *, migrate: bool = True) -> MetadataDB:

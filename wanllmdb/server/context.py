@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from ..errors import AuthenticationError
 from ..registry.local import DEFAULT_DRAFT_MAX_AGE, LocalRegistry
+from ..registry.metadata import open_metadata
 from .signing import DEFAULT_URL_TTL, URLSigner, load_or_create_secret
 
 #: JSON request bodies (manifests) larger than this are refused before they are read.
@@ -27,6 +28,8 @@ class ServerConfig:
         draft_max_age: seconds before an unfinished draft (and stale temporary blob files) are removed.
         max_json_bytes: largest JSON request body accepted.
         public_url: base of the presigned URLs; None uses the address each request came to.
+        db: metadata database URL (``postgresql://...``); None keeps it in SQLite under ``root``.
+        migrate: apply missing PostgreSQL migrations at start; False fails if the schema is behind.
     """
 
     root: str
@@ -36,6 +39,8 @@ class ServerConfig:
     draft_max_age: float = DEFAULT_DRAFT_MAX_AGE
     max_json_bytes: int = DEFAULT_MAX_JSON_BYTES
     public_url: str | None = None
+    db: str | None = field(default=None, repr=False)
+    migrate: bool = True
 
 
 class KeyChecker:
@@ -71,7 +76,10 @@ class ServerState:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         root = os.path.abspath(os.path.expanduser(config.root))
-        self.registry = LocalRegistry(root, draft_max_age=config.draft_max_age, verify_md5=True)
+        database = open_metadata(config.db, root, migrate=config.migrate)
+        self.registry = LocalRegistry(
+            root, draft_max_age=config.draft_max_age, verify_md5=True, database=database
+        )
         secret = config.secret or load_or_create_secret(root)
         self.signer = URLSigner(secret, config.url_ttl)
         self.keys = KeyChecker(config.api_keys)
