@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.data import log_files, manifest_for, write_files
 from tests.support.postgres import free_port
-from tests.support.server import start_server
+from tests.support.server import log_version, start_server
 from wanllmdb.errors import ConfigError, DatabaseError, DatabaseUnavailableError, DraftNotFoundError
 from wanllmdb.registry import DraftSpec
 from wanllmdb.registry.db import Database
@@ -195,6 +195,29 @@ def test_threads_finalizing_one_artifact_get_dense_numbers(pg_url, tmp_path):
         assert info.aliases == {"latest": len(drafts)}
     finally:
         registry.close()
+
+
+def test_two_server_replicas_on_one_database_give_out_each_number_once(postgres_cluster, tmp_path):
+    """Two servers on one PostgreSQL database and one blob directory, eight clients split between them."""
+    url = postgres_cluster.create_database()
+    replicas = [start_server(tmp_path / "shared", extra_args=("--db", url), api_key="k") for _ in range(2)]
+    try:
+        clients = [replicas[i % 2].registry() for i in range(8)]
+        sources = [write_files(str(tmp_path / f"s{i}"), {f"{i}.txt": str(i).encode()}) for i in range(40)]
+
+        def log(i):
+            return log_version(clients[i % 8], "p", "m", {"f.txt": sources[i][f"{i}.txt"]}, threads=1).version.version
+
+        with ThreadPoolExecutor(8) as pool:
+            numbers = list(pool.map(log, range(40)))
+        assert sorted(numbers) == list(range(1, 41))
+        for replica in clients[:2]:
+            assert replica.get_artifact("p", "m").aliases == {"latest": 40}
+        for client in clients:
+            client.close()
+    finally:
+        for server in replicas:
+            server.stop()
 
 
 # --- migrations -------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import logging
 import os
 
 from ..errors import ConfigError
+from ..registry.pgdb import mask_url
 from ..server.context import ServerConfig
 from ..settings import load_settings, parse_duration, parse_size
 from .common import common_parent, out
@@ -146,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
         server_log.setLevel(logging.INFO)
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    out(f"wanllmdb server: root {config.root}, {len(config.api_keys)} API key(s), docs at /docs")
+    metadata = f", metadata in {mask_url(config.db)}" if config.db else ""
+    out(f"wanllmdb server: root {config.root}{metadata}, {len(config.api_keys)} API key(s), docs at /docs")
     serve(config, args.host, args.port, port_file=args.port_file)
     return 0
 
