@@ -11,13 +11,14 @@ import uuid
 
 import pytest
 
-pytest_plugins = ["tests.support.server", "tests.support.mount", "tests.support.s3"]
+pytest_plugins = ["tests.support.server", "tests.support.mount", "tests.support.postgres", "tests.support.s3"]
 
 REGISTRY_KINDS = ["local", "http"]
-#: The registry contract suites also run over these: a server on S3 (SeaweedFS) blobs.
-SCALE_KINDS = ["http-s3"]
+#: The registry contract suites also run over the scale-out servers: metadata in PostgreSQL ('pg'), blobs in
+#: S3 (SeaweedFS, 'http-s3'), and both ('pg-s3').
+SCALE_KINDS = ["pg", "http-s3", "pg-s3"]
 #: Which session fixture serves each HTTP kind.
-SERVER_FIXTURES = {"http": "live_server", "http-s3": "s3_server"}
+SERVER_FIXTURES = {"http": "live_server", "pg": "pg_server", "http-s3": "s3_server", "pg-s3": "pg_s3_server"}
 
 
 @pytest.fixture(autouse=True)
@@ -63,6 +64,15 @@ def backend(request, monkeypatch) -> str:
     return use_backend(request, monkeypatch, request.param)
 
 
+#: Registry kinds of the modules that also run against a server on PostgreSQL (they override ``backend``).
+WITH_POSTGRES = [*REGISTRY_KINDS, "pg"]
+
+
+def select_backend(request, monkeypatch) -> str:
+    """``use_backend`` for the kind in ``request.param``."""
+    return use_backend(request, monkeypatch, request.param)
+
+
 @pytest.fixture
 def registry(backend):
     from wanllmdb.registry import open_registry
@@ -71,6 +81,10 @@ def registry(backend):
     reg = open_registry(load_settings())
     yield reg
     reg.close()
+
+
+def postgres_required() -> bool:
+    return os.environ.get("WANLLMDB_REQUIRE_POSTGRES") == "1"
 
 
 def fuse_required() -> bool:

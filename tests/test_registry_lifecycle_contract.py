@@ -31,6 +31,13 @@ from wanllmdb.errors import (
 from wanllmdb.registry import RunSpec, VersionUpdate
 from wanllmdb.registry.local import LocalRegistry
 
+
+@pytest.fixture(params=[*REGISTRY_KINDS, *SCALE_KINDS])
+def backend(request, monkeypatch) -> str:
+    """This suite also runs over the scale-out backends (see conftest.SCALE_KINDS)."""
+    return use_backend(request, monkeypatch, request.param)
+
+
 V1_DUMP = Path(__file__).parent / "data" / "registry-v1.sql"
 
 
@@ -40,12 +47,6 @@ def _log(registry, tmp_path, project, name, content: bytes, **kwargs):
 
 # --- tags and updates ------------------------------------------------------------------------------------
 
-
-
-@pytest.fixture(params=[*REGISTRY_KINDS, *SCALE_KINDS])
-def backend(request, monkeypatch) -> str:
-    """This suite also runs over the scale-out backends (see conftest.SCALE_KINDS)."""
-    return use_backend(request, monkeypatch, request.param)
 
 def test_tags_are_set_at_finalize_and_added_when_content_is_identical(registry, project, tmp_path):
     first = _log(registry, tmp_path, project, "m", b"w", tags=["epoch-1", "baseline"])

@@ -33,6 +33,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from tests.conftest import WITH_POSTGRES, select_backend
 from tests.support.data import log_files
 from wanllmdb.errors import (
     AliasError,
@@ -41,6 +42,13 @@ from wanllmdb.errors import (
     ProjectNotFoundError,
     VersionNotFoundError,
 )
+
+
+@pytest.fixture(params=WITH_POSTGRES)
+def backend(request, monkeypatch) -> str:
+    """Also against a server whose metadata is in PostgreSQL."""
+    return select_backend(request, monkeypatch)
+
 
 LONG = os.environ.get("WANLLMDB_LONG_TESTS") == "1"
 SETTINGS = settings(

@@ -292,12 +292,28 @@ class StorageUnavailableError(ServerError):
 
 
 class DatabaseError(WanllmdbError, OSError):
-    """A SQLite database file (registry, cache index) is damaged or is not a database; the message names it."""
+    """A database (a SQLite file: registry, cache index; or the server's PostgreSQL) is damaged, is not a
+    database, or cannot be used; the message names it."""
 
     code = "database_error"
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class DatabaseUnavailableError(DatabaseError, ServerBusyError):
+    """The metadata database (PostgreSQL) cannot be reached, or has no connection free in time; the message
+    names it (password masked). A server answers 503 with Retry-After, which clients retry."""
+
+    code = "database_unavailable"
+    http_status = 503
+
+
+class DatabaseBusyError(DatabaseUnavailableError):
+    """A write lost a deadlock or a serialization conflict (PostgreSQL 40P01/40001) and was rolled back
+    whole: nothing of it was written, and repeating it is safe (503, retried by clients)."""
+
+    code = "database_busy"
 
 
 class FetchError(WanllmdbError, OSError):

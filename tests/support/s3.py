@@ -67,3 +67,12 @@ def make_s3_server(tmp_path_factory, seaweed):
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_s3_server(tmp_path_factory, seaweed, postgres_cluster) -> ServerProcess:
+    """A server on both scale-out engines: PostgreSQL metadata and S3 blobs (the ``pg-s3`` kind)."""
+    url = postgres_cluster.create_database()
+    server = start_s3_server(tmp_path_factory.mktemp("pg-s3-server"), seaweed, extra_args=("--db", url))
+    yield server
+    server.stop()

@@ -4,10 +4,16 @@
                     [--url-ttl 1h] [--draft-max-age 24h] [--public-url URL] [--port-file FILE]
                     [--blobs DIR|s3://bucket/prefix] [--s3-endpoint URL] [--presign-endpoint URL]
                     [--multipart-threshold 1GiB] [--part-size 64MiB]
+                    [--db postgresql://...] [--no-migrate]
+    wanllmdb server migrate [--db postgresql://...]
 
 Keys also come from ``WANLLMDB_SERVER_API_KEYS`` (comma-separated), the URL signing secret from
 ``WANLLMDB_SERVER_SECRET`` (else it is generated once into ``<root>/server.secret``). Binding an address
 other than loopback without a key is refused.
+
+Metadata stays in SQLite under ``--root`` unless ``--db`` (or ``WANLLMDB_SERVER_DB``) names a PostgreSQL
+database, whose missing migrations are applied at start (``--no-migrate``: refuse to start if any is
+missing; ``wanllmdb server migrate`` applies them and says which).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import logging
 import os
 
 from ..errors import ConfigError
+from ..registry.pgdb import mask_url
 from ..server.context import ServerConfig
 from ..settings import load_settings, parse_duration, parse_size
 from .common import common_parent, out
@@ -61,8 +68,38 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--port-file", help="write the bound port to this file once listening")
     parser.add_argument("--quiet", action="store_true", help="no per-request log lines")
+    _add_db_option(parser)
+    parser.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not apply missing PostgreSQL migrations at start: refuse to start if any is missing",
+    )
     parser.set_defaults(func=run)
+    sub = parser.add_subparsers(dest="server_command", metavar="ACTION")
+    migrate = sub.add_parser(
+        "migrate",
+        parents=[common_parent()],
+        help="apply the missing migrations to the PostgreSQL metadata database, and exit",
+        description="Apply the migrations the PostgreSQL database named by --db lacks (under a lock: safe "
+        "while servers run or start), print which, and exit.",
+    )
+    _add_db_option(migrate)
+    migrate.set_defaults(func=run_migrate)
     return parser
+
+
+def _add_db_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help="metadata database postgresql://user:password@host:port/dbname (also WANLLMDB_SERVER_DB; "
+        "default: SQLite under --root)",
+    )
+
+
+def _db_url(args: argparse.Namespace) -> str | None:
+    return getattr(args, "db", None) or os.environ.get("WANLLMDB_SERVER_DB") or None
 
 
 def _port(text: str) -> int:
@@ -112,6 +149,8 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         presign_endpoint=args.presign_endpoint,
         multipart_threshold=parse_size(args.multipart_threshold),
         part_size=parse_size(args.part_size),
+        db=_db_url(args),
+        migrate=not args.no_migrate,
     )
 
 
@@ -131,6 +170,26 @@ def run(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     blobs = config.blobs or os.path.join(config.root, "blobs")
-    out(f"wanllmdb server: root {config.root}, blobs {blobs}, {len(config.api_keys)} API key(s), docs at /docs")
+    metadata = mask_url(config.db) if config.db else os.path.join(config.root, "registry.sqlite")
+    out(f"wanllmdb server: metadata {metadata}, blobs {blobs}, {len(config.api_keys)} API key(s), docs at /docs")
     serve(config, args.host, args.port, port_file=args.port_file)
+    return 0
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    """``wanllmdb server migrate``: bring the PostgreSQL schema up to date."""
+    from ..registry.pgdb import PostgresDatabase, is_postgres_url
+    from ..registry.pgschema import SCHEMA_VERSION
+
+    url = _db_url(args)
+    if url is None or not is_postgres_url(url):
+        raise ConfigError("wanllmdb server migrate needs --db postgresql://... (or WANLLMDB_SERVER_DB)")
+    db = PostgresDatabase(url, min_size=0, max_size=1)
+    try:
+        if db.applied:
+            out(f"{db.path}: applied migration(s) {', '.join(map(str, db.applied))}; schema {SCHEMA_VERSION}")
+        else:
+            out(f"{db.path}: schema {SCHEMA_VERSION} is current; nothing to apply")
+    finally:
+        db.close()
     return 0

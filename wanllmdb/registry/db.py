@@ -151,6 +151,9 @@ _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _migrate_life
 class Database(SQLiteDB):
     """The registry's database (one connection shared by threads; see :mod:`wanllmdb.sqlitedb`)."""
 
+    #: SQL dialect, for the few statements that differ (``FOR UPDATE`` only on PostgreSQL).
+    dialect = "sqlite"
+
     def __init__(self, path: str) -> None:
         super().__init__(path, _SCHEMA, rows_by_name=True)
         self._migrate()

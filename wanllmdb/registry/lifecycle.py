@@ -69,6 +69,7 @@ class LifecycleOps:
     _version_info: Any
     _apply_aliases: Any
     _project_id: Any
+    _for_update: Any
 
     # --- helpers ----------------------------------------------------------------------------------------
 
@@ -103,6 +104,14 @@ class LifecycleOps:
             int(r[0])
             for r in conn.execute(f"SELECT DISTINCT artifact_id FROM versions WHERE id IN ({marks})", version_ids)
         ]
+        # Lock every artifact touched (links live in other artifacts), in id order: no deadlock between two
+        # deletions. The caller already holds the first one's lock.
+        lock = self._for_update()
+        if lock:
+            conn.execute(
+                f"SELECT id FROM artifacts WHERE id IN ({','.join('?' * len(artifact_ids))}) ORDER BY id{lock}",
+                artifact_ids,
+            ).fetchall()
         conn.execute(f"DELETE FROM aliases WHERE version_id IN ({marks})", version_ids)
         conn.execute(
             f"UPDATE versions SET state = 'DELETED', updated_at = ? WHERE id IN ({marks})", (now, *version_ids)
@@ -141,7 +150,7 @@ class LifecycleOps:
             raise AliasError("'latest' moves by itself to the newest version; it cannot be removed")
         now = time.time()
         with self.db.write() as conn:
-            art = self._artifact_row(conn, project, name)
+            art = self._artifact_row(conn, project, name, lock=True)
             row = self._live_version(conn, art, project, version)
             sets, args = ["updated_at = ?"], [now]
             if update.description is not None:
@@ -177,7 +186,7 @@ class LifecycleOps:
 
     def delete_version(self, project: str, name: str, version: int, *, delete_aliases: bool = False) -> None:
         with self.db.write() as conn:
-            art = self._artifact_row(conn, project, name)
+            art = self._artifact_row(conn, project, name, lock=True)
             row = self._live_version(conn, art, project, version)
             targets = self._with_links(conn, [int(row["id"])])
             marks = ",".join("?" * len(targets))
@@ -198,7 +207,7 @@ class LifecycleOps:
 
     def delete_artifact(self, project: str, name: str) -> int:
         with self.db.write() as conn:
-            art = self._artifact_row(conn, project, name)
+            art = self._artifact_row(conn, project, name, lock=True)
             own = [
                 int(r[0])
                 for r in conn.execute(
@@ -224,24 +233,24 @@ class LifecycleOps:
         aliases = list(dict.fromkeys(validate_alias(a) for a in aliases))
         now = time.time()
         with self.db.write() as conn:
-            art = self._artifact_row(conn, project, name)
+            # The source's lock keeps its version from being deleted meanwhile; the collection's (below)
+            # serializes the numbers given out in it.
+            art = self._artifact_row(conn, project, name, lock=True)
             row = self._live_version(conn, art, project, version)
             source_id = int(row["link_version_id"] or row["id"])
             source = conn.execute("SELECT * FROM versions WHERE id = ?", (source_id,)).fetchone()
             project_id = self._project_id(conn, target_project, create=True)
+            conn.execute(
+                "INSERT INTO artifacts (project_id, name, type, created_at, is_link) VALUES (?, ?, ?, ?, 1) "
+                "ON CONFLICT (project_id, name) DO NOTHING",
+                (project_id, target_name, art["type"], now),
+            )
             target = conn.execute(
-                "SELECT id, type, is_link, last_version FROM artifacts WHERE project_id = ? AND name = ?",
+                "SELECT id, type, is_link, last_version FROM artifacts WHERE project_id = ? AND name = ?"
+                + self._for_update(),
                 (project_id, target_name),
             ).fetchone()
-            if target is None:
-                target_id = int(
-                    conn.execute(
-                        "INSERT INTO artifacts (project_id, name, type, created_at, is_link) VALUES (?, ?, ?, ?, 1)",
-                        (project_id, target_name, art["type"], now),
-                    ).lastrowid
-                )
-                last = 0
-            elif not target["is_link"]:
+            if not target["is_link"]:
                 raise ConflictError(
                     f"cannot link into '{target_project}/{target_name}': it is an artifact, not a link collection"
                 )
@@ -266,7 +275,7 @@ class LifecycleOps:
                     conn.execute(
                         "INSERT INTO versions (artifact_id, version, digest, manifest, size, file_count, description, "
                         "metadata, created_at, run_id, uid, tags, updated_at, link_version_id) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, '[]', ?, ?)",
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, '[]', ?, ?) RETURNING id",
                         (
                             target_id,
                             number,
@@ -281,7 +290,7 @@ class LifecycleOps:
                             now,
                             source_id,
                         ),
-                    ).lastrowid
+                    ).fetchone()["id"]
                 )
             self._apply_aliases(conn, target_id, version_id, number, ["latest", *aliases])
             (info,) = self._versions_where(conn, "WHERE v.id = ?", (version_id,))

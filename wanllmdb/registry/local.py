@@ -68,6 +68,7 @@ from .base import (
 from .blobstore import BlobStore
 from .db import Database
 from .lifecycle import HAS_LIVE_VERSION, VERSION_COLUMNS, LifecycleOps, add_tags
+from .pgdb import PostgresDatabase
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,9 @@ class LocalRegistry(LifecycleOps):
     Args:
         root: data directory (created if missing).
         draft_max_age: drafts (and temporary blob files) older than this many seconds are removed.
+        database: an open metadata database (:class:`Database`, or a
+            :class:`~.pgdb.PostgresDatabase` for a server); default: ``registry.sqlite`` under ``root``. The
+            registry closes it.
     """
 
     def __init__(
@@ -102,11 +106,12 @@ class LocalRegistry(LifecycleOps):
         *,
         draft_max_age: float = DEFAULT_DRAFT_MAX_AGE,
         verify_md5: bool = False,
+        database: Database | PostgresDatabase | None = None,
         blobstore: BlobStore | None = None,
     ) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
         os.makedirs(self.root, exist_ok=True)
-        self.db = Database(os.path.join(self.root, "registry.sqlite"))
+        self.db = database if database is not None else Database(os.path.join(self.root, "registry.sqlite"))
         #: Compute the MD5 of every blob received and hold every manifest entry to it (the server does:
         #: its clients are not trusted); otherwise MD5s are checked where they were recorded.
         self.verify_md5 = verify_md5
@@ -132,18 +137,28 @@ class LocalRegistry(LifecycleOps):
             return int(row["id"])
         if not create:
             return None
-        cur = conn.execute("INSERT INTO projects (name, created_at) VALUES (?, ?)", (project, time.time()))
-        return int(cur.lastrowid)
+        # Another writer (another replica) may create it at the same time: whoever inserts, both read it.
+        conn.execute(
+            "INSERT INTO projects (name, created_at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+            (project, time.time()),
+        )
+        return int(conn.execute("SELECT id FROM projects WHERE name = ?", (project,)).fetchone()["id"])
 
     def _artifact_row(
-        self, conn: sqlite3.Connection, project: str, name: str, *, with_deleted: bool = False
+        self, conn: sqlite3.Connection, project: str, name: str, *, with_deleted: bool = False, lock: bool = False
     ) -> sqlite3.Row:
-        """The artifact's row; one whose versions were all deleted is not found unless ``with_deleted``."""
+        """The artifact's row; one whose versions were all deleted is not found unless ``with_deleted``.
+
+        ``lock`` takes the artifact's row lock (PostgreSQL) until the transaction ends: every write that reads
+        then changes an artifact's versions or aliases takes it, so such writes are serialized per artifact.
+        """
         validate_project(project)
         validate_artifact_name(name)
         row = conn.execute(
             "SELECT a.id, a.name, a.type, a.is_link FROM artifacts a JOIN projects p ON p.id = a.project_id "
-            "WHERE p.name = ? AND a.name = ?" + ("" if with_deleted else f" AND {HAS_LIVE_VERSION}"),
+            "WHERE p.name = ? AND a.name = ?"
+            + ("" if with_deleted else f" AND {HAS_LIVE_VERSION}")
+            + (self._for_update("a") if lock else ""),
             (project, name),
         ).fetchone()
         if row is None:
@@ -163,6 +178,13 @@ class LocalRegistry(LifecycleOps):
                 f"artifact '{name}' not found in project '{project}' (artifacts: {', '.join(names) or 'none'})"
             )
         return row
+
+    def _for_update(self, table: str = "") -> str:
+        """`` FOR UPDATE [OF table]`` on PostgreSQL; nothing on SQLite, whose write transactions are
+        serialized whole (``BEGIN IMMEDIATE``)."""
+        if self.db.dialect != "postgresql":
+            return ""
+        return f" FOR UPDATE OF {table}" if table else " FOR UPDATE"
 
     @staticmethod
     def _aliases_by_version(conn: sqlite3.Connection, artifact_id: int) -> dict[int, list[str]]:
@@ -297,12 +319,15 @@ class LocalRegistry(LifecycleOps):
         return {entry.sha256: entry.md5 for entry in self._draft_manifest(draft_id)}
 
     def _note_blobs(self, items: Sequence[tuple[str, int, str | None]]) -> None:
+        # In key order: concurrent writers inserting overlapping keys then wait for each other, never deadlock.
+        items = sorted(items)
         with self.db.write() as conn:
             conn.executemany(
-                "INSERT OR IGNORE INTO blob_sizes (sha256, size) VALUES (?, ?)", [(sha, n) for sha, n, _ in items]
+                "INSERT INTO blob_sizes (sha256, size) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                [(sha, n) for sha, n, _ in items],
             )
             conn.executemany(
-                "INSERT OR IGNORE INTO blob_md5 (sha256, md5) VALUES (?, ?)",
+                "INSERT INTO blob_md5 (sha256, md5) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 [(sha, md5) for sha, _, md5 in items if md5],
             )
 
@@ -426,6 +451,11 @@ class LocalRegistry(LifecycleOps):
             "WHERE p.name = ? AND a.name = ?",
             (project, name),
         ).fetchone()
+        self._check_kind(row, project, name, type_)
+
+    @staticmethod
+    def _check_kind(row: sqlite3.Row | None, project: str, name: str, type_: str) -> None:
+        """Raises if the artifact row ``row`` (None: no such artifact yet) cannot take a ``type_`` version."""
         if row is not None and row["is_link"]:
             raise ConflictError(
                 f"'{project}/{name}' is a link collection: link versions into it instead of logging to it"
@@ -516,7 +546,9 @@ class LocalRegistry(LifecycleOps):
         stored = self.stored_sizes(draft_manifest.blobs())
         del draft_manifest
         with self.db.write() as conn:
-            draft = conn.execute("SELECT * FROM drafts WHERE id = ?", (draft_id,)).fetchone()
+            # Locked: a second finalize of this draft (another thread, another replica) waits here, then finds
+            # it deleted; a draft is finalized at most once.
+            draft = conn.execute("SELECT * FROM drafts WHERE id = ?" + self._for_update(), (draft_id,)).fetchone()
             if draft is None:
                 raise DraftNotFoundError(f"draft {draft_id!r} not found (finalized, aborted or expired)")
             manifest = Manifest.from_json(draft["manifest"])
@@ -528,36 +560,36 @@ class LocalRegistry(LifecycleOps):
             project, name, type_ = draft["project"], draft["name"], draft["type"]
             self._check_type(conn, project, name, type_)
             project_id = self._project_id(conn, project, create=True)
+            now = time.time()
+            # Create the artifact unless it exists, then lock its row: finalizes of one artifact are serialized
+            # from here to the commit (in any replica), so the number read below is still the last one when
+            # the next is inserted. Its kind is checked again under the lock.
+            conn.execute(
+                "INSERT INTO artifacts (project_id, name, type, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (project_id, name) DO NOTHING",
+                (project_id, name, type_, now),
+            )
             art = conn.execute(
-                "SELECT id, last_version FROM artifacts WHERE project_id = ? AND name = ?",
+                "SELECT id, last_version, type, is_link FROM artifacts WHERE project_id = ? AND name = ?"
+                + self._for_update(),
                 (project_id, name),
             ).fetchone()
-            now = time.time()
-            if art is None:
-                artifact_id = int(
-                    conn.execute(
-                        "INSERT INTO artifacts (project_id, name, type, created_at) VALUES (?, ?, ?, ?)",
-                        (project_id, name, type_, now),
-                    ).lastrowid
-                )
-                newest = None
-            else:
-                artifact_id = int(art["id"])
-                newest = conn.execute(
-                    "SELECT * FROM versions WHERE artifact_id = ? AND state = 'COMMITTED' "
-                    "ORDER BY version DESC LIMIT 1",
-                    (artifact_id,),
-                ).fetchone()
+            self._check_kind(art, project, name, type_)
+            artifact_id = int(art["id"])
+            newest = conn.execute(
+                "SELECT * FROM versions WHERE artifact_id = ? AND state = 'COMMITTED' ORDER BY version DESC LIMIT 1",
+                (artifact_id,),
+            ).fetchone()
             created = newest is None or newest["digest"] != draft["digest"]
             if created:
                 # A counter, not MAX()+1: numbers of deleted versions are never given out again.
-                number = (int(art["last_version"]) if art is not None else 0) + 1
+                number = int(art["last_version"]) + 1
                 conn.execute("UPDATE artifacts SET last_version = ? WHERE id = ?", (number, artifact_id))
                 version_id = int(
                     conn.execute(
                         "INSERT INTO versions (artifact_id, version, digest, manifest, size, file_count, description, "
                         "metadata, created_at, run_id, uid, tags, updated_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                         (
                             artifact_id,
                             number,
@@ -573,7 +605,7 @@ class LocalRegistry(LifecycleOps):
                             json.dumps(tags),
                             now,
                         ),
-                    ).lastrowid
+                    ).fetchone()["id"]
                 )
             else:
                 number, version_id = int(newest["version"]), int(newest["id"])
@@ -638,7 +670,7 @@ class LocalRegistry(LifecycleOps):
         if alias == "latest":
             raise AliasError("'latest' moves by itself to the newest version; it cannot be set")
         with self.db.write() as conn:
-            art = self._artifact_row(conn, project, name)
+            art = self._artifact_row(conn, project, name, lock=True)
             row = conn.execute(
                 "SELECT id FROM versions WHERE artifact_id = ? AND version = ? AND state = 'COMMITTED'",
                 (art["id"], version),
@@ -652,7 +684,7 @@ class LocalRegistry(LifecycleOps):
         if alias == "latest":
             raise AliasError("'latest' cannot be deleted")
         with self.db.write() as conn:
-            art = self._artifact_row(conn, project, name)
+            art = self._artifact_row(conn, project, name, lock=True)
             cur = conn.execute("DELETE FROM aliases WHERE artifact_id = ? AND alias = ?", (art["id"], alias))
             if cur.rowcount == 0:
                 raise VersionNotFoundError(f"artifact '{name}' in project '{project}' has no alias '{alias}'")
@@ -664,25 +696,23 @@ class LocalRegistry(LifecycleOps):
         now = time.time()
         with self.db.write() as conn:
             project_id = self._project_id(conn, spec.project, create=True)
-            existing = conn.execute("SELECT id FROM runs WHERE id = ?", (spec.id,)).fetchone()
-            if existing is None:
-                conn.execute(
-                    "INSERT INTO runs (id, project_id, name, state, config, summary, tags, notes, run_group, "
-                    "job_type, created_at) VALUES (?, ?, ?, 'running', ?, '{}', ?, ?, ?, ?, ?)",
-                    (
-                        spec.id,
-                        project_id,
-                        spec.name,
-                        _dumps(spec.config),
-                        json.dumps(list(spec.tags)),
-                        spec.notes,
-                        spec.group,
-                        spec.job_type,
-                        now,
-                    ),
-                )
-            else:
-                conn.execute("UPDATE runs SET state = 'running', finished_at = NULL WHERE id = ?", (spec.id,))
+            # A run created again (resumed) is only marked running again.
+            conn.execute(
+                "INSERT INTO runs (id, project_id, name, state, config, summary, tags, notes, run_group, "
+                "job_type, created_at) VALUES (?, ?, ?, 'running', ?, '{}', ?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET state = 'running', finished_at = NULL",
+                (
+                    spec.id,
+                    project_id,
+                    spec.name,
+                    _dumps(spec.config),
+                    json.dumps(list(spec.tags)),
+                    spec.notes,
+                    spec.group,
+                    spec.job_type,
+                    now,
+                ),
+            )
         return self.get_run(spec.id)
 
     def update_run(
@@ -695,7 +725,8 @@ class LocalRegistry(LifecycleOps):
         state: str | None = None,
     ) -> None:
         with self.db.write() as conn:
-            if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+            # The run's row lock serializes the history's sequence numbers across concurrent updates.
+            if conn.execute("SELECT 1 FROM runs WHERE id = ?" + self._for_update(), (run_id,)).fetchone() is None:
                 raise RunNotFoundError(f"run {run_id!r} not found")
             if config is not None:
                 conn.execute("UPDATE runs SET config = ? WHERE id = ?", (_dumps(config), run_id))
@@ -749,10 +780,18 @@ class LocalRegistry(LifecycleOps):
         return [json.loads(r["row"]) for r in rows]
 
     def _version_id(
-        self, conn: sqlite3.Connection, project: str, name: str, version: int, *, with_deleted: bool = False
+        self,
+        conn: sqlite3.Connection,
+        project: str,
+        name: str,
+        version: int,
+        *,
+        with_deleted: bool = False,
+        lock: bool = False,
     ) -> int:
-        """The row id of ``name:vN``; a deleted version (a tombstone) is found only ``with_deleted``."""
-        art = self._artifact_row(conn, project, name, with_deleted=with_deleted)
+        """The row id of ``name:vN``; a deleted version (a tombstone) is found only ``with_deleted``;
+        ``lock`` takes the artifact's row lock."""
+        art = self._artifact_row(conn, project, name, with_deleted=with_deleted, lock=lock)
         row = conn.execute(
             "SELECT id FROM versions WHERE artifact_id = ? AND version = ?"
             + ("" if with_deleted else " AND state = 'COMMITTED'"),
@@ -766,9 +805,9 @@ class LocalRegistry(LifecycleOps):
         with self.db.write() as conn:
             if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
                 raise RunNotFoundError(f"run {run_id!r} not found")
-            version_id = self._version_id(conn, project, name, version)
+            version_id = self._version_id(conn, project, name, version, lock=True)
             conn.execute(
-                "INSERT OR IGNORE INTO artifact_uses (run_id, version_id, used_at) VALUES (?, ?, ?)",
+                "INSERT INTO artifact_uses (run_id, version_id, used_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 (run_id, version_id, time.time()),
             )
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from ..errors import AuthenticationError
 from ..registry.local import DEFAULT_DRAFT_MAX_AGE, LocalRegistry
+from ..registry.metadata import open_metadata
 from ..registry.s3blobs import DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, S3BlobStore, open_blobstore
 from .signing import DEFAULT_URL_TTL, URLSigner, load_or_create_secret
 
@@ -30,6 +31,8 @@ class ServerConfig:
         public_url: base of the presigned URLs; None uses the address each request came to.
         blobs, s3_endpoint, presign_endpoint, multipart_threshold, part_size: the blob store (see
             :mod:`wanllmdb.registry.s3blobs`).
+        db: metadata database URL (``postgresql://...``); None keeps it in SQLite under ``root``.
+        migrate: apply missing PostgreSQL migrations at start; False fails if the schema is behind.
     """
 
     root: str
@@ -46,6 +49,8 @@ class ServerConfig:
     presign_endpoint: str | None = None
     multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD
     part_size: int = DEFAULT_PART_SIZE
+    db: str | None = field(default=None, repr=False)
+    migrate: bool = True
 
 
 class KeyChecker:
@@ -96,8 +101,9 @@ class ServerState:
                 else {}
             ),
         )
+        database = open_metadata(config.db, root, migrate=config.migrate)
         self.registry = LocalRegistry(
-            root, draft_max_age=config.draft_max_age, verify_md5=True, blobstore=self.blobstore
+            root, draft_max_age=config.draft_max_age, verify_md5=True, database=database, blobstore=self.blobstore
         )
         #: The object store clients upload to and download from directly (None: blobs go through the server).
         self.s3: S3BlobStore | None = self.blobstore if isinstance(self.blobstore, S3BlobStore) else None
