@@ -79,7 +79,7 @@ _LOGGER = textwrap.dedent(
 
 
 def test_eight_processes_logging_through_both_replicas_get_dense_unique_numbers(replicas, project, tmp_path):
-    work = tmp_path / "work"
+    work = tmp_path / "logged"
     work.mkdir()
     script = _LOGGER.format(repo=str(Path(__file__).resolve().parents[1]), project=project, count=3, work=str(work))
     procs = []
@@ -187,17 +187,30 @@ def test_a_replica_killed_mid_upload_leaves_the_log_to_the_other(replicas, proje
         assert read_range(b, entry.sha256, entry.size - 100, 100) == big.read_bytes()[-100:]
 
 
-def test_background_sweeps_run_on_one_replica_at_a_time(pg_url):
+def test_background_sweeps_run_on_one_replica_at_a_time(pg_url, tmp_path):
+    from wanllmdb.registry.local import LocalRegistry
     from wanllmdb.registry.pgdb import PostgresDatabase
 
     first, second = PostgresDatabase(pg_url), PostgresDatabase(pg_url)
+    registry = LocalRegistry(str(tmp_path / "r"), database=second)
     try:
         with first.exclusive("sweep") as mine:
             assert mine
             with second.exclusive("sweep") as theirs:
                 assert not theirs
+            assert registry.sweep() is None  # another replica is sweeping
         with second.exclusive("sweep") as theirs:
             assert theirs
+        assert registry.sweep() == 0
     finally:
         first.close()
-        second.close()
+        registry.close()
+
+
+def test_replicas_on_postgresql_and_s3_need_a_shared_secret(seaweed, pg_url, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "WANLLMDB_"))}
+    cmd = [sys.executable, "-m", "wanllmdb.cli.main", "server", "--port", "0", "--root", str(tmp_path / "r"),
+           "--db", pg_url, "--blobs", f"s3://{seaweed.new_bucket()}/reg"]  # fmt: skip
+    done = subprocess.run(cmd, env={**env, **seaweed.env}, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "WANLLMDB_SERVER_SECRET" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "r").exists()

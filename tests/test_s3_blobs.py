@@ -183,7 +183,18 @@ def test_a_multipart_upload_killed_midway_resumes_with_the_missing_parts_only(
     client = seaweed.client()
     uploads = client.list_multipart_uploads(Bucket=s3_server.bucket, Prefix=_blob_key(entry.sha256))["Uploads"]
     (upload,) = uploads
-    stored = client.list_parts(Bucket=s3_server.bucket, Key=upload["Key"], UploadId=upload["UploadId"])["Parts"]
+
+    def stored_parts() -> list:
+        return client.list_parts(Bucket=s3_server.bucket, Key=upload["Key"], UploadId=upload["UploadId"])["Parts"]
+
+    # A part whose body was on the wire when the logger died may still land: wait until the store settles.
+    stored, deadline = stored_parts(), time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        again = stored_parts()
+        if len(again) == len(stored):
+            break
+        stored = again
     assert 7 <= len(stored) < 10
     with s3_server.registry() as registry:
         seen = RequestLog(registry)

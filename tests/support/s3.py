@@ -19,6 +19,8 @@ from tests.support.server import ServerProcess, start_server
 
 #: Multipart settings of the test servers: small enough that a 30 MiB file goes in six parts.
 TEST_MULTIPART = ("--multipart-threshold", "12MiB", "--part-size", "5MiB")
+#: The URL-signing secret of test servers on PostgreSQL + S3 (replicas must share one).
+SHARED_SECRET = "wanllmdb-test-replica-secret"
 
 
 def require_seaweed() -> None:
@@ -43,6 +45,8 @@ def start_s3_server(
     bucket = bucket or store.new_bucket()
     args = ("--blobs", f"s3://{bucket}/reg", *TEST_MULTIPART, *extra_args)
     env = {**store.env, **options.pop("extra_env", {})}
+    if "--db" in extra_args:  # replicas on one database and bucket share a URL-signing secret
+        env.setdefault("WANLLMDB_SERVER_SECRET", SHARED_SECRET)
     server = start_server(root, extra_args=args, extra_env=env, **options)
     server.bucket = bucket  # type: ignore[attr-defined]
     return server

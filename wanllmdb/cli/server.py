@@ -136,6 +136,12 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
     keys = [k.strip() for k in args.api_key if k.strip()]
     keys += [k.strip() for k in os.environ.get("WANLLMDB_SERVER_API_KEYS", "").split(",") if k.strip()]
     secret = os.environ.get("WANLLMDB_SERVER_SECRET") or None
+    db, blobs = _db_url(args), args.blobs or os.environ.get("WANLLMDB_SERVER_BLOBS") or None
+    if secret is None and db is not None and blobs is not None and "://" in blobs:
+        raise ConfigError(
+            "replicas on a shared database and bucket must sign URLs alike: set WANLLMDB_SERVER_SECRET "
+            "(the same random string on every replica, e.g. `openssl rand -hex 32`)"
+        )
     return ServerConfig(
         root=os.path.abspath(os.path.expanduser(args.root or load_settings().data_dir)),
         api_keys=tuple(dict.fromkeys(keys)),
@@ -144,12 +150,12 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         draft_max_age=draft_max_age,
         max_json_bytes=parse_size(args.max_json_size),
         public_url=args.public_url,
-        blobs=args.blobs or os.environ.get("WANLLMDB_SERVER_BLOBS") or None,
+        blobs=blobs,
         s3_endpoint=args.s3_endpoint,
         presign_endpoint=args.presign_endpoint,
         multipart_threshold=parse_size(args.multipart_threshold),
         part_size=parse_size(args.part_size),
-        db=_db_url(args),
+        db=db,
         migrate=not args.no_migrate,
     )
 

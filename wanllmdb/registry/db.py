@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from ..sqlitedb import SQLiteDB
 
@@ -157,6 +158,12 @@ class Database(SQLiteDB):
     def __init__(self, path: str) -> None:
         super().__init__(path, _SCHEMA, rows_by_name=True)
         self._migrate()
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """Whether this process may run the background work ``name`` now: always, for SQLite (one machine;
+        its work is idempotent). PostgreSQL's version lets one replica at a time run it."""
+        yield True
 
     def _migrate(self) -> None:
         with self.write() as conn:

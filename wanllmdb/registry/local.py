@@ -665,6 +665,12 @@ class LocalRegistry(LifecycleOps):
             logger.info("removed %d stale draft(s)", removed)
         return removed
 
+    def sweep(self) -> int | None:
+        """The server's background work (stale drafts, temporary files, abandoned multipart uploads), run by
+        one replica at a time: None when another one holds it."""
+        with self.db.exclusive("sweep") as mine:
+            return self.remove_stale_drafts() if mine else None
+
     def set_alias(self, project: str, name: str, alias: str, version: int) -> None:
         validate_alias(alias)
         if alias == "latest":

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -237,6 +238,32 @@ class PostgresDatabase:
         return exc
 
     @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """Whether this process holds the advisory lock ``name`` for the block (it does not wait for it).
+
+        Replicas run background work (draft expiry, stale uploads) inside it, so one of them does it at a
+        time: ``pg_try_advisory_lock`` on a connection held for the block, released at its end (or when the
+        connection dies with a killed replica).
+        """
+        import psycopg
+
+        key = _ADVISORY_BASE + zlib.crc32(name.encode())
+        try:
+            with self._pool.connection() as raw:
+                raw.autocommit = True
+                try:
+                    held = bool(raw.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0])
+                    try:
+                        yield held
+                    finally:
+                        if held and not raw.closed:
+                            raw.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                finally:
+                    raw.autocommit = False
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
+
+    @contextmanager
     def write(self) -> Iterator[Connection]:
         """A READ COMMITTED transaction on a pooled connection (committed when the block ends)."""
         with self._transaction("BEGIN ISOLATION LEVEL READ COMMITTED") as conn:
@@ -252,6 +279,10 @@ class PostgresDatabase:
         """All rows of one statement (its own transaction, which commits what it writes)."""
         with self._transaction("BEGIN ISOLATION LEVEL READ COMMITTED") as conn:
             return conn.execute(sql, args).fetchall()
+
+
+#: Advisory lock keys of background work: this base plus the CRC-32 of the work's name.
+_ADVISORY_BASE = 0x77616E6C << 32
 
 
 def is_postgres_url(url: str) -> bool:

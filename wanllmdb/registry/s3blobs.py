@@ -43,7 +43,6 @@ import base64
 import hashlib
 import logging
 import os
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -181,7 +180,6 @@ class S3BlobStore(BlobStore):
             raise ConfigError(f"the part size must be at least {MIN_PART_SIZE >> 20} MiB (S3's minimum): {part_size}")
         if multipart_threshold < part_size:
             raise ConfigError("the multipart threshold must be at least the part size")
-        super().__init__(root, on_install, compute_md5=True)
         self.url = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         self.client = make_client(endpoint)
         self.presigner = make_client(presign_endpoint) if presign_endpoint else self.client
@@ -189,8 +187,9 @@ class S3BlobStore(BlobStore):
         self.url_ttl = int(url_ttl)
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
-        self._local = threading.local()
         self.description = f"bucket {self.url} at {self.endpoint}"
+        self.check()  # before anything is written locally
+        super().__init__(root, on_install, compute_md5=True)
 
     # --- set-up -----------------------------------------------------------------------------------------
 
@@ -568,6 +567,4 @@ def open_blobstore(
     """
     if url is None or "://" not in url:
         return BlobStore(os.path.abspath(url) if url else root, on_install)
-    store = S3BlobStore(url, root, on_install, **s3_options)
-    store.check()
-    return store
+    return S3BlobStore(url, root, on_install, **s3_options)

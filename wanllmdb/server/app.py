@@ -157,11 +157,12 @@ BLOB_PATH_SCHEMA: dict[str, Any] = {
 
 
 async def _sweep_drafts(state: ServerState) -> None:
-    """Remove drafts older than ``draft_max_age`` now and then (a killed logger's leftovers)."""
+    """Remove drafts older than ``draft_max_age`` now and then (a killed logger's leftovers); with several
+    replicas on one PostgreSQL database, one of them at a time does it (``LocalRegistry.sweep``)."""
     interval = min(max(state.config.draft_max_age / 4, 0.25), 600.0)
     while True:
         try:
-            await run_in_threadpool(state.registry.remove_stale_drafts)
+            await run_in_threadpool(state.registry.sweep)
         except Exception:  # a failed sweep is retried at the next interval
             logger.exception("removing stale drafts failed")
         await asyncio.sleep(interval)

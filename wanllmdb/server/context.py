@@ -86,22 +86,19 @@ class ServerState:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         root = os.path.abspath(os.path.expanduser(config.root))
-        self.blobstore = open_blobstore(
-            config.blobs,
-            root,
-            **(
-                {
-                    "endpoint": config.s3_endpoint,
-                    "presign_endpoint": config.presign_endpoint,
-                    "url_ttl": config.url_ttl,
-                    "multipart_threshold": config.multipart_threshold,
-                    "part_size": config.part_size,
-                }
-                if config.blobs and "://" in config.blobs
-                else {}
-            ),
-        )
+        on_s3 = bool(config.blobs and "://" in config.blobs)
+        s3_options = {
+            "endpoint": config.s3_endpoint,
+            "presign_endpoint": config.presign_endpoint,
+            "url_ttl": config.url_ttl,
+            "multipart_threshold": config.multipart_threshold,
+            "part_size": config.part_size,
+        }
+        # Whatever can fail without writing comes first: the bucket (checked before its staging directory is
+        # made), then the database, then a blob directory. A failure leaves nothing half-made behind.
+        blobstore = open_blobstore(config.blobs, root, **s3_options) if on_s3 else None
         database = open_metadata(config.db, root, migrate=config.migrate)
+        self.blobstore = blobstore or open_blobstore(config.blobs, root)
         self.registry = LocalRegistry(
             root, draft_max_age=config.draft_max_age, verify_md5=True, database=database, blobstore=self.blobstore
         )
