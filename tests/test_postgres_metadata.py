@@ -259,7 +259,7 @@ def test_registries_opening_a_fresh_database_at_once_all_work(pg_url, tmp_path):
 
 
 def test_no_migrate_on_an_empty_database_refuses_clearly(pg_url, tmp_path):
-    with pytest.raises(DatabaseError, match="is at schema 0, this wanllmdb needs 1.*server migrate"):
+    with pytest.raises(DatabaseError, match=f"is at schema 0, this wanllmdb needs {SCHEMA_VERSION}.*server migrate"):
         PostgresDatabase(pg_url, migrate=False)
     done = subprocess.run(
         [*CLI, "server", "--port", "0", "--root", str(tmp_path / "r"), "--db", pg_url, "--no-migrate"],

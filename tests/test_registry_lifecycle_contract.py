@@ -29,6 +29,7 @@ from wanllmdb.errors import (
     VersionNotFoundError,
 )
 from wanllmdb.registry import RunSpec, VersionUpdate
+from wanllmdb.registry.db import SCHEMA_VERSION
 from wanllmdb.registry.local import LocalRegistry
 
 
@@ -286,7 +287,7 @@ def test_old_database_is_upgraded_in_place_embedded(tmp_path):
     finally:
         registry.close()
     conn = sqlite3.connect(root / "registry.sqlite")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
     reopened = LocalRegistry(str(root))
     try:

@@ -20,7 +20,7 @@ from ..sqlitedb import SQLiteDB
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects (
@@ -146,7 +146,23 @@ def _migrate_lifecycle(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS versions_run ON versions(run_id)")
 
 
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _migrate_lifecycle}
+def _migrate_retention(conn: sqlite3.Connection) -> None:
+    """3: retention (a TTL per version; per artifact a default TTL for new versions and a keep policy) and the
+    blobs garbage collection has marked (see registry/gc.py)."""
+    _add_columns(
+        conn,
+        "artifacts",
+        {"ttl": "REAL", "keep_last": "INTEGER", "keep_aliased": "INTEGER NOT NULL DEFAULT 0", "older_than": "REAL"},
+    )
+    _add_columns(conn, "versions", {"ttl": "REAL"})
+    conn.execute("CREATE INDEX IF NOT EXISTS versions_created ON versions(created_at)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS gc_candidates (sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL, "
+        "marked_at REAL NOT NULL)"
+    )
+
+
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _migrate_lifecycle, 3: _migrate_retention}
 
 
 class Database(SQLiteDB):

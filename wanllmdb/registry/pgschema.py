@@ -118,7 +118,23 @@ CREATE TABLE blob_md5 (
 """
 
 #: Migration number -> SQL (several statements). Append; never change one that was released.
-MIGRATIONS: dict[int, str] = {1: _INITIAL}
+#: 2: retention (a TTL per version, and per artifact a default TTL for new versions and a keep policy) and
+#: the blobs garbage collection has marked (see registry/gc.py).
+_RETENTION = """
+ALTER TABLE artifacts ADD COLUMN ttl DOUBLE PRECISION;
+ALTER TABLE artifacts ADD COLUMN keep_last BIGINT;
+ALTER TABLE artifacts ADD COLUMN keep_aliased INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE artifacts ADD COLUMN older_than DOUBLE PRECISION;
+ALTER TABLE versions ADD COLUMN ttl DOUBLE PRECISION;
+CREATE INDEX versions_created ON versions(created_at);
+CREATE TABLE gc_candidates (
+    sha256 TEXT COLLATE "C" PRIMARY KEY,
+    size BIGINT NOT NULL,
+    marked_at DOUBLE PRECISION NOT NULL
+);
+"""
+
+MIGRATIONS: dict[int, str] = {1: _INITIAL, 2: _RETENTION}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 _LEDGER = (
