@@ -17,7 +17,7 @@ from .common import configure_logging
 
 logger = logging.getLogger(__name__)
 
-SUBCOMMAND_MODULES = ("artifact", "cache", "mount", "server")
+SUBCOMMAND_MODULES = ("artifact", "cache", "gc", "mount", "server")
 
 
 def build_parser() -> argparse.ArgumentParser:

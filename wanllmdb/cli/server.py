@@ -28,6 +28,7 @@ from ..registry.pgdb import mask_url
 from ..server.context import ServerConfig
 from ..settings import load_settings, parse_duration, parse_size
 from .common import common_parent, out
+from .gc import add_gc_options, parse_grace, report
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -66,6 +67,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--part-size", default="64MiB", help="S3: size of multipart parts (default 64MiB, at least 5MiB)"
     )
+    parser.add_argument(
+        "--gc-interval", default="1h", help="garbage collection every this long (default 1h; 0 disables it)"
+    )
+    parser.add_argument(
+        "--gc-grace",
+        help="how long a blob stays unreferenced before it is deleted (default --url-ttl + --draft-max-age + "
+        "10m; never less than --url-ttl + --draft-max-age)",
+    )
     parser.add_argument("--port-file", help="write the bound port to this file once listening")
     parser.add_argument("--quiet", action="store_true", help="no per-request log lines")
     _add_db_option(parser)
@@ -85,6 +94,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     _add_db_option(migrate)
     migrate.set_defaults(func=run_migrate)
+    gc = sub.add_parser(
+        "gc",
+        parents=[common_parent()],
+        help="run retention and garbage collection on the server's storage now, and exit",
+        description="Delete the blobs no version or draft of the server's registry has needed for the grace "
+        "period (default: --url-ttl + --draft-max-age + 10m). Give the same storage options as the server "
+        "(--root, --db, --blobs, S3 settings), before or after 'gc'.",
+    )
+    _add_db_option(gc)
+    for flag in ("--root", "--blobs", "--s3-endpoint", "--url-ttl", "--draft-max-age"):
+        gc.add_argument(flag, default=argparse.SUPPRESS, help=f"as for the server ({flag})")
+    add_gc_options(gc, default_grace=None)
+    gc.set_defaults(func=run_gc)
     return parser
 
 
@@ -123,8 +145,9 @@ def _duration(text: str, flag: str) -> float:
     return seconds
 
 
-def build_config(args: argparse.Namespace) -> ServerConfig:
-    """The server's configuration from the command line and the environment."""
+def build_config(args: argparse.Namespace, *, serving: bool = True) -> ServerConfig:
+    """The server's configuration from the command line and the environment (``serving``: for a server that
+    will sign URLs, not for ``server gc``)."""
 
     url_ttl = _duration(args.url_ttl, "--url-ttl")
     draft_max_age = _duration(args.draft_max_age, "--draft-max-age")
@@ -133,11 +156,18 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
             f"--draft-max-age ({args.draft_max_age}) must be at least --url-ttl ({args.url_ttl}): shorter, "
             "drafts would expire while their uploads are still running"
         )
+    gc_interval = 0.0 if args.gc_interval in ("0", "0s") else _duration(args.gc_interval, "--gc-interval")
+    gc_grace = parse_grace(args.gc_grace) if getattr(args, "gc_grace", None) else None
+    if gc_grace is not None and gc_grace < url_ttl + draft_max_age:
+        raise ConfigError(
+            f"--gc-grace ({args.gc_grace}) must be at least --url-ttl + --draft-max-age ({url_ttl + draft_max_age:g}s):"
+            " shorter, a blob uploaded for a draft could be collected before the draft is finalized"
+        )
     keys = [k.strip() for k in args.api_key if k.strip()]
     keys += [k.strip() for k in os.environ.get("WANLLMDB_SERVER_API_KEYS", "").split(",") if k.strip()]
     secret = os.environ.get("WANLLMDB_SERVER_SECRET") or None
     db, blobs = _db_url(args), args.blobs or os.environ.get("WANLLMDB_SERVER_BLOBS") or None
-    if secret is None and db is not None and blobs is not None and "://" in blobs:
+    if serving and secret is None and db is not None and blobs is not None and "://" in blobs:
         raise ConfigError(
             "replicas on a shared database and bucket must sign URLs alike: set WANLLMDB_SERVER_SECRET "
             "(the same random string on every replica, e.g. `openssl rand -hex 32`)"
@@ -157,6 +187,8 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         part_size=parse_size(args.part_size),
         db=db,
         migrate=not args.no_migrate,
+        gc_interval=gc_interval,
+        gc_grace=gc_grace,
     )
 
 
@@ -198,4 +230,18 @@ def run_migrate(args: argparse.Namespace) -> int:
             out(f"{db.path}: schema {SCHEMA_VERSION} is current; nothing to apply")
     finally:
         db.close()
+    return 0
+
+
+def run_gc(args: argparse.Namespace) -> int:
+    """``wanllmdb server gc``: retention and garbage collection against the server's storage, now."""
+    from ..server.context import open_server_registry
+
+    config = build_config(args, serving=False)
+    grace = parse_grace(args.grace) if args.grace is not None else config.grace
+    registry = open_server_registry(config)
+    try:
+        report(registry.maintain(grace=grace, dry_run=args.dry_run), args.json)
+    finally:
+        registry.close()
     return 0

@@ -26,7 +26,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from ..cache.store import BlobWriter
 from ..errors import BlobNotFoundError, ChecksumError, InvalidInputError
@@ -171,6 +171,28 @@ class BlobStore:
             return os.stat(self.path(sha256)).st_size
         except FileNotFoundError:
             raise BlobNotFoundError(f"blob {sha256} is not stored") from None
+
+    def list_blobs(self) -> Iterator[tuple[str, int, float]]:
+        """Every blob the store holds: (sha256, size, modification time), in no particular order."""
+        top = os.path.join(self.root, "blobs")
+        for prefix in os.scandir(top):
+            if not prefix.is_dir(follow_symlinks=False) or len(prefix.name) != 2:
+                continue
+            for entry in os.scandir(prefix.path):
+                if _SHA256_RE.fullmatch(entry.name) and entry.name.startswith(prefix.name):
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    yield entry.name, st.st_size, st.st_mtime
+
+    def delete_blobs(self, sha256s: Sequence[str]) -> None:
+        """Remove blobs (garbage collection); ones already gone are skipped. Open readers keep their bytes."""
+        for sha in sha256s:
+            try:
+                os.unlink(self.path(sha))
+            except FileNotFoundError:
+                continue
 
     def md5_of(self, sha256: str) -> str:
         """MD5 (hex) of a stored blob, read once (for blobs stored before MD5s were recorded)."""

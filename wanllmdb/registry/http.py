@@ -431,6 +431,14 @@ class HttpRegistry:
             for target in bundle.targets:
                 self.upload_blob(draft, target, paths[target.sha256], None)
 
+    def missing_blobs(self, draft_id: str) -> tuple[BlobTarget, ...]:
+        data = self._call("POST", f"/drafts/{_q(draft_id)}/upload-urls", repeatable=True)
+        targets = tuple(_target(item) for item in data["missing"])
+        for target in targets:
+            if target.url is not None:
+                self._put_urls.put((draft_id, target.sha256), target.url, target.expires_at)
+        return targets
+
     def _refresh_upload_urls(self, draft_id: str) -> None:
         data = self._call("POST", f"/drafts/{_q(draft_id)}/upload-urls", repeatable=True)
         for item in data["missing"]:

@@ -67,6 +67,7 @@ from .base import (
 )
 from .blobstore import BlobStore
 from .db import Database
+from .gc import GCReport, collect_garbage
 from .lifecycle import HAS_LIVE_VERSION, VERSION_COLUMNS, LifecycleOps, add_tags
 from .pgdb import PostgresDatabase
 
@@ -178,6 +179,41 @@ class LocalRegistry(LifecycleOps):
                 f"artifact '{name}' not found in project '{project}' (artifacts: {', '.join(names) or 'none'})"
             )
         return row
+
+    def _stored_locked(self, conn: Any, sha256s: Iterable[str]) -> set[str]:
+        """Which of ``sha256s`` are stored, their ``blob_sizes`` rows held (``FOR SHARE`` on PostgreSQL) until
+        the transaction ends, so that garbage collection cannot delete them under a finalize."""
+        wanted = sorted(set(sha256s))
+        share = " FOR SHARE" if self.db.dialect == "postgresql" else ""
+        recorded: set[str] = set()
+        for i in range(0, len(wanted), 500):
+            part = wanted[i : i + 500]
+            rows = conn.execute(
+                f"SELECT sha256 FROM blob_sizes WHERE sha256 IN ({','.join('?' * len(part))}) ORDER BY sha256"
+                + share,
+                part,
+            )
+            recorded.update(row[0] for row in rows)
+        if not self.blobs.lists_itself:
+            return recorded
+        # A directory store is its own authority: a file present is stored (its record may lag).
+        return {sha for sha in wanted if self.blobs.exists(sha)}
+
+    def missing_blobs(self, draft_id: str) -> tuple[BlobTarget, ...]:
+        """The blobs a draft still lacks (after a finalize answered IncompleteDraftError)."""
+        return self.draft_missing(draft_id)
+
+    def collect_garbage(self, *, grace: float, now: float | None = None, dry_run: bool = False) -> GCReport:
+        """Delete blobs no version or draft has needed for ``grace`` seconds (see :mod:`.gc`)."""
+        return collect_garbage(self, grace=grace, now=now, dry_run=dry_run)
+
+    def maintain(self, *, grace: float, now: float | None = None, dry_run: bool = False) -> GCReport | None:
+        """Retention, then garbage collection, by one process or replica at a time (None: another one is at
+        it). What ``wanllmdb gc`` and the server's background work run."""
+        with self.db.exclusive("gc") as mine:
+            if not mine:
+                return None
+            return self.collect_garbage(grace=grace, now=now, dry_run=dry_run)
 
     def _for_update(self, table: str = "") -> str:
         """`` FOR UPDATE [OF table]`` on PostgreSQL; nothing on SQLite, whose write transactions are
@@ -543,7 +579,6 @@ class LocalRegistry(LifecycleOps):
         draft_manifest = self._draft_manifest(draft_id)
         self._settle_uploads(draft_manifest)
         self.check_against_stored(draft_manifest, f"draft {draft_id}")
-        stored = self.stored_sizes(draft_manifest.blobs())
         del draft_manifest
         with self.db.write() as conn:
             # Locked: a second finalize of this draft (another thread, another replica) waits here, then finds
@@ -552,6 +587,9 @@ class LocalRegistry(LifecycleOps):
             if draft is None:
                 raise DraftNotFoundError(f"draft {draft_id!r} not found (finalized, aborted or expired)")
             manifest = Manifest.from_json(draft["manifest"])
+            # Checked inside the transaction, holding the blobs' records (garbage collection sweeps them under
+            # the same locks, see registry/gc.py): a blob collected meanwhile is missing, never lost later.
+            stored = self._stored_locked(conn, manifest.blobs())
             missing = [sha for sha in manifest.blobs() if sha not in stored]
             if missing:
                 raise IncompleteDraftError(

@@ -44,7 +44,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -287,6 +287,40 @@ class S3BlobStore(BlobStore):
                 md5.update(piece)
                 count += len(piece)
         return sha.hexdigest(), md5.hexdigest(), count
+
+    def list_blobs(self) -> Iterator[tuple[str, int, float]]:
+        """Every object under ``prefix/blobs/sha256/`` named like a blob: (sha256, size, LastModified)."""
+        head = self.key("0" * 64).rsplit("/", 2)[0] + "/"
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": head, "MaxKeys": 1000}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self._call("list_objects_v2", **kwargs)
+            for item in page.get("Contents") or ():
+                name = item["Key"].rsplit("/", 1)[-1]
+                if len(name) == 64 and all(c in "0123456789abcdef" for c in name):
+                    yield name, int(item["Size"]), item["LastModified"].timestamp()
+            if not page.get("IsTruncated"):
+                return
+            token = page["NextContinuationToken"]
+
+    def delete_blobs(self, sha256s: Sequence[str]) -> None:
+        """Delete objects, a thousand per ``DeleteObjects`` request; failures are raised, naming the first."""
+        keys = [self.key(sha) for sha in sha256s]
+        for i in range(0, len(keys), 1000):
+            answer = self._call(
+                "delete_objects",
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True},
+            )
+            errors = answer.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise StorageUnavailableError(
+                    f"{self.description} refused to delete {len(errors)} object(s), e.g. {first.get('Key')}: "
+                    f"{first.get('Code')} {first.get('Message', '')}"
+                )
 
     def md5_of(self, sha256: str) -> str:
         return self._hash_object(sha256)[1]

@@ -28,7 +28,7 @@ from typing import TypeVar
 from ..cache.digests import stamp
 from ..cache.materialize import Placer
 from ..cache.store import BlobWriter
-from ..errors import ChecksumError
+from ..errors import ChecksumError, IncompleteDraftError
 from ..killpoints import kill_point
 from ..manifest import ManifestEntry
 from ..manifest.digest import FileDigest
@@ -135,7 +135,19 @@ def upload_version(
 
                 run_parallel(run_job, jobs, client.settings.transfer_threads)
         kill_point("log.finalize")
-        return registry.finalize_draft(draft.id, aliases, tags)
+        try:
+            return registry.finalize_draft(draft.id, aliases, tags)
+        except IncompleteDraftError as exc:
+            # Garbage collection took a stored blob this draft counted on: upload what is missing, once more.
+            again = registry.missing_blobs(draft.id)
+            if not again:
+                raise
+            logger.info("%d blob(s) of %s were collected meanwhile; uploading them again", len(again), spec.name)
+            for target in again:
+                if target.sha256 not in local_paths:
+                    raise exc
+                registry.upload_blob(draft, target, local_paths[target.sha256])
+            return registry.finalize_draft(draft.id, aliases, tags)
     except BaseException:
         try:
             registry.abort_draft(draft.id)

@@ -38,13 +38,17 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        sweeper = asyncio.create_task(_sweep_drafts(state))
+        tasks = [asyncio.create_task(_sweep_drafts(state))]
+        if state.config.gc_interval > 0:
+            tasks.append(asyncio.create_task(_collect_garbage(state)))
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             state.close()
 
     app = FastAPI(
@@ -166,3 +170,13 @@ async def _sweep_drafts(state: ServerState) -> None:
         except Exception:  # a failed sweep is retried at the next interval
             logger.exception("removing stale drafts failed")
         await asyncio.sleep(interval)
+
+
+async def _collect_garbage(state: ServerState) -> None:
+    """Garbage collection every ``gc_interval`` seconds, by one replica at a time (``LocalRegistry.maintain``)."""
+    while True:
+        await asyncio.sleep(state.config.gc_interval)
+        try:
+            await run_in_threadpool(state.registry.maintain, grace=state.config.grace)
+        except Exception:  # retried at the next interval
+            logger.exception("garbage collection failed")

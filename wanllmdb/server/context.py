@@ -51,6 +51,15 @@ class ServerConfig:
     part_size: int = DEFAULT_PART_SIZE
     db: str | None = field(default=None, repr=False)
     migrate: bool = True
+    #: Seconds between the server's garbage collections (0: never; ``wanllmdb server gc`` still works).
+    gc_interval: float = 3600.0
+    #: Seconds a blob stays unreferenced before it is deleted; None: the URL lifetime plus the draft
+    #: lifetime plus 10 minutes (see registry/gc.py).
+    gc_grace: float | None = None
+
+    @property
+    def grace(self) -> float:
+        return self.gc_grace if self.gc_grace is not None else self.url_ttl + self.draft_max_age + 600.0
 
 
 class KeyChecker:
@@ -80,28 +89,39 @@ class KeyChecker:
             raise AuthenticationError("invalid API key")
 
 
+def open_server_registry(config: ServerConfig) -> LocalRegistry:
+    """The registry a server with ``config`` serves: its metadata database and blob store, opened in an order
+    that leaves nothing half-made when one of them fails (used by the server and ``wanllmdb server gc``)."""
+    root = os.path.abspath(os.path.expanduser(config.root))
+    on_s3 = bool(config.blobs and "://" in config.blobs)
+    s3_options = {
+        "endpoint": config.s3_endpoint,
+        "presign_endpoint": config.presign_endpoint,
+        "url_ttl": config.url_ttl,
+        "multipart_threshold": config.multipart_threshold,
+        "part_size": config.part_size,
+    }
+    # Whatever can fail without writing comes first: the bucket (checked before its staging directory is
+    # made), then the database, then a blob directory.
+    blobstore = open_blobstore(config.blobs, root, **s3_options) if on_s3 else None
+    database = open_metadata(config.db, root, migrate=config.migrate)
+    return LocalRegistry(
+        root,
+        draft_max_age=config.draft_max_age,
+        verify_md5=True,
+        database=database,
+        blobstore=blobstore or open_blobstore(config.blobs, root),
+    )
+
+
 class ServerState:
     """The registry, the URL signer and the key checker, shared by every request."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         root = os.path.abspath(os.path.expanduser(config.root))
-        on_s3 = bool(config.blobs and "://" in config.blobs)
-        s3_options = {
-            "endpoint": config.s3_endpoint,
-            "presign_endpoint": config.presign_endpoint,
-            "url_ttl": config.url_ttl,
-            "multipart_threshold": config.multipart_threshold,
-            "part_size": config.part_size,
-        }
-        # Whatever can fail without writing comes first: the bucket (checked before its staging directory is
-        # made), then the database, then a blob directory. A failure leaves nothing half-made behind.
-        blobstore = open_blobstore(config.blobs, root, **s3_options) if on_s3 else None
-        database = open_metadata(config.db, root, migrate=config.migrate)
-        self.blobstore = blobstore or open_blobstore(config.blobs, root)
-        self.registry = LocalRegistry(
-            root, draft_max_age=config.draft_max_age, verify_md5=True, database=database, blobstore=self.blobstore
-        )
+        self.registry = open_server_registry(config)
+        self.blobstore = self.registry.blobs
         #: The object store clients upload to and download from directly (None: blobs go through the server).
         self.s3: S3BlobStore | None = self.blobstore if isinstance(self.blobstore, S3BlobStore) else None
         secret = config.secret or load_or_create_secret(root)
