@@ -378,3 +378,33 @@ def test_stress_loggers_deleters_and_gc_at_once(kind, request, tmp_path, monkeyp
     print(f"\n[{kind}] logged {logged} versions, {deleted} deleted, {versions} remain whole; "
           f"{gc['rounds']} GC rounds swept {gc['swept']} blobs, final GC {final.swept}; 0 missing")  # fmt: skip
     assert logged == 30 and deleted > 5 and versions >= 13 and gc["rounds"] > 3 and gc["swept"] > 0
+
+
+def test_storage_usage_counts_shared_blobs_once_and_exclusive_bytes_alone(registry, project, tmp_path):
+    shared, a_only, b_only = os.urandom(1000), os.urandom(300), os.urandom(20)
+    log_files(registry, str(tmp_path / "1"), project, "a", {"s.bin": shared, "x.bin": a_only})
+    log_files(registry, str(tmp_path / "2"), project, "a", {"s.bin": shared, "y.bin": a_only})  # same blobs
+    log_files(registry, str(tmp_path / "3"), project, "b", {"s.bin": shared, "z.bin": b_only})
+    usage = {u.name: u for u in registry.storage_usage(project)}
+    assert (usage["a"].versions, usage["a"].logical_bytes) == (2, 2600)
+    assert (usage["a"].stored_bytes, usage["a"].exclusive_bytes) == (1300, 300)
+    assert (usage["b"].stored_bytes, usage["b"].exclusive_bytes) == (1020, 20)
+    registry.delete_artifact(project, "b")
+    usage = {u.name: u for u in registry.storage_usage(project)}
+    assert set(usage) == {"a"} and usage["a"].exclusive_bytes == 1300
+
+
+def test_artifact_ls_size_cli(tmp_path):
+    from tests.support.mount import run_cli
+
+    registry = LocalRegistry(os.environ["WANLLMDB_DIR"])
+    try:
+        log_files(registry, str(tmp_path / "a"), "p", "m", {"f.bin": b"a" * 2048})
+    finally:
+        registry.close()
+    shown = run_cli("artifact", "ls", "p", "--size")
+    assert shown.returncode == 0 and "EXCLUSIVE" in shown.stdout and "2.0 KB" in shown.stdout
+    as_json = run_cli("artifact", "ls", "p/m", "--size", "--json")
+    assert json.loads(as_json.stdout)[0]["exclusive_bytes"] == 2048
+    missing = run_cli("artifact", "ls", "p/nope", "--size")
+    assert missing.returncode != 0 and "nope" in missing.stderr

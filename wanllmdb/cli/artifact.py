@@ -41,6 +41,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ls = sub.add_parser("ls", help="list projects, artifacts or versions", parents=[common_parent()])
     ls.add_argument("target", nargs="?", metavar="PROJECT[/NAME]")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.add_argument(
+        "--size",
+        action="store_true",
+        help="per artifact of PROJECT: logical size, stored size and the bytes only it holds (what deleting it "
+        "would free), dedupe-aware",
+    )
     ls.set_defaults(func=cmd_ls)
     artifact_manage.add_parsers(sub)
 
@@ -101,6 +107,20 @@ def cmd_ls(args: argparse.Namespace) -> int:
         return 0
     project, _, name = args.target.partition("/")
     validate_project(project)
+    if args.size:
+        usage = [u for u in registry.storage_usage(project) if not name or u.name == name]
+        if name and not usage:
+            registry.get_artifact(project, validate_artifact_name(name))  # raises: not found
+        if args.json:
+            out(json.dumps([u.to_dict() for u in usage]))
+            return 0
+        out(f"{'ARTIFACT':<32} {'VERSIONS':>8} {'LOGICAL':>10} {'STORED':>10} {'EXCLUSIVE':>10}")
+        for u in usage:
+            out(
+                f"{u.name:<32} {u.versions:>8} {format_size(u.logical_bytes):>10} {format_size(u.stored_bytes):>10} "
+                f"{format_size(u.exclusive_bytes):>10}"
+            )
+        return 0
     if not name:
         arts = registry.list_artifacts(project)
         if args.json:

@@ -220,6 +220,31 @@ class ArtifactSummary:
 
 
 @dataclass(frozen=True)
+class ArtifactUsage:
+    """What an artifact's live versions take in the blob store, dedupe-aware.
+
+    ``logical_bytes``: the sizes of its versions added up (what downloading every version moves);
+    ``stored_bytes``: its distinct blobs (what it takes in the store, shared blobs counted once);
+    ``exclusive_bytes``: the blobs no other artifact's live version names (what deleting it would free,
+    once garbage collection has run).
+    """
+
+    project: str
+    name: str
+    versions: int
+    logical_bytes: int
+    stored_bytes: int
+    exclusive_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ArtifactUsage:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
 class DraftSpec:
     """Everything needed to create a version, sent in one request."""
 
@@ -394,6 +419,10 @@ class Registry(Protocol):
         self, draft_id: str, aliases: Sequence[str] = (), tags: Sequence[str] = ()
     ) -> FinalizeResult:
         """Create the version (or find identical content); apply ``aliases`` and add ``tags`` to it."""
+        ...
+
+    def storage_usage(self, project: str) -> list[ArtifactUsage]:
+        """Per artifact of ``project``: logical, stored and exclusive bytes (see :class:`ArtifactUsage`)."""
         ...
 
     def missing_blobs(self, draft_id: str) -> tuple[BlobTarget, ...]:

@@ -40,6 +40,7 @@ from ..transport.session import DEFAULT_BACKOFF, DEFAULT_RETRIES
 from .base import (
     ArtifactInfo,
     ArtifactSummary,
+    ArtifactUsage,
     BlobTarget,
     Draft,
     DraftSpec,
@@ -430,6 +431,10 @@ class HttpRegistry:
         except ForbiddenError:  # expired: the blobs go one by one, each with a fresh URL
             for target in bundle.targets:
                 self.upload_blob(draft, target, paths[target.sha256], None)
+
+    def storage_usage(self, project: str) -> list[ArtifactUsage]:
+        data = self._call("GET", f"/projects/{_q(validate_project(project))}/usage")
+        return [ArtifactUsage.from_dict(item) for item in data["artifacts"]]
 
     def missing_blobs(self, draft_id: str) -> tuple[BlobTarget, ...]:
         data = self._call("POST", f"/drafts/{_q(draft_id)}/upload-urls", repeatable=True)

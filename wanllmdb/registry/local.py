@@ -54,6 +54,7 @@ from ..manifest.entry import MAX_FILE_SIZE
 from .base import (
     ArtifactInfo,
     ArtifactSummary,
+    ArtifactUsage,
     BlobTarget,
     Draft,
     DraftSpec,
@@ -198,6 +199,43 @@ class LocalRegistry(LifecycleOps):
             return recorded
         # A directory store is its own authority: a file present is stored (its record may lag).
         return {sha for sha in wanted if self.blobs.exists(sha)}
+
+    def storage_usage(self, project: str) -> list[ArtifactUsage]:
+        validate_project(project)
+        owners: dict[str, set[tuple[str, str]]] = {}
+        sizes: dict[str, int] = {}
+        per_artifact: dict[tuple[str, str], list[int]] = {}
+        with self.db.read() as conn:
+            if self._project_id(conn, project) is None:
+                raise ProjectNotFoundError(f"project '{project}' does not exist in the {self.description}")
+            rows = conn.execute(
+                "SELECT p.name AS project, a.name AS artifact, v.size, v.manifest FROM versions v "
+                "JOIN artifacts a ON a.id = v.artifact_id JOIN projects p ON p.id = a.project_id "
+                "WHERE v.state = 'COMMITTED'"
+            )
+            for row in rows:
+                key = (row["project"], row["artifact"])
+                counts = per_artifact.setdefault(key, [0, 0])
+                counts[0] += 1
+                counts[1] += int(row["size"])
+                for entry in json.loads(row["manifest"])["entries"]:
+                    if entry.get("ref"):
+                        continue
+                    owners.setdefault(entry["sha256"], set()).add(key)
+                    sizes[entry["sha256"]] = int(entry["size"])
+        usage = []
+        for (proj, name), (count, logical) in sorted(per_artifact.items()):
+            if proj != project:
+                continue
+            mine = [sha for sha, keys in owners.items() if (proj, name) in keys]
+            usage.append(
+                ArtifactUsage(
+                    proj, name, count, logical,
+                    stored_bytes=sum(sizes[sha] for sha in mine),
+                    exclusive_bytes=sum(sizes[sha] for sha in mine if len(owners[sha]) == 1),
+                )  # fmt: skip
+            )
+        return usage
 
     def missing_blobs(self, draft_id: str) -> tuple[BlobTarget, ...]:
         """The blobs a draft still lacks (after a finalize answered IncompleteDraftError)."""

@@ -37,6 +37,11 @@ def list_artifacts(request: Request, project: str) -> JSONResponse:
     return JSONResponse({"artifacts": [s.to_dict() for s in summaries]})
 
 
+@router.get("/projects/{project}/usage", summary="Per artifact: logical, stored and exclusive bytes")
+def storage_usage(request: Request, project: str) -> JSONResponse:
+    return JSONResponse({"artifacts": [u.to_dict() for u in _registry(request).storage_usage(project)]})
+
+
 @router.get(_ARTIFACT, summary="An artifact with its versions (without manifests) and aliases")
 def get_artifact(request: Request, project: str, name: str) -> JSONResponse:
     return JSONResponse(_registry(request).get_artifact(project, name).to_dict())
