@@ -32,14 +32,14 @@ from wanllmdb.fs.process import mounts_under
 from .bench_http import client
 from .context import Context
 from .data import make_file
-from .harness import Result, children_cpu_seconds, cpu_of, drop_page_cache, mbps, process_cpu_seconds, timed
+from .harness import Result, children_cpu_seconds, cpu_floor, cpu_of, drop_page_cache, mbps, process_cpu_seconds, timed
 from .mounts import WanllmdbMount
 from .servers import BenchServer, start_server
 
 GROUP = "s3"
 PROJECT = "bench"
 #: Repetitions of each transfer and its baselines, (full, quick); the best of each is reported, all are kept.
-REPEATS = {False: 2, True: 1}
+REPEATS = {False: 3, True: 1}
 #: The Range requests of the ranged baseline (the mount's fetch size, wanllmdb.fs.reader.FETCH_BYTES).
 RANGE_BYTES = 8 << 20
 #: The multipart server's settings, (full, quick).
@@ -271,12 +271,19 @@ def run(ctx: Context) -> list[Result]:
         put_s = min(r["seconds"] for r in puts)
         logged = min(logs, key=lambda r: r["total"])
         mp_logged = min(mp_logs, key=lambda r: r["total"])
+        fastest_put = min(puts, key=lambda r: r["seconds"])
+        # The least a log can cost here: the digests (the SDK hashes before it uploads to a store), plus what
+        # the plain PUT costs this client, the server and the store (which checks SHA-256 and MD5 itself).
+        floor = cpu_floor(max(put_s, hashing) / 0.7, {
+            "md5+sha256+chunk sha256": hash_cpu, "PUT client": fastest_put["bench_process_cpu_s"],
+            "PUT server": fastest_put["server_cpu_s"], "PUT store (SeaweedFS)": fastest_put["store_cpu_s"]})
         log_notes = {"hashing_s": hashing, "hash_cpu_s": hash_cpu, "plain_put_s": put_s,
                      "hashing_plus_put_s": hashing + put_s, "plain_puts": puts}
         results += [
             Result(GROUP, "log_artifact big file (single PUT)", mbps(size, logged["total"]), "MB/s",
                    "plain PUT to store", mbps(size, put_s), target=">= 0.7x min(PUT, hashing)",
-                   met=logged["total"] <= max(put_s, hashing) / 0.7, notes={"best": logged, "runs": logs, **log_notes}),
+                   met=logged["total"] <= max(put_s, hashing) / 0.7,
+                   notes={"best": logged, "runs": logs, "cpu_floor": floor, **log_notes}),
             Result(GROUP, "  log_artifact vs hashing alone", mbps(size, logged["total"]), "MB/s", "hashing",
                    mbps(size, hashing)),
             Result(GROUP, "  log_artifact vs min(PUT, hashing)", mbps(size, logged["total"]), "MB/s",
