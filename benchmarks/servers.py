@@ -59,17 +59,21 @@ class BenchServer:
                 self.process.wait()
 
 
-def start_server(root: str, api_key: str = "bench-key") -> BenchServer:
+def start_server(root: str, api_key: str = "bench-key", extra_args: tuple[str, ...] = (),
+                 extra_env: dict[str, str] | None = None) -> BenchServer:
+    """``wanllmdb server`` on a free loopback port; ``extra_args`` go on its command line (e.g. ``--blobs
+    s3://bucket/prefix``), ``extra_env`` into its environment (e.g. the S3 credentials)."""
     os.makedirs(root, exist_ok=True)
     port_file = os.path.join(root, "port")
     log_path = os.path.join(root, "server.log")
     if os.path.exists(port_file):
         os.unlink(port_file)
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANLLMDB_")}
+    env.update(extra_env or {})
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "wanllmdb", "-v", "server", "--port", "0", "--port-file", port_file,
-             "--root", root, "--api-key", api_key],
+             "--root", root, "--api-key", api_key, *extra_args],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
     deadline = time.monotonic() + 30
