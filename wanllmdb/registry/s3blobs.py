@@ -20,9 +20,9 @@ through URLs presigned here with SigV4:
 - after a single PUT, ``HeadObject(ChecksumMode=ENABLED)`` must report the size and a full-object
   SHA-256 equal to the blob's name; its MD5 is the one the URL signed (the store checked it);
 - after a multipart upload the store reports a composite checksum (SHA-256 of the part digests), which
-  says nothing about the whole file, so the server reads the object once and hashes it (SHA-256 + MD5,
-  ~3 CPU-s per GB on the 2-core test machine: one GET, SHA-256 and MD5) before recording it; the same fallback serves a store that reports no
-  checksum. An ETag is never taken for a digest.
+  says nothing about the whole file, so the server reads the object once and hashes it (SHA-256 + MD5;
+  measured ~3 CPU-s per GB on 2 cores) before recording it; the same fallback serves a store that reports
+  no checksum. An ETag is never taken for a digest.
 - a blob that fails its check is deleted from the bucket and is not recorded.
 
 Bytes that do pass through the server (small-file upload bundles, uploads hashed on the way, whose
