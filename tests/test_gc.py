@@ -408,3 +408,49 @@ def test_artifact_ls_size_cli(tmp_path):
     assert json.loads(as_json.stdout)[0]["exclusive_bytes"] == 2048
     missing = run_cli("artifact", "ls", "p/nope", "--size")
     assert missing.returncode != 0 and "nope" in missing.stderr
+
+
+@pytest.mark.fuse
+@pytest.mark.parametrize("kind", ["local", "http"])
+def test_an_open_mount_file_of_a_deleted_and_collected_version_serves_cached_bytes_then_eio(
+    kind, request, tmp_path, monkeypatch
+):
+    from tests.support.mount import log_version, wait_until
+    from wanllmdb.registry.http import HttpRegistry
+
+    MiB = 1 << 20
+    if kind == "local":
+        registry = LocalRegistry(os.environ["WANLLMDB_DIR"])
+        storage = registry
+    else:
+        server = request.getfixturevalue("make_server")()
+        monkeypatch.setenv("WANLLMDB_BASE_URL", server.url)
+        monkeypatch.setenv("WANLLMDB_API_KEY", server.api_key)
+        registry = HttpRegistry(server.url, api_key=server.api_key)
+        storage = LocalRegistry(server.root)
+    data = os.urandom(6 * MiB)
+    try:
+        log_version(registry, tmp_path, "p", "m", {"big.bin": data})
+        log_version(registry, tmp_path, "p", "m", {"big.bin": b"newer"})
+        mounted = request.getfixturevalue("mounter")("--metadata-ttl", "1", "--timeout", "5")
+        path = mounted.path / "p" / "m" / "v1" / "big.bin"
+        with open(path, "rb", buffering=0) as f:
+            assert f.read(4096) == data[:4096]  # its first chunk is now in the cache
+            registry.delete_version("p", "m", 1)
+            assert storage.collect_garbage(grace=0).swept == 1
+            wait_until(lambda: not (mounted.path / "p" / "m" / "v1").exists(), 10, "v1 to leave the listing")
+            f.seek(0)
+            assert f.read(4096) == data[:4096]  # cached bytes are still served
+            f.seek(5 * MiB)
+            started = time.monotonic()
+            with pytest.raises(OSError) as failure:
+                f.read(4096)
+            assert failure.value.errno == 5 and time.monotonic() - started < 10  # EIO, never a hang
+    finally:
+        registry.close()
+        if storage is not registry:
+            storage.close()
+    with pytest.raises(VersionNotFoundError):
+        import wanllmdb
+
+        wanllmdb.Api().artifact("p/m:v1")

@@ -97,6 +97,11 @@ def _translated(method: Callable) -> Callable:
             return method(self, *args)
         except WanllmdbError as exc:
             number = errno_for(exc)
+            if number == errno.ENOENT and method.__name__ in ("read", "read_into"):
+                # An open file whose bytes are gone (its version deleted and collected): the file is there,
+                # its content cannot be had. ENOENT from read() would say the opposite.
+                logger.warning("a read failed: %s", exc)
+                number = errno.EIO
             if number == errno.EIO and method.__name__ not in ("read", "read_into", "open"):
                 logger.error("%s %s failed: %s", method.__name__, args[0] if args else "", exc)
             raise fuse.FuseOSError(number) from None
