@@ -270,6 +270,7 @@ def test_sdk_artifact_ttl_round_trip(backend, project, tmp_path):
     assert again.ttl is None and again.expires_at is None
     # INHERIT on a logged version: the artifact's default, known once saved.
     again._client.registry.set_retention(project, "m", RetentionPolicy(ttl=DAY))
+    assert again.collection.retention == RetentionPolicy(ttl=DAY)
     again.ttl = wanllmdb.ArtifactTTL.INHERIT
     with pytest.raises(ArtifactNotLoggedError):
         again.ttl  # noqa: B018
