@@ -18,6 +18,7 @@ from .errors import (
     VersionNotFoundError,
     WanllmdbError,
 )
+from .registry.base import ArtifactTTL
 from .sdk import (
     Api,
     Artifact,
@@ -62,6 +63,7 @@ __all__ = [
     "ArtifactCache",
     "ArtifactFile",
     "ArtifactNotFoundError",
+    "ArtifactTTL",
     "ChecksumError",
     "Config",
     "NotFoundError",

@@ -6,6 +6,7 @@ import io
 import os
 import uuid
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from wanllmdb.manifest import Manifest, ManifestEntry, hash_file
 from wanllmdb.registry import DraftSpec, FinalizeResult, Registry
@@ -50,6 +51,7 @@ def log_files(
     run_id: str | None = None,
     metadata: Mapping | None = None,
     tags: Sequence[str] = (),
+    **finalize: Any,
 ) -> FinalizeResult:
     folder = os.path.join(tmp_root, uuid.uuid4().hex)
     local = write_files(folder, files)
@@ -60,4 +62,4 @@ def log_files(
     by_sha = {manifest.get(rel).sha256: path for rel, path in local.items()}
     for target in draft.missing:
         registry.upload_blob(draft, target, by_sha[target.sha256])
-    return registry.finalize_draft(draft.id, aliases, tags=tags)
+    return registry.finalize_draft(draft.id, aliases, tags=tags, **finalize)

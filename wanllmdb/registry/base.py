@@ -16,13 +16,15 @@ creates no new version (``FinalizeResult.created`` is False) but still applies t
 
 from __future__ import annotations
 
+import enum
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ..cache.store import BlobWriter
-from ..errors import InvalidTagError
+from ..errors import InvalidInputError, InvalidTagError
 from ..manifest import Manifest
 from ..manifest.digest import FileDigest
 
@@ -56,10 +58,18 @@ class VersionInfo:
     state: str = "COMMITTED"
     #: For a version of a link collection: the ``"project/name:vN"`` it points at.
     link_source: str | None = None
+    #: Time to live in seconds: the version is deleted by ``expire_versions`` once ``expires_at`` has passed;
+    #: None keeps it (unless the artifact's keep policy removes it).
+    ttl: float | None = None
 
     @property
     def label(self) -> str:
         return f"v{self.version}"
+
+    @property
+    def expires_at(self) -> float | None:
+        """``created_at + ttl`` (seconds since the epoch), or None without a TTL."""
+        return None if self.ttl is None else self.created_at + self.ttl
 
     @property
     def qualified_name(self) -> str:
@@ -84,6 +94,8 @@ class VersionInfo:
             "updated_at": self.updated_at,
             "state": self.state,
             "link_source": self.link_source,
+            "ttl": self.ttl,
+            "expires_at": self.expires_at,
         }
         if with_manifest and self.manifest is not None:
             data["manifest"] = self.manifest.to_dict()
@@ -111,6 +123,7 @@ class VersionInfo:
             updated_at=float(data["updated_at"]) if data.get("updated_at") is not None else None,
             state=data.get("state") or "COMMITTED",
             link_source=data.get("link_source"),
+            ttl=float(data["ttl"]) if data.get("ttl") is not None else None,
         )
 
 
@@ -136,9 +149,34 @@ def validate_tags(tags: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(tags))
 
 
+class ArtifactTTL(enum.Enum):
+    """W&B's ``wandb.ArtifactTTL``: ``INHERIT`` gives a version the artifact's default TTL."""
+
+    INHERIT = 0
+
+
+def validate_ttl(ttl: Any, what: str = "ttl") -> float | None:
+    """``ttl`` as positive seconds (a number or a ``timedelta``), or None.
+
+    Raises:
+        InvalidInputError: not a finite number of seconds greater than zero.
+    """
+    if ttl is None:
+        return None
+    if hasattr(ttl, "total_seconds"):
+        ttl = ttl.total_seconds()
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl) or ttl <= 0:
+        raise InvalidInputError(f"{what} must be a positive number of seconds, not {ttl!r}")
+    return float(ttl)
+
+
 @dataclass(frozen=True)
 class VersionUpdate:
-    """Changes to a logged version's metadata (contents stay immutable); ``None`` leaves a field unchanged."""
+    """Changes to a logged version's metadata (contents stay immutable); ``None`` leaves a field unchanged.
+
+    The TTL: ``ttl`` sets it (seconds, > 0), ``clear_ttl`` removes it (the version is kept), ``inherit_ttl``
+    sets it to the artifact's current default (:attr:`RetentionPolicy.ttl`); at most one of the three.
+    """
 
     description: str | None = None
     #: Replaces the whole metadata dict.
@@ -147,6 +185,24 @@ class VersionUpdate:
     tags: Sequence[str] | None = None
     add_aliases: Sequence[str] = ()
     remove_aliases: Sequence[str] = ()
+    ttl: float | None = None
+    clear_ttl: bool = False
+    inherit_ttl: bool = False
+
+    def checked_ttl(self) -> float | None:
+        """``ttl`` validated, and the three TTL fields checked to ask for one change at most.
+
+        Raises:
+            InvalidInputError: a bad ``ttl``, or more than one of ``ttl``, ``clear_ttl``, ``inherit_ttl``.
+        """
+        ttl = validate_ttl(self.ttl)
+        if (ttl is not None) + bool(self.clear_ttl) + bool(self.inherit_ttl) > 1:
+            raise InvalidInputError("give at most one of ttl, clear_ttl and inherit_ttl")
+        return ttl
+
+    @property
+    def changes_ttl(self) -> bool:
+        return self.ttl is not None or self.clear_ttl or self.inherit_ttl
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -155,6 +211,9 @@ class VersionUpdate:
             "tags": list(self.tags) if self.tags is not None else None,
             "add_aliases": list(self.add_aliases),
             "remove_aliases": list(self.remove_aliases),
+            "ttl": self.ttl,
+            "clear_ttl": self.clear_ttl,
+            "inherit_ttl": self.inherit_ttl,
         }
 
     @classmethod
@@ -165,6 +224,66 @@ class VersionUpdate:
             tags=data.get("tags"),
             add_aliases=tuple(data.get("add_aliases") or ()),
             remove_aliases=tuple(data.get("remove_aliases") or ()),
+            ttl=data.get("ttl"),
+            clear_ttl=bool(data.get("clear_ttl")),
+            inherit_ttl=bool(data.get("inherit_ttl")),
+        )
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """What ``expire_versions`` removes from one artifact, besides versions whose own TTL passed.
+
+    - ``ttl``: the default TTL (seconds) a version logged later gets unless it sets its own (W&B's collection
+      TTL); versions already logged keep theirs.
+    - ``keep_last`` / ``older_than``: versions beyond the newest ``keep_last`` (when set) and logged at least
+      ``older_than`` seconds ago (when set) are deleted; with neither set the policy deletes nothing. The
+      newest version (``latest``) is never deleted by them.
+    - ``keep_aliased``: spare versions that a custom alias (not ``latest``) points at.
+    """
+
+    ttl: float | None = None
+    keep_last: int | None = None
+    keep_aliased: bool = False
+    older_than: float | None = None
+
+    def validated(self) -> RetentionPolicy:
+        """Raises InvalidInputError for a TTL not > 0, a negative or non-integer ``keep_last`` or a negative
+        ``older_than``."""
+        ttl = validate_ttl(self.ttl, "the artifact's default ttl")
+        keep_last = self.keep_last
+        if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 0):
+            raise InvalidInputError(f"keep_last must be a whole number of versions >= 0, not {keep_last!r}")
+        older = self.older_than
+        if older is not None:
+            if hasattr(older, "total_seconds"):
+                older = older.total_seconds()
+            if isinstance(older, bool) or not isinstance(older, (int, float)) or not math.isfinite(older) or older < 0:
+                raise InvalidInputError(f"older_than must be a number of seconds >= 0, not {older!r}")
+            older = float(older)
+        return RetentionPolicy(ttl, keep_last, bool(self.keep_aliased), older)
+
+    @property
+    def deletes(self) -> bool:
+        """Whether the keep policy (not the TTL) selects versions at all."""
+        return self.keep_last is not None or self.older_than is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ttl": self.ttl,
+            "keep_last": self.keep_last,
+            "keep_aliased": self.keep_aliased,
+            "older_than": self.older_than,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> RetentionPolicy:
+        data = data or {}
+        return cls(
+            ttl=data.get("ttl"),
+            keep_last=data.get("keep_last"),
+            keep_aliased=bool(data.get("keep_aliased")),
+            older_than=data.get("older_than"),
         )
 
 
@@ -177,6 +296,8 @@ class ArtifactInfo:
     type: str
     versions: tuple[VersionInfo, ...]
     aliases: Mapping[str, int]
+    #: The artifact's default TTL for new versions and its keep policy.
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
 
     @property
     def latest(self) -> VersionInfo:
@@ -189,6 +310,7 @@ class ArtifactInfo:
             "type": self.type,
             "versions": [v.to_dict(with_manifest=False) for v in self.versions],
             "aliases": dict(self.aliases),
+            "retention": self.retention.to_dict(),
         }
 
     @classmethod
@@ -199,6 +321,7 @@ class ArtifactInfo:
             type=data["type"],
             versions=tuple(VersionInfo.from_dict(v) for v in data["versions"]),
             aliases={k: int(v) for k, v in data["aliases"].items()},
+            retention=RetentionPolicy.from_dict(data.get("retention")),
         )
 
 
@@ -416,9 +539,17 @@ class Registry(Protocol):
         ...
 
     def finalize_draft(
-        self, draft_id: str, aliases: Sequence[str] = (), tags: Sequence[str] = ()
+        self,
+        draft_id: str,
+        aliases: Sequence[str] = (),
+        tags: Sequence[str] = (),
+        ttl: float | None | ArtifactTTL = ArtifactTTL.INHERIT,
     ) -> FinalizeResult:
-        """Create the version (or find identical content); apply ``aliases`` and add ``tags`` to it."""
+        """Create the version (or find identical content); apply ``aliases`` and add ``tags`` to it.
+
+        ``ttl``: seconds (> 0) the version lives, None to keep it, or ``INHERIT`` (default) for the artifact's
+        default TTL (:attr:`RetentionPolicy.ttl`). Given explicitly, it is also set on identical content.
+        """
         ...
 
     def storage_usage(self, project: str) -> list[ArtifactUsage]:
@@ -455,6 +586,15 @@ class Registry(Protocol):
 
     def delete_artifact(self, project: str, name: str) -> int:
         """Delete every version (and alias) of an artifact; returns how many versions were deleted."""
+        ...
+
+    def set_retention(self, project: str, name: str, policy: RetentionPolicy) -> RetentionPolicy:
+        """Replace the artifact's retention policy (read back in :attr:`ArtifactInfo.retention`); returns it.
+
+        Raises:
+            InvalidInputError: a bad value (see :meth:`RetentionPolicy.validated`), or a ``ttl`` on a link
+                collection (links live as long as what they point at).
+        """
         ...
 
     def link_version(

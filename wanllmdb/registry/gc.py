@@ -60,6 +60,8 @@ class GCReport:
     swept_bytes: int = 0
     seconds: float = 0.0
     dry_run: bool = False
+    #: Versions retention deleted just before (``LocalRegistry.maintain``).
+    expired: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,8 +70,9 @@ class GCReport:
         verb = "would reclaim" if self.dry_run else "reclaimed"
         timed = self.swept and self.seconds > 0 and not self.dry_run
         rate = f", {self.swept / self.seconds:,.0f} blobs/s" if timed else ""
+        expired = f"{'would delete' if self.dry_run else 'deleted'} {self.expired} expired version(s); "
         return (
-            f"{verb} {self.swept} blob(s), {self.swept_bytes:,} bytes; {self.blobs} stored, "
+            f"{expired}{verb} {self.swept} blob(s), {self.swept_bytes:,} bytes; {self.blobs} stored, "
             f"{self.referenced} referenced, {self.pending} waiting out the grace period "
             f"({self.pending_bytes:,} bytes); {self.seconds:.2f}s{rate}"
         )

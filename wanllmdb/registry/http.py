@@ -40,12 +40,14 @@ from ..transport.session import DEFAULT_BACKOFF, DEFAULT_RETRIES
 from .base import (
     ArtifactInfo,
     ArtifactSummary,
+    ArtifactTTL,
     ArtifactUsage,
     BlobTarget,
     Draft,
     DraftSpec,
     FinalizeResult,
     Progress,
+    RetentionPolicy,
     RunInfo,
     RunSpec,
     UploadBundle,
@@ -53,6 +55,7 @@ from .base import (
     VersionUpdate,
     upload_listing,
     validate_tags,
+    validate_ttl,
 )
 
 logger = logging.getLogger(__name__)
@@ -551,9 +554,15 @@ class HttpRegistry:
         self._call("POST", base + "/complete", {"upload_id": upload_id, "checksums": checksums}, repeatable=True)
 
     def finalize_draft(
-        self, draft_id: str, aliases: Sequence[str] = (), tags: Sequence[str] = ()
+        self,
+        draft_id: str,
+        aliases: Sequence[str] = (),
+        tags: Sequence[str] = (),
+        ttl: float | None | ArtifactTTL = ArtifactTTL.INHERIT,
     ) -> FinalizeResult:
-        body = {"aliases": list(aliases), "tags": validate_tags(tags)}
+        body: dict[str, Any] = {"aliases": list(aliases), "tags": validate_tags(tags)}
+        if not isinstance(ttl, ArtifactTTL):
+            body.update(inherit_ttl=False, ttl=validate_ttl(ttl))
         try:
             data = self._call("POST", f"/drafts/{_q(draft_id)}/finalize", body)
         finally:
@@ -579,6 +588,7 @@ class HttpRegistry:
     def update_version(self, project: str, name: str, version: int, update: VersionUpdate) -> VersionInfo:
         if update.tags is not None:
             validate_tags(update.tags)
+        update.checked_ttl()
         data = self._call("PATCH", self._version_path(project, name, version), update.to_dict())
         return VersionInfo.from_dict(data)
 
@@ -591,6 +601,10 @@ class HttpRegistry:
 
     def delete_artifact(self, project: str, name: str) -> int:
         return int(self._call("DELETE", self._artifact_path(project, name))["deleted"])
+
+    def set_retention(self, project: str, name: str, policy: RetentionPolicy) -> RetentionPolicy:
+        data = self._call("PUT", f"{self._artifact_path(project, name)}/retention", policy.validated().to_dict())
+        return RetentionPolicy.from_dict(data)
 
     def link_version(
         self,

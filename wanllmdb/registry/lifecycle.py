@@ -10,11 +10,15 @@
 - **Links**: a link collection (``artifacts.is_link``) holds versions whose ``link_version_id`` names a
   version of another artifact; the row carries a copy of that version's (immutable) manifest, so resolving
   a link costs what resolving any version costs. A link always points at an original, never at a link.
+- **Retention**: a version's ``ttl`` (given at finalize, inherited from ``artifacts.ttl``, or changed by
+  ``update_version``) and an artifact's keep policy (``set_retention``) say what ``expire_versions`` deletes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import sqlite3
 import time
 import uuid
@@ -26,19 +30,23 @@ from ..errors import (
     AliasProtectedError,
     ArtifactTypeMismatchError,
     ConflictError,
+    DatabaseBusyError,
+    InvalidInputError,
     RunNotFoundError,
     VersionNotFoundError,
 )
 from ..manifest import validate_alias, validate_artifact_name, validate_project
-from .base import VersionInfo, VersionUpdate, validate_tags
+from .base import ArtifactTTL, RetentionPolicy, VersionInfo, VersionUpdate, validate_tags, validate_ttl
 
 if TYPE_CHECKING:
     from .db import Database
 
+logger = logging.getLogger(__name__)
+
 #: The columns ``LocalRegistry._version_info`` reads (add the manifest, or ``'' AS manifest``).
 VERSION_COLUMNS = (
     "v.id, v.version, v.digest, v.size, v.file_count, v.description, v.metadata, v.created_at, v.run_id, "
-    "v.uid, v.tags, v.updated_at, v.state, v.link_version_id, "
+    "v.uid, v.tags, v.updated_at, v.state, v.link_version_id, v.ttl, "
     "(SELECT sp.name || '/' || sa.name || ':v' || s.version FROM versions s "
     "JOIN artifacts sa ON sa.id = s.artifact_id JOIN projects sp ON sp.id = sa.project_id "
     "WHERE s.id = v.link_version_id) AS link_source"
@@ -55,6 +63,35 @@ def add_tags(conn: sqlite3.Connection, version_id: int, tags: Sequence[str], now
     row = conn.execute("SELECT tags FROM versions WHERE id = ?", (version_id,)).fetchone()
     merged = list(dict.fromkeys([*json.loads(row["tags"]), *tags]))
     conn.execute("UPDATE versions SET tags = ?, updated_at = ? WHERE id = ?", (json.dumps(merged), now, version_id))
+
+
+def finalize_ttl(ttl: float | None | ArtifactTTL) -> float | None | ArtifactTTL:
+    """A TTL given to ``finalize_draft`` checked: ``INHERIT``, None, or positive seconds."""
+    return ttl if isinstance(ttl, ArtifactTTL) else validate_ttl(ttl)
+
+
+def retention_of(conn: sqlite3.Connection, artifact_id: int) -> RetentionPolicy:
+    row = conn.execute(
+        "SELECT ttl, keep_last, keep_aliased, older_than FROM artifacts WHERE id = ?", (artifact_id,)
+    ).fetchone()
+    return RetentionPolicy(
+        ttl=row["ttl"],
+        keep_last=int(row["keep_last"]) if row["keep_last"] is not None else None,
+        keep_aliased=bool(row["keep_aliased"]),
+        older_than=row["older_than"],
+    )
+
+
+def set_ttl_at_finalize(
+    conn: sqlite3.Connection, artifact_id: int, version_id: int, created: bool, ttl: float | None | ArtifactTTL
+) -> None:
+    """Inside finalize's transaction: a new version gets ``ttl`` or (``INHERIT``) the artifact's default; an
+    identical existing version gets ``ttl`` only when one was given explicitly."""
+    if isinstance(ttl, ArtifactTTL):
+        if not created:
+            return
+        ttl = conn.execute("SELECT ttl FROM artifacts WHERE id = ?", (artifact_id,)).fetchone()["ttl"]
+    conn.execute("UPDATE versions SET ttl = ? WHERE id = ?", (ttl, version_id))
 
 
 class LifecycleOps:
@@ -148,11 +185,22 @@ class LifecycleOps:
         remove = list(dict.fromkeys(validate_alias(a) for a in update.remove_aliases))
         if "latest" in remove:
             raise AliasError("'latest' moves by itself to the newest version; it cannot be removed")
+        ttl = update.checked_ttl()
         now = time.time()
         with self.db.write() as conn:
             art = self._artifact_row(conn, project, name, lock=True)
             row = self._live_version(conn, art, project, version)
             sets, args = ["updated_at = ?"], [now]
+            if update.changes_ttl:
+                if row["link_version_id"] is not None:
+                    raise InvalidInputError(
+                        f"cannot set the TTL of link version '{project}/{name}:v{version}': "
+                        f"set it on the version it points at"
+                    )
+                if update.inherit_ttl:
+                    ttl = retention_of(conn, int(art["id"])).ttl
+                sets.append("ttl = ?")
+                args.append(ttl)
             if update.description is not None:
                 sets.append("description = ?")
                 args.append(update.description)
@@ -216,6 +264,113 @@ class LifecycleOps:
             ]
             self._tombstone(conn, self._with_links(conn, own), time.time())
         return len(own)
+
+    # --- retention --------------------------------------------------------------------------------------
+
+    def set_retention(self, project: str, name: str, policy: RetentionPolicy) -> RetentionPolicy:
+        policy = policy.validated()
+        with self.db.write() as conn:
+            art = self._artifact_row(conn, project, name, lock=True)
+            if art["is_link"] and policy.ttl is not None:
+                raise InvalidInputError(
+                    f"'{project}/{name}' is a link collection: its versions live as long as what they point at, "
+                    "so it takes no ttl (keep_last, older_than and keep_aliased apply)"
+                )
+            conn.execute(
+                "UPDATE artifacts SET ttl = ?, keep_last = ?, keep_aliased = ?, older_than = ? WHERE id = ?",
+                (policy.ttl, policy.keep_last, int(policy.keep_aliased), policy.older_than, art["id"]),
+            )
+        return policy
+
+    def expire_versions(self, now: float | None = None, *, dry_run: bool = False) -> list[VersionInfo]:
+        """Delete every version that retention says must go; returns them (oldest artifact id first, then by
+        version), link versions deleted with them included.
+
+        A live version goes when either
+
+        - its own TTL has passed: ``created_at + ttl <= now`` (links have none; they go with their source), or
+        - its artifact's keep policy (:class:`RetentionPolicy`, set with :meth:`set_retention`) selects it:
+          not among the newest ``keep_last`` versions (when set) and logged at ``now - older_than`` or
+          before (when set), sparing versions that a custom alias points at (on the version or on a link to
+          it) when ``keep_aliased``. The newest version (``latest``) is never selected by a policy; only its
+          own TTL deletes it.
+
+        Deleting follows :meth:`delete_version` with ``delete_aliases=True``: tombstones (lineage still
+        answers), aliases dropped, ``latest`` moved to the highest remaining version, numbers never given
+        out again, link versions pointing at a deleted version deleted too. Each artifact is one write
+        transaction holding its row lock (``_artifact_row(lock=True)``), so this is safe beside concurrent
+        writes and on several replicas sharing PostgreSQL; an artifact whose transaction fails with
+        ``DatabaseBusyError`` (a deadlock) is skipped and logged, and is retried by the next call. Blobs are
+        not touched: garbage collection reclaims those no live version needs.
+
+        Args:
+            now: the time to judge by (seconds since the epoch); default ``time.time()``. Tests inject it.
+            dry_run: only report what would be deleted.
+
+        Meant to be called periodically (the server's background sweep, ``wanllmdb gc``).
+        """
+        now = time.time() if now is None else float(now)
+        with self.db.read() as conn:
+            artifact_ids = [
+                int(r[0])
+                for r in conn.execute(
+                    "SELECT a.id FROM artifacts a WHERE (a.keep_last IS NOT NULL OR a.older_than IS NOT NULL) "
+                    f"AND {HAS_LIVE_VERSION} UNION SELECT v.artifact_id FROM versions v WHERE "
+                    "v.state = 'COMMITTED' AND v.link_version_id IS NULL AND v.ttl IS NOT NULL "
+                    "AND v.created_at + v.ttl <= ? ORDER BY 1",
+                    (now,),
+                )
+            ]
+        expired: list[VersionInfo] = []
+        for artifact_id in artifact_ids:
+            try:
+                expired += self._expire_artifact(artifact_id, now, dry_run)
+            except DatabaseBusyError as exc:
+                logger.warning("retention: artifact id %d skipped this time: %s", artifact_id, exc)
+        if expired and not dry_run:
+            logger.info("retention: deleted %d version(s)", len(expired))
+        return expired
+
+    def _expire_artifact(self, artifact_id: int, now: float, dry_run: bool) -> list[VersionInfo]:
+        with self.db.read() if dry_run else self.db.write() as conn:
+            art = conn.execute(
+                "SELECT a.id, a.ttl, a.keep_last, a.keep_aliased, a.older_than FROM artifacts a WHERE a.id = ?"
+                + ("" if dry_run else self._for_update("a")),
+                (artifact_id,),
+            ).fetchone()
+            policy = retention_of(conn, artifact_id)
+            live = conn.execute(
+                "SELECT v.id, v.created_at, v.ttl, v.link_version_id, EXISTS (SELECT 1 FROM aliases al "
+                "WHERE al.alias != 'latest' AND (al.version_id = v.id OR al.version_id IN (SELECT l.id FROM "
+                "versions l WHERE l.link_version_id = v.id AND l.state = 'COMMITTED'))) AS aliased "
+                "FROM versions v WHERE v.artifact_id = ? AND v.state = 'COMMITTED' ORDER BY v.version DESC",
+                (art["id"],),
+            ).fetchall()
+            doomed = []
+            for rank, row in enumerate(live):
+                own_ttl = row["link_version_id"] is None and row["ttl"] is not None
+                if own_ttl and float(row["created_at"]) + float(row["ttl"]) <= now:
+                    doomed.append(int(row["id"]))
+                elif (
+                    policy.deletes
+                    and rank > 0
+                    and (policy.keep_last is None or rank >= policy.keep_last)
+                    and (policy.older_than is None or float(row["created_at"]) <= now - policy.older_than)
+                    and not (policy.keep_aliased and row["aliased"])
+                ):
+                    doomed.append(int(row["id"]))
+            if not doomed:
+                return []
+            targets = self._with_links(conn, doomed)
+            marks = ",".join("?" * len(targets))
+            infos = self._versions_where(
+                conn, f"WHERE v.id IN ({marks}) ORDER BY v.artifact_id = ? DESC, v.artifact_id, v.version",
+                (*targets, artifact_id),
+            )
+            if dry_run:
+                return infos
+            self._tombstone(conn, targets, time.time())
+        return [dataclasses.replace(info, state="DELETED") for info in infos]
 
     # --- links ------------------------------------------------------------------------------------------
 

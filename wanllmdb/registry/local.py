@@ -54,6 +54,7 @@ from ..manifest.entry import MAX_FILE_SIZE
 from .base import (
     ArtifactInfo,
     ArtifactSummary,
+    ArtifactTTL,
     ArtifactUsage,
     BlobTarget,
     Draft,
@@ -69,7 +70,15 @@ from .base import (
 from .blobstore import BlobStore
 from .db import Database
 from .gc import GCReport, collect_garbage
-from .lifecycle import HAS_LIVE_VERSION, VERSION_COLUMNS, LifecycleOps, add_tags
+from .lifecycle import (
+    HAS_LIVE_VERSION,
+    VERSION_COLUMNS,
+    LifecycleOps,
+    add_tags,
+    finalize_ttl,
+    retention_of,
+    set_ttl_at_finalize,
+)
 from .pgdb import PostgresDatabase
 
 logger = logging.getLogger(__name__)
@@ -251,7 +260,10 @@ class LocalRegistry(LifecycleOps):
         with self.db.exclusive("gc") as mine:
             if not mine:
                 return None
-            return self.collect_garbage(grace=grace, now=now, dry_run=dry_run)
+            expired = self.expire_versions(now, dry_run=dry_run)
+            report = self.collect_garbage(grace=grace, now=now, dry_run=dry_run)
+            report.expired = len(expired)
+            return report
 
     def _for_update(self, table: str = "") -> str:
         """`` FOR UPDATE [OF table]`` on PostgreSQL; nothing on SQLite, whose write transactions are
@@ -294,6 +306,7 @@ class LocalRegistry(LifecycleOps):
             updated_at=row["updated_at"],
             state=row["state"],
             link_source=row["link_source"],
+            ttl=row["ttl"],
         )
 
     # --- reading ----------------------------------------------------------------------------------------
@@ -327,12 +340,13 @@ class LocalRegistry(LifecycleOps):
                 "WHERE v.artifact_id = ? AND v.state = 'COMMITTED' ORDER BY v.version",
                 (art["id"],),
             ).fetchall()
+            retention = retention_of(conn, int(art["id"]))
         versions = tuple(
             self._version_info(r, project, name, art["type"], by_version.get(int(r["version"]), []), False)
             for r in rows
         )
         aliases = {alias: v for v, names in by_version.items() for alias in names}
-        return ArtifactInfo(project, name, art["type"], versions, aliases)
+        return ArtifactInfo(project, name, art["type"], versions, aliases, retention)
 
     def resolve(self, project: str, name: str, selector: str = "latest") -> VersionInfo:
         validate_alias(selector)
@@ -608,10 +622,15 @@ class LocalRegistry(LifecycleOps):
             self.upload_blob(draft, target, paths[target.sha256], progress)
 
     def finalize_draft(
-        self, draft_id: str, aliases: Sequence[str] = (), tags: Sequence[str] = ()
+        self,
+        draft_id: str,
+        aliases: Sequence[str] = (),
+        tags: Sequence[str] = (),
+        ttl: float | None | ArtifactTTL = ArtifactTTL.INHERIT,
     ) -> FinalizeResult:
         aliases = list(dict.fromkeys(validate_alias(a) for a in aliases))
         tags = validate_tags(tags)
+        ttl = finalize_ttl(ttl)
         # Outside the write transaction: checking may hash a blob stored before MD5s were recorded. Blobs
         # never change once stored, so what this finds still holds when the transaction runs.
         draft_manifest = self._draft_manifest(draft_id)
@@ -686,6 +705,7 @@ class LocalRegistry(LifecycleOps):
             else:
                 number, version_id = int(newest["version"]), int(newest["id"])
                 add_tags(conn, version_id, tags, now)
+            set_ttl_at_finalize(conn, artifact_id, version_id, created, ttl)
             self._apply_aliases(conn, artifact_id, version_id, number, ["latest", *aliases])
             conn.execute("DELETE FROM drafts WHERE id = ?", (draft_id,))
             self._draft_md5s.pop(draft_id, None)

@@ -40,7 +40,8 @@ from ..manifest import (
 )
 from ..manifest.digest import FileDigest
 from ..manifest.entry import check_tree
-from ..registry import RunInfo, VersionInfo, VersionUpdate
+from ..registry import ArtifactTTL, RunInfo, VersionInfo, VersionUpdate
+from ..registry.base import validate_ttl
 from .client import Client
 from .hashing import cached_digest, digest_file
 
@@ -153,6 +154,9 @@ class Artifact:
         self._aliases: list[str] = []
         # "name:v3" or "name:best" for an artifact fetched by that ref; None for one logged here.
         self._fetched_as: str | None = None
+        # Seconds, None (kept), or INHERIT (the artifact's default, resolved when logged); see ``ttl``.
+        self._ttl: float | None | ArtifactTTL = ArtifactTTL.INHERIT
+        self._ttl_changed = False
 
     # --- construction from a registry version -----------------------------------------------------------
 
@@ -178,6 +182,8 @@ class Artifact:
         self.metadata = dict(info.metadata)
         self.tags = list(info.tags)
         self._aliases = list(info.aliases)
+        self._ttl = info.ttl
+        self._ttl_changed = False
 
     # --- identity -------------------------------------------------------------------------------------
 
@@ -247,6 +253,44 @@ class Artifact:
     @aliases.setter
     def aliases(self, value: list[str]) -> None:
         self._aliases = list(value)
+
+    @property
+    def ttl(self) -> datetime.timedelta | None:
+        """W&B's time-to-live: the version is deleted once this long has passed since it was logged (None:
+        kept). Set it before logging (default: ``ArtifactTTL.INHERIT``, the artifact's default TTL, see
+        ``wanllmdb artifact retain --ttl``), or on a logged version and ``save()``.
+
+        Raises:
+            ArtifactNotLoggedError: the TTL is inherited and not known yet (a draft, or ``INHERIT`` set on a
+                logged version and not saved).
+        """
+        if isinstance(self._ttl, ArtifactTTL):
+            raise ArtifactNotLoggedError(
+                f"artifact '{self._name}' inherits its TTL from the artifact's default: it is known once "
+                "logged (or saved)"
+            )
+        return None if self._ttl is None else datetime.timedelta(seconds=self._ttl)
+
+    @ttl.setter
+    def ttl(self, ttl: datetime.timedelta | ArtifactTTL | None) -> None:
+        if self._info is not None and self._info.link_source is not None:
+            raise ValueError(
+                "Cannot set TTL for link artifact. Unlink the artifact first then set the TTL for the source artifact"
+            )
+        if isinstance(ttl, ArtifactTTL):
+            value: float | None | ArtifactTTL = ttl
+        elif ttl is None or isinstance(ttl, datetime.timedelta):
+            value = validate_ttl(ttl, "Artifact TTL duration")
+        else:
+            raise TypeError(f"ttl must be a datetime.timedelta, None or ArtifactTTL.INHERIT, not {ttl!r}")
+        self._ttl = value
+        self._ttl_changed = True
+
+    @property
+    def expires_at(self) -> str | None:
+        """When the version expires (ISO-8601, UTC), or None without a TTL (wanllmdb's)."""
+        info = self._logged("expires_at")
+        return _iso(info.expires_at) if info.expires_at is not None else None
 
     @property
     def created_at(self) -> str:
@@ -656,12 +700,20 @@ class Artifact:
             tags=self.tags if list(self.tags) != list(info.tags) else None,
             add_aliases=[a for a in wanted if a not in info.aliases and a != "latest"],
             remove_aliases=[a for a in info.aliases if a not in wanted and a != "latest"],
+            **self._ttl_update(),
         )
         fresh = client.registry.update_version(info.project, info.name, info.version, update)
         if fresh.manifest is None:
             fresh = dataclasses.replace(fresh, manifest=info.manifest)
         self._rebind_fields(fresh)
         return self
+
+    def _ttl_update(self) -> dict[str, Any]:
+        if not self._ttl_changed:
+            return {}
+        if isinstance(self._ttl, ArtifactTTL):
+            return {"inherit_ttl": True}
+        return {"clear_ttl": True} if self._ttl is None else {"ttl": self._ttl}
 
     def delete(self, delete_aliases: bool = False) -> None:
         """Delete this version. Refused (``AliasProtectedError``) while custom aliases point at it, unless

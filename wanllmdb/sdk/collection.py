@@ -42,6 +42,13 @@ class ArtifactCollection:
         """Every alias of every version of the collection."""
         return sorted(self._registry().get_artifact(self.project, self.name).aliases)
 
+    @property
+    def retention(self):
+        """The collection's :class:`~wanllmdb.registry.RetentionPolicy` (default TTL of versions logged later,
+        and which versions expiry keeps); set it with ``wanllmdb artifact retain`` or the registry's
+        ``set_retention``. A wanllmdb extension: W&B sets TTLs per version."""
+        return self._registry().get_artifact(self.project, self.name).retention
+
     def __repr__(self) -> str:
         return f"<ArtifactCollection {self.project}/{self.name} type={self.type}>"
 

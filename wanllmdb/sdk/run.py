@@ -381,7 +381,7 @@ def _log(
         if entry is not None:
             local_paths.setdefault(entry.sha256, local)
     tags = list(dict.fromkeys([*artifact.tags, *(tags or ())]))
-    result = upload_version(client, spec, local_paths, aliases, tags)
+    result = upload_version(client, spec, local_paths, aliases, tags, ttl=artifact._ttl)
     artifact._bind(result.version, client)
     artifact._cleanup_staging()
     logger.info(

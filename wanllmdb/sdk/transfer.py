@@ -32,7 +32,7 @@ from ..errors import ChecksumError, IncompleteDraftError
 from ..killpoints import kill_point
 from ..manifest import ManifestEntry
 from ..manifest.digest import FileDigest
-from ..registry import DraftSpec, FinalizeResult
+from ..registry import ArtifactTTL, DraftSpec, FinalizeResult
 from ..transport.references import ReferenceFetcher
 from .client import Client
 from .hashing import digest_file, remember
@@ -103,8 +103,9 @@ def upload_version(
     local_paths: Mapping[str, str],
     aliases: Sequence[str],
     tags: Sequence[str] = (),
+    ttl: float | None | ArtifactTTL = ArtifactTTL.INHERIT,
 ) -> FinalizeResult:
-    """Create a draft, upload the blobs the registry lacks, finalize with ``aliases`` and ``tags``.
+    """Create a draft, upload the blobs the registry lacks, finalize with ``aliases``, ``tags`` and ``ttl``.
 
     Args:
         local_paths: sha256 -> a local file holding those bytes.
@@ -136,7 +137,7 @@ def upload_version(
                 run_parallel(run_job, jobs, client.settings.transfer_threads)
         kill_point("log.finalize")
         try:
-            return registry.finalize_draft(draft.id, aliases, tags)
+            return registry.finalize_draft(draft.id, aliases, tags, ttl=ttl)
         except IncompleteDraftError as exc:
             # Garbage collection took a stored blob this draft counted on: upload what is missing, once more.
             again = registry.missing_blobs(draft.id)
@@ -147,7 +148,7 @@ def upload_version(
                 if target.sha256 not in local_paths:
                     raise exc
                 registry.upload_blob(draft, target, local_paths[target.sha256])
-            return registry.finalize_draft(draft.id, aliases, tags)
+            return registry.finalize_draft(draft.id, aliases, tags, ttl=ttl)
     except BaseException:
         try:
             registry.abort_draft(draft.id)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from ..registry.base import VersionUpdate
+from ..registry.base import RetentionPolicy, VersionUpdate
 from ..registry.local import LocalRegistry
 from .api_read import _ARTIFACT, _version_number
-from .models import LinkRequest, VersionUpdateRequest
+from .models import LinkRequest, RetentionRequest, VersionUpdateRequest
 from .responses import JSONResponse, no_content
 
 router = APIRouter(tags=["manage"])
@@ -28,6 +28,9 @@ def update_version(
         tags=body.tags,
         add_aliases=tuple(body.add_aliases),
         remove_aliases=tuple(body.remove_aliases),
+        ttl=body.ttl,
+        clear_ttl=body.clear_ttl,
+        inherit_ttl=body.inherit_ttl,
     )
     info = _registry(request).update_version(project, name, _version_number(selector), update)
     return JSONResponse(info.to_dict())
@@ -46,6 +49,12 @@ def delete_version(request: Request, project: str, name: str, selector: str, del
 @router.delete(_ARTIFACT, summary="Delete every version and alias of an artifact")
 def delete_artifact(request: Request, project: str, name: str) -> JSONResponse:
     return JSONResponse({"deleted": _registry(request).delete_artifact(project, name)})
+
+
+@router.put(_ARTIFACT + "/retention", summary="Set an artifact's default TTL and keep policy (the whole policy)")
+def set_retention(request: Request, project: str, name: str, body: RetentionRequest) -> JSONResponse:
+    policy = RetentionPolicy(body.ttl, body.keep_last, body.keep_aliased, body.older_than)
+    return JSONResponse(_registry(request).set_retention(project, name, policy).to_dict())
 
 
 @router.post(_ARTIFACT + "/versions/{selector}/links", summary="Link a version into a link collection", status_code=201)

@@ -23,7 +23,7 @@ from starlette.responses import StreamingResponse
 
 from ..errors import InvalidInputError, InvalidManifestError, ServerBusyError
 from ..manifest import Manifest
-from ..registry.base import BlobTarget, DraftSpec
+from ..registry.base import ArtifactTTL, BlobTarget, DraftSpec
 from ..registry.blobstore import check_sha256
 from ..registry.s3blobs import part_size_for
 from .context import ServerState
@@ -217,7 +217,10 @@ def refresh_upload_urls(request: Request, draft_id: str) -> JSONResponse:
 
 @router.post("/drafts/{draft_id}/finalize", summary="Make the draft a version and apply its aliases")
 def finalize_draft(request: Request, draft_id: str, body: FinalizeRequest) -> JSONResponse:
-    result = _state(request).registry.finalize_draft(draft_id, body.aliases, tags=body.tags)
+    if body.inherit_ttl and body.ttl is not None:
+        raise InvalidInputError("give ttl with inherit_ttl false (or inherit_ttl alone)")
+    ttl = ArtifactTTL.INHERIT if body.inherit_ttl else body.ttl
+    result = _state(request).registry.finalize_draft(draft_id, body.aliases, tags=body.tags, ttl=ttl)
     return JSONResponse({"version": result.version.to_dict(), "created": result.created})
 
 

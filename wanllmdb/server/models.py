@@ -26,6 +26,10 @@ class DraftRequest(BaseModel):
 class FinalizeRequest(BaseModel):
     aliases: list[str] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
+    inherit_ttl: bool = Field(
+        True, description="give the new version the artifact's default TTL; false: use `ttl` (null: keep it)"
+    )
+    ttl: float | None = Field(None, description="seconds the version lives (> 0), with inherit_ttl false")
 
 
 class AliasRequest(BaseModel):
@@ -87,6 +91,20 @@ class VersionUpdateRequest(BaseModel):
     tags: list[str] | None = Field(None, description="replaces the tag set")
     add_aliases: list[str] = Field(default_factory=list)
     remove_aliases: list[str] = Field(default_factory=list)
+    ttl: float | None = Field(None, description="set the version's TTL (seconds, > 0)")
+    clear_ttl: bool = Field(False, description="remove the version's TTL: it is kept")
+    inherit_ttl: bool = Field(False, description="set the version's TTL to the artifact's current default")
+
+
+class RetentionRequest(BaseModel):
+    """An artifact's whole retention policy (replaces the previous one; a field left out is unset)."""
+
+    model_config = {"extra": "forbid"}
+
+    ttl: float | None = Field(None, description="default TTL (seconds, > 0) of versions logged later")
+    keep_last: int | None = Field(None, description="keep the newest N versions (N >= 0)")
+    keep_aliased: bool = Field(False, description="keep versions a custom alias points at")
+    older_than: float | None = Field(None, description="delete only versions at least this many seconds old")
 
 
 class LinkRequest(BaseModel):
