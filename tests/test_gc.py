@@ -454,3 +454,29 @@ def test_an_open_mount_file_of_a_deleted_and_collected_version_serves_cached_byt
         import wanllmdb
 
         wanllmdb.Api().artifact("p/m:v1")
+
+
+def test_gc_applies_retention_first_then_reclaims_what_it_freed(tmp_path):
+    from tests.support.mount import run_cli
+    from wanllmdb.registry.base import RetentionPolicy
+
+    registry = LocalRegistry(os.environ["WANLLMDB_DIR"])
+    try:
+        for i in range(4):
+            log_files(registry, str(tmp_path / f"w{i}"), "p", "m", {"f.bin": bytes([i]) * 1000})
+        registry.set_alias("p", "m", "keep", 1)
+        registry.set_retention("p", "m", RetentionPolicy(keep_last=2, keep_aliased=True))
+    finally:
+        registry.close()
+    dry = run_cli("gc", "--grace", "0", "--dry-run", "--json")
+    assert json.loads(dry.stdout)["expired"] == 1
+    done = run_cli("gc", "--grace", "0", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["expired"], report["swept"], report["swept_bytes"]) == (1, 1, 1000)
+    registry = LocalRegistry(os.environ["WANLLMDB_DIR"])
+    try:
+        assert [v.version for v in registry.get_artifact("p", "m").versions] == [1, 3, 4]  # v1 kept by its alias
+        assert _assert_whole(registry) == 3
+    finally:
+        registry.close()
