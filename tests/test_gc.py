@@ -480,3 +480,48 @@ def test_gc_applies_retention_first_then_reclaims_what_it_freed(tmp_path):
         assert _assert_whole(registry) == 3
     finally:
         registry.close()
+
+
+def test_server_gc_cli_and_the_servers_own_periodic_collection(make_s3_server, seaweed, pg_url, tmp_path):
+    """`wanllmdb server gc` on a server's PostgreSQL + S3 storage, and a server collecting by itself."""
+    from tests.support.mount import run_cli
+    from tests.support.server import log_version
+
+    server = make_s3_server(
+        extra_args=("--db", pg_url, "--url-ttl", "1s", "--draft-max-age", "1s", "--gc-interval", "1s",
+                    "--gc-grace", "2s"),
+    )  # fmt: skip
+    files = {}
+    for i in range(2):
+        path = tmp_path / f"v{i}.bin"
+        path.write_bytes(os.urandom(777 + i))
+        files[i] = {"f.bin": str(path)}
+    with server.registry() as registry:
+        log_version(registry, "p", "m", files[0])
+        log_version(registry, "p", "m", files[1])
+        (entry,) = list(registry.resolve("p", "m", "v1").manifest)
+        registry.delete_version("p", "m", 1)
+    key = f"reg/blobs/sha256/{entry.sha256[:2]}/{entry.sha256}"
+    storage = ("--root", server.root, "--db", pg_url, "--blobs", f"s3://{server.bucket}/reg")
+    env = {**os.environ, **seaweed.env}
+    dry = run_cli("server", "gc", *storage, "--grace", "0", "--dry-run", "--json", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["swept_bytes"] in (0, 777)  # 0 if the server's own collection came first
+
+    def collected() -> bool:
+        objects = seaweed.client().list_objects_v2(Bucket=server.bucket, Prefix=key).get("KeyCount", 0)
+        return objects == 0
+
+    from tests.support.mount import wait_until
+
+    wait_until(collected, 20, "the server's periodic collection to delete v1's blob")
+    again = run_cli("server", "gc", *storage, "--grace", "0", "--json", env=env)
+    assert again.returncode == 0 and json.loads(again.stdout)["swept"] == 0
+    with server.registry() as registry:
+        assert registry.resolve("p", "m").version == 2
+        (kept,) = list(registry.resolve("p", "m").manifest)
+        from tests.support.data import read_range
+
+        assert read_range(registry, kept.sha256, 0, 778) == Path(files[1]["f.bin"]).read_bytes()
+    bad = run_cli("server", "--gc-grace", "1s", "--url-ttl", "1h")
+    assert bad.returncode != 0 and "--gc-grace" in bad.stderr
