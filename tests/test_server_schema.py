@@ -94,4 +94,4 @@ def test_sizes_no_blob_can_have_are_unknown_not_a_crash(schema_server):
         headers=schema_server.headers, timeout=30,
     )  # fmt: skip
     assert response.status_code == 200, response.text
-    assert response.json() == {"known": []}
+    assert response.json() == {"known": [], "unhashed_uploads": True}
