@@ -269,3 +269,21 @@ def test_session_cookies_unit():
     assert safe_next("/ui/projects/p?x=1") == "/ui/projects/p?x=1"
     for bad in ("//evil.example", "https://evil.example/", "/api/v1/projects", "/\\evil", "", None):
         assert safe_next(bad) == "/"
+
+
+def test_lineage_picture_is_bounded():
+    from wanllmdb.registry.base import RunInfo, VersionInfo
+    from wanllmdb.server.web import MAX_NODES_PER_COLUMN, Lineage, RunLineage, _graph
+
+    def version(name, number=1):
+        return VersionInfo("p", name, "dataset", number, "d" * 64, (), 0.0, 1, 1)
+
+    current = version("data")
+    consumers = [RunLineage(RunInfo(f"r{i}", "p", f"run-{i}", "finished", 0.0), [version(f"out{i}")], [current])
+                 for i in range(40)]  # fmt: skip
+    graph = _graph(current, Lineage(logged_by=None, used_by=consumers))
+    runs = [n for n in graph["nodes"] if n["kind"] == "run"]
+    assert len(runs) == MAX_NODES_PER_COLUMN
+    assert [n["label"] for n in graph["nodes"] if n["kind"] == "more"] == [f"+{40 - MAX_NODES_PER_COLUMN} more"]
+    assert [n["label"] for n in graph["nodes"] if n["kind"] == "current"] == ["data:v1"]
+    assert len(graph["lines"]) == 2 * MAX_NODES_PER_COLUMN

@@ -139,8 +139,13 @@ def _is_page(path: str) -> bool:
 async def _send_login_redirect(send: Send, scope: Scope) -> None:
     query = scope.get("query_string", b"").decode("latin-1")
     location = login_redirect(scope["path"], query).encode("latin-1")
-    await send({"type": "http.response.start", "status": 303,
-                "headers": [(b"location", location), (b"content-length", b"0"), (b"cache-control", b"no-store")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 303,
+            "headers": [(b"location", location), (b"content-length", b"0"), (b"cache-control", b"no-store")],
+        }
+    )
     await send({"type": "http.response.body", "body": b""})
 
 

@@ -14,6 +14,7 @@ the OpenAPI description:
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -26,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from .._version import __version__
-from ..errors import AuthenticationError, NotFoundError, WanllmdbError
+from ..errors import AuthenticationError, WanllmdbError
 from ..registry.base import RunInfo, VersionInfo
 from .context import ServerState
 from .web_auth import COOKIE_NAME
@@ -36,6 +37,10 @@ router = APIRouter(include_in_schema=False)
 TEMPLATE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 #: Largest login form body read.
 MAX_FORM_BYTES = 16 * 1024
+#: A version's page lists (and signs download URLs for) at most this many files.
+MAX_FILES_SHOWN = 2000
+#: Boxes per column of the lineage picture; the rest are counted in a last "+N more" box.
+MAX_NODES_PER_COLUMN = 12
 
 _environment = None
 
@@ -122,7 +127,7 @@ async def _render(request: Request, template: str, load: Callable[[], dict[str, 
     try:
         context = await run_in_threadpool(load)
     except WanllmdbError as exc:
-        status = exc.http_status if isinstance(exc, NotFoundError) or exc.http_status < 500 else 500
+        status = exc.http_status
         return _page(request, "error.html", status_code=status, title="Not found" if status == 404 else "Error",
                      message=str(exc), crumbs=[])  # fmt: skip
     return _page(request, template, **context)
@@ -193,13 +198,14 @@ async def version_page(request: Request, project: str, name: str, selector: str)
 
     def load() -> dict[str, Any]:
         version = registry.resolve(project, name, selector)
-        files = _files(request, state, version)
+        files = _files(request, state, version, MAX_FILES_SHOWN)
         lineage = _lineage(registry, version)
         return {
             "title": f"{project}/{name}:v{version.version}",
             "version": version,
             "selector": selector,
             "files": files,
+            "files_hidden": max(len(version.manifest or ()) - len(files), 0),
             "lineage": lineage,
             "graph": _graph(version, lineage),
             "crumbs": [(project, project_url(project)), (name, artifact_url(project, name)),
@@ -219,10 +225,10 @@ def _runs(registry, run_ids: Iterable[str | None]) -> dict[str, RunInfo]:
     return runs
 
 
-def _files(request: Request, state: ServerState, version: VersionInfo) -> list[dict[str, Any]]:
-    """Each manifest entry with the URL it is downloaded from: a presigned GET of its blob (as ``blob_urls``
-    makes them) for a stored file, its URI for a reference; None when the blob is not stored."""
-    entries = list(version.manifest or ())
+def _files(request: Request, state: ServerState, version: VersionInfo, limit: int) -> list[dict[str, Any]]:
+    """The first ``limit`` manifest entries, each with the URL it is downloaded from: a presigned GET of its
+    blob (as ``blob_urls`` makes them) for a stored file, its URI for an http(s) reference; None otherwise."""
+    entries = list(itertools.islice(version.manifest or (), limit))
     stored = state.registry.stored_sizes({e.sha256 for e in entries if e.ref is None})
     base = state.base_url(str(request.base_url))
     urls: dict[str, str] = {}
@@ -280,20 +286,25 @@ def _graph(version: VersionInfo, lineage: Lineage) -> dict[str, Any]:
     outputs) -> the runs that used it -> what those runs logged."""
     columns: list[list[dict[str, Any]]] = [[] for _ in range(5)]
     index: dict[tuple, tuple[int, int]] = {}
-    edges: list[tuple[tuple, tuple]] = []
+    edges: list[tuple[tuple | None, tuple | None]] = []
 
-    def node(col: int, key: tuple, label: str, href: str | None, kind: str, title: str) -> tuple:
+    hidden = [0] * 5
+
+    def node(col: int, key: tuple, label: str, href: str | None, kind: str, title: str) -> tuple | None:
         if key not in index:
+            if len(columns[col]) >= MAX_NODES_PER_COLUMN and kind != "current":
+                hidden[col] += 1
+                return None
             index[key] = (col, len(columns[col]))
             columns[col].append({"label": _short(label), "href": href, "kind": kind, "title": title})
         return key
 
-    def version_node(col: int, v: VersionInfo) -> tuple:
+    def version_node(col: int, v: VersionInfo) -> tuple | None:
         kind = "current" if _same(v, version) else ("deleted" if v.state != "COMMITTED" else "version")
         href = None if v.state != "COMMITTED" else version_url(v.project, v.name, v.version)
         return node(col, ("v", v.project, v.name, v.version), f"{v.name}:v{v.version}", href, kind, v.qualified_name)
 
-    def run_node(col: int, run: RunInfo) -> tuple:
+    def run_node(col: int, run: RunInfo) -> tuple | None:
         return node(col, ("r", run.id), run.name or run.id, None, "run", f"run {run.name} ({run.id})")
 
     current = version_node(2, version)
@@ -306,9 +317,14 @@ def _graph(version: VersionInfo, lineage: Lineage) -> dict[str, Any]:
             edges.append((producer, version_node(2, logged)))
     for consumer in lineage.used_by:
         run = run_node(3, consumer.run)
+        if run is None:
+            continue
         edges.append((current, run))
         for logged in consumer.logged:
             edges.append((run, version_node(4, logged)))
+    for col, count in enumerate(hidden):
+        if count:
+            columns[col].append({"label": f"+{count} more", "href": None, "kind": "more", "title": "see below"})
     rows = max(len(c) for c in columns)
     used_columns = [i for i, c in enumerate(columns) if c]
     x_of = {col: MARGIN + n * (NODE_W + COL_GAP) for n, col in enumerate(used_columns)}
@@ -319,6 +335,8 @@ def _graph(version: VersionInfo, lineage: Lineage) -> dict[str, Any]:
             nodes.append(item)
     lines = []
     for a, b in dict.fromkeys(edges):
+        if a is None or b is None:
+            continue
         (ca, ra), (cb, rb) = index[a], index[b]
         if ca == cb:
             continue
