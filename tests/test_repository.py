@@ -22,6 +22,7 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert "export WANLLMDB_REQUIRE_FUSE=1" in ci_lines
     assert "export WANLLMDB_REQUIRE_POSTGRES=1" in ci_lines
     assert "export WANLLMDB_REQUIRE_SEAWEEDFS=1" in ci_lines
+    assert "export WANLLMDB_REQUIRE_BROWSER=1" in ci_lines
 
 
 def test_readme_first_command_installs_and_runs_the_quickstart():

@@ -2,7 +2,7 @@
 
 ``create_app(config)`` builds it; ``wanllmdb server`` runs it with uvicorn. The OpenAPI description is at
 ``/openapi.json`` and browsable at ``/docs``. Errors leave as ``{"error": {"code", "message"}}`` with the
-status of the error class (see :mod:`.responses`).
+status of the error class (see :mod:`.responses`). Read-only web pages are at ``/`` (:mod:`.web`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 
 from .._version import __version__
 from ..errors import InvalidInputError, WanllmdbError
-from . import api_manage, api_multipart, api_read, api_runs, api_write
+from . import api_manage, api_multipart, api_read, api_runs, api_write, web
 from .blobs import BLOB_PREFIX
 from .context import ServerConfig, ServerState
 from .middleware import OPEN_PATHS, GatewayMiddleware
@@ -70,6 +70,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(health)
     for module in (api_read, api_write, api_multipart, api_runs, api_manage):
         app.include_router(module.router, prefix="/api/v1")
+    app.include_router(web.router)  # the read-only pages at / (not in the OpenAPI description)
     _install_error_handlers(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(GatewayMiddleware, state=state)

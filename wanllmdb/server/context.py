@@ -12,6 +12,7 @@ from ..registry.local import DEFAULT_DRAFT_MAX_AGE, LocalRegistry
 from ..registry.metadata import open_metadata
 from ..registry.s3blobs import DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, S3BlobStore, open_blobstore
 from .signing import DEFAULT_URL_TTL, URLSigner, load_or_create_secret
+from .web_auth import WebSessions
 
 #: JSON request bodies (manifests) larger than this are refused before they are read.
 DEFAULT_MAX_JSON_BYTES = 256 * 1024 * 1024
@@ -127,6 +128,8 @@ class ServerState:
         secret = config.secret or load_or_create_secret(root)
         self.signer = URLSigner(secret, config.url_ttl)
         self.keys = KeyChecker(config.api_keys)
+        #: Login cookies of the web pages (see .web_auth); they stand for the same keys.
+        self.sessions = WebSessions(secret, config.api_keys)
 
     def base_url(self, request_base_url: str) -> str:
         return (self.config.public_url or request_base_url).rstrip("/")

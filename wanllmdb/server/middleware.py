@@ -3,7 +3,9 @@
 It runs before routing and before any body byte is read, so an unauthenticated or oversized request
 costs nothing: no JSON is parsed and nothing is allocated for a huge declared ``Content-Length``.
 Blob requests go straight to :class:`.blobs.BlobEndpoint`, authorized by their URL signature instead, with
-the size the URL was signed for as their limit. The health route is open.
+the size the URL was signed for as their limit. The health route is open. The web pages (``/``, ``/ui/...``)
+are authorized by the login cookie instead (:mod:`.web_auth`); without one they redirect to ``/login``. The
+cookie is never looked at for ``/api/v1``.
 
 The log line is ``client method path status bytes-out duration``; the query string is left out so that
 URL signatures do not land in logs.
@@ -22,6 +24,8 @@ from ..errors import RequestTooLargeError, WanllmdbError
 from .blobs import BLOB_PREFIX, BlobEndpoint
 from .context import ServerState
 from .responses import error_payload
+from .web import login_redirect
+from .web_auth import cookie_from_header
 
 access_log = logging.getLogger("wanllmdb.server.access")
 
@@ -62,6 +66,9 @@ class GatewayMiddleware:
         try:
             if scope["path"].startswith(BLOB_PREFIX):
                 await self.blobs(scope, receive, send_logged)
+                return
+            if _is_page(scope["path"]) and not self._has_session(scope):
+                await _send_login_redirect(send_logged, scope)
                 return
             refusal = self._refusal(scope)
             if refusal is not None:
@@ -104,6 +111,9 @@ class GatewayMiddleware:
                 )
         return None
 
+    def _has_session(self, scope: Scope) -> bool:
+        return self.state.sessions.valid(cookie_from_header(_header(dict(scope["headers"]), b"cookie")))
+
     def _limited(self, scope: Scope, receive: Receive) -> Receive:
         """``receive`` that stops a body (e.g. chunked, without Content-Length) past the JSON limit."""
         limit = self.state.config.max_json_bytes
@@ -119,6 +129,24 @@ class GatewayMiddleware:
             return message
 
         return receive_limited
+
+
+def _is_page(path: str) -> bool:
+    """A web page that needs a login (``/login`` and ``/logout`` do not)."""
+    return path == "/" or path == "/ui" or path.startswith("/ui/")
+
+
+async def _send_login_redirect(send: Send, scope: Scope) -> None:
+    query = scope.get("query_string", b"").decode("latin-1")
+    location = login_redirect(scope["path"], query).encode("latin-1")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 303,
+            "headers": [(b"location", location), (b"content-length", b"0"), (b"cache-control", b"no-store")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})
 
 
 def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
