@@ -6,7 +6,7 @@ import argparse
 import datetime as dt
 
 from ..settings import format_size, load_settings, parse_duration, parse_size
-from .common import common_parent, out
+from .common import common_parent, dump_json, out
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -19,6 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
 
     ls = sub.add_parser("ls", help="cached artifact versions and the cache's size", parents=[common_parent()])
+    ls.add_argument("--json", action="store_true", help="one JSON document: versions, blobs, bytes, limit")
     ls.set_defaults(func=cmd_ls)
 
     cleanup = sub.add_parser(
@@ -49,6 +50,17 @@ def _open(args: argparse.Namespace):
 def cmd_ls(args: argparse.Namespace) -> int:
     cache, settings = _open(args)
     rows = cache.list()
+    if args.json:
+        dump_json(
+            {
+                "cache_dir": cache.root,
+                "versions": rows,
+                "blobs": len(cache.blobs.entries()),
+                "bytes": cache.blobs.total_size(),
+                "max_bytes": settings.cache_max_bytes,
+            }
+        )
+        return 0
     for row in rows:
         state = "complete" if row["complete"] else f"partial ({format_size(row['cached_bytes'])})"
         out(
