@@ -59,17 +59,20 @@ def test_prefetch_then_download_fetches_nothing(backend, version, fetches, capsy
     from wanllmdb.sdk import Api
     from wanllmdb.sdk.client import get_client
 
-    report = prefetch_json(capsys, version)["total"]
-    assert report["fetch_files"] == len(FILES) and report["fetch_bytes"] == sum(map(len, FILES.values()))
-    assert report["cached_files"] == 0 and not report["dry_run"]
-    assert len(fetches) == len(FILES)
-
-    fetches.clear()
     log = None
     if backend == "http":
         from tests.support.server import RequestLog
 
         log = RequestLog(get_client().registry)
+    report = prefetch_json(capsys, version)["total"]
+    assert report["fetch_files"] == len(FILES) and report["fetch_bytes"] == sum(map(len, FILES.values()))
+    assert report["cached_files"] == 0 and not report["dry_run"]
+    assert len(fetches) == len(FILES)
+    if log is not None:
+        assert log.count("POST", "/blob-urls") == 1, log.calls  # every blob presigned in one request
+        log.clear()
+
+    fetches.clear()
     root = Api().artifact(f"{version}:latest").download(str(tmp_path / "got"))
     assert open(os.path.join(root, "sub", "deep", "c.txt"), "rb").read() == b"gamma-gamma"
     assert fetches == []

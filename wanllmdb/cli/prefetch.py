@@ -52,7 +52,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--mount", metavar="MOUNTPOINT", help="warm the cache that this mount reads (its registry and cache directory)"
     )
     parser.add_argument("--dry-run", action="store_true", help="say how many files and bytes would be fetched")
-    parser.add_argument("--threads", type=_positive_int, metavar="N", help="parallel fetches (default: 8)")
+    parser.add_argument(
+        "--threads", type=_positive_int, metavar="N", help="parallel fetches (default: $WANLLMDB_TRANSFER_THREADS or 8)"
+    )
     parser.add_argument("--json", action="store_true", help="the report as one JSON document")
     parser.set_defaults(func=cmd_prefetch)
 
