@@ -40,6 +40,10 @@ def test_version_and_help_everywhere():
         ["cache", "ls"],
         ["cache", "cleanup"],
         ["cache", "verify"],
+        ["artifact", "info"],
+        ["artifact", "diff"],
+        ["prefetch"],
+        ["completion"],
     ):
         proc = cli(*args, "--help")
         assert "usage:" in proc.stdout
@@ -100,9 +104,9 @@ def test_errors_are_one_line_without_traceback(args, expected, project):
 
 def test_verbose_flag_shows_the_traceback(project):
     proc = cli("-v", "artifact", "get", "d:v9", "--project", project, check=False)
-    assert proc.returncode == 1 and "Traceback" in proc.stderr
+    assert proc.returncode == 3 and "Traceback" in proc.stderr  # 3: not found
     proc = cli("artifact", "get", "d:v9", "--project", project, "-v", check=False)
-    assert proc.returncode == 1 and "Traceback" in proc.stderr
+    assert proc.returncode == 3 and "Traceback" in proc.stderr
 
 
 def test_cache_ls_cleanup_dry_run_and_verify(project, data_dir, tmp_path):

@@ -1,4 +1,4 @@
-"""``wanllmdb artifact put | get | ls`` (and the subcommands of :mod:`.artifact_manage`)."""
+"""``wanllmdb artifact put | get | ls`` (and the subcommands of :mod:`.artifact_manage`, :mod:`.artifact_inspect`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 from ..errors import InvalidInputError
 from ..manifest import parse_ref, validate_artifact_name, validate_project
 from ..settings import format_size
-from . import artifact_manage
+from . import artifact_inspect, artifact_manage
 from .common import common_parent, out
 
 
@@ -49,6 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     ls.set_defaults(func=cmd_ls)
     artifact_manage.add_parsers(sub)
+    artifact_inspect.add_parsers(sub)
 
 
 def cmd_put(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 import datetime as dt
 
 from ..settings import format_size, load_settings, parse_duration, parse_size
-from .common import common_parent, out
+from .common import common_parent, dump_json, out
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -19,6 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
 
     ls = sub.add_parser("ls", help="cached artifact versions and the cache's size", parents=[common_parent()])
+    ls.add_argument("--json", action="store_true", help="one JSON document: versions, blobs, bytes, limit")
     ls.set_defaults(func=cmd_ls)
 
     cleanup = sub.add_parser(
@@ -31,11 +32,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--max-age", default="30d", help="remove blobs unused for this long, e.g. 7d, 12h (default 30d)"
     )
     cleanup.add_argument("--dry-run", action="store_true", help="show what would be removed, remove nothing")
+    cleanup.add_argument("--json", action="store_true", help="one JSON document: entries and bytes freed")
     cleanup.set_defaults(func=cmd_cleanup)
 
     verify = sub.add_parser(
         "verify", help="re-hash every cached blob, removing corrupt ones", parents=[common_parent()]
     )
+    verify.add_argument("--json", action="store_true", help="one JSON document: blobs checked, corrupt ones")
     verify.set_defaults(func=cmd_verify)
 
 
@@ -49,6 +52,17 @@ def _open(args: argparse.Namespace):
 def cmd_ls(args: argparse.Namespace) -> int:
     cache, settings = _open(args)
     rows = cache.list()
+    if args.json:
+        dump_json(
+            {
+                "cache_dir": cache.root,
+                "versions": rows,
+                "blobs": len(cache.blobs.entries()),
+                "bytes": cache.blobs.total_size(),
+                "max_bytes": settings.cache_max_bytes,
+            }
+        )
+        return 0
     for row in rows:
         state = "complete" if row["complete"] else f"partial ({format_size(row['cached_bytes'])})"
         out(
@@ -68,6 +82,18 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     max_bytes = parse_size(args.max_size) if args.max_size else settings.cache_max_bytes
     max_age = parse_duration(args.max_age) if args.max_age else None
     plan = cache.blobs.plan_cleanup(max_bytes=max_bytes, max_age=max_age)
+    if args.json:
+        freed = plan.freed_bytes if args.dry_run else plan.execute()
+        dump_json(
+            {
+                "dry_run": args.dry_run,
+                "entries": [
+                    {"key": e.key, "size": e.size, "last_access": e.last_access} for e in plan.entries
+                ],
+                "freed_bytes": freed,
+            }
+        )
+        return 0
     for entry in plan.entries:
         last = dt.datetime.fromtimestamp(entry.last_access).strftime("%Y-%m-%d %H:%M")
         out(
@@ -88,6 +114,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     cache, _ = _open(args)
     with ByteProgress(cache.blobs.total_size(), "verify") as progress:
         report = cache.blobs.verify(progress)
+    if args.json:
+        dump_json({"checked": report.checked, "corrupt": list(report.corrupt)})
+        return 1 if report.corrupt else 0
     out(f"checked {report.checked} blob(s): {len(report.corrupt)} corrupt (removed)")
     for sha in report.corrupt:
         out(f"corrupt {sha}")

@@ -36,3 +36,57 @@ def configure_logging(verbosity: int, stream=None) -> None:
 def out(text: str = "") -> None:
     """Command output (stdout), the only place the CLI prints."""
     sys.stdout.write(text + "\n")
+
+
+# --- exit codes -------------------------------------------------------------------------------------------
+# The one place that says what ``wanllmdb``'s exit status means (README "Command line" lists the same).
+
+EXIT_OK = 0
+#: Anything else that failed: a conflict, a checksum mismatch, a damaged local database, a mount error...
+EXIT_ERROR = 1
+#: Bad input: a usage error (argparse exits 2 too), a malformed reference, name or size, a bad setting.
+EXIT_USAGE = 2
+#: What was named does not exist: project, artifact, version, file in a version, run, local file.
+EXIT_NOT_FOUND = 3
+#: The registry or its storage cannot be reached or is unavailable (connection refused, 5xx, timeouts).
+EXIT_UNAVAILABLE = 4
+#: The server refused the credentials (401/403): a missing, wrong or unauthorized API key.
+EXIT_AUTH = 5
+#: Interrupted by Ctrl-C (128 + SIGINT).
+EXIT_INTERRUPTED = 130
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit status for an error a command raised (see the ``EXIT_*`` constants)."""
+    from ..errors import (
+        AuthenticationError,
+        ChecksumError,
+        FetchError,
+        InvalidInputError,
+        NotFoundError,
+        ServerError,
+        ServerUnreachableError,
+        TransportError,
+    )
+
+    if isinstance(exc, NotFoundError):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, InvalidInputError):
+        return EXIT_USAGE
+    if isinstance(exc, ChecksumError):
+        return EXIT_ERROR
+    if isinstance(exc, AuthenticationError):
+        return EXIT_AUTH
+    if isinstance(exc, (ServerUnreachableError, ServerError, FetchError)):
+        return EXIT_UNAVAILABLE
+    if isinstance(exc, TransportError):
+        status = exc.status
+        return EXIT_UNAVAILABLE if status is None or status >= 500 or status == 429 else EXIT_ERROR
+    return EXIT_ERROR
+
+
+def dump_json(data: object) -> None:
+    """One JSON document on stdout (what ``--json`` prints)."""
+    import json
+
+    out(json.dumps(data, default=str))

@@ -1,7 +1,9 @@
-"""The ``wanllmdb`` command: artifact put/get/ls, cache ls/cleanup/verify, mount/unmount, server.
+"""The ``wanllmdb`` command: artifact put/get/ls/info/diff, prefetch, cache, gc, mount/unmount, server,
+completion.
 
 Each subcommand lives in its own module with ``add_parser(subparsers)``. An error is one line on stderr and
-a non-zero exit; ``-v`` adds logging and the traceback.
+an exit status that says its kind (``common.EXIT_*``: 2 bad input, 3 not found, 4 unavailable, 5 refused
+credentials, 1 anything else); ``-v`` adds logging and the traceback.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ import sys
 
 from .._version import __version__
 from ..errors import WanllmdbError
-from .common import configure_logging
+from .common import EXIT_INTERRUPTED, EXIT_USAGE, configure_logging, exit_code_for
 
 logger = logging.getLogger(__name__)
 
-SUBCOMMAND_MODULES = ("artifact", "cache", "gc", "mount", "server")
+SUBCOMMAND_MODULES = ("artifact", "prefetch", "cache", "gc", "mount", "server", "completion")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,19 +53,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
-        return 2
+        return EXIT_USAGE
     configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         sys.stderr.write("wanllmdb: interrupted\n")
-        return 130
+        return EXIT_INTERRUPTED
     except (WanllmdbError, OSError, ValueError) as exc:
         if args.verbose:
             logger.exception("%s failed", args.command)
         message = str(exc) or type(exc).__name__
         sys.stderr.write(f"wanllmdb: error: {message}\n")
-        return 1
+        return exit_code_for(exc)
 
 
 if __name__ == "__main__":

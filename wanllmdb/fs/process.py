@@ -466,6 +466,9 @@ class _Daemon:
         write_state(
             self.mountpoint, pid=os.getpid(), device=device, log_file=self.options.log_file,
             base_url=self.options.settings.base_url, project=self.options.project, started_at=time.time(),
+            # what `wanllmdb prefetch <path in this mount>` needs to warm the cache this mount reads
+            data_dir=None if self.options.settings.base_url else self.options.settings.data_dir,
+            cache_dir=self.options.settings.cache_dir,
         )
         logger.info("mounted %s at %s (pid %d)", self.registry.description, self.mountpoint, os.getpid())
         _notify_systemd("READY=1")

@@ -10,6 +10,8 @@ Logging:
    bundles (one request per few MiB), the rest one request each, in parallel; ``finalize_draft``.
 
 Fetching: cache hits first (no registry request), then parallel fetches into the cache, then placement.
+Prefetching (:func:`warm_cache`, ``wanllmdb prefetch``) is the same without placement: it only makes the
+blobs present in the shared cache, so that a later download, or a read through a mount, costs no fetch.
 A reference entry's blob comes from its URI (``transport.references.ReferenceFetcher``, checked against the
 entry) unless a stored entry has the same content; a reference recorded without a checksum is streamed
 straight to its place, unverified and not cached (the cache holds only verified content).
@@ -20,8 +22,10 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass
 from functools import partial
 from typing import TypeVar
 
@@ -174,16 +178,8 @@ def fetch_files(
     """
     cache = client.cache
     registry = client.registry
-    by_sha: dict[str, list[ManifestEntry]] = {}
-    unchecked: list[ManifestEntry] = []
-    for entry in entries:
-        if entry.is_checked:
-            by_sha.setdefault(entry.sha256, []).append(entry)
-        else:
-            unchecked.append(entry)
     # Stored entries first in each group: their blob comes from the registry rather than from a reference.
-    for group in by_sha.values():
-        group.sort(key=lambda e: e.is_reference)
+    by_sha, unchecked = _group_by_blob(entries)
     result: dict[str, str] = {}
 
     def place(sha: str, blob_path: str) -> None:
@@ -193,11 +189,7 @@ def fetch_files(
 
     def fetch(sha: str, progress: Callable[[int], object] | None = None) -> None:
         entry = by_sha[sha][0]
-        fetcher: Callable[[BlobWriter], object] = (
-            ReferenceFetcher(entry, f"{label}/{entry.path}")
-            if entry.is_reference
-            else lambda writer: registry.fetch_blob(sha, entry.size, writer, progress)
-        )
+        fetcher = _fetcher(registry, entry, label, progress)
         for attempt in range(2):
             blob_path = cache.ensure(sha, entry.size, fetcher, label=f"{label}/{entry.path}")
             try:
@@ -235,6 +227,112 @@ def fetch_files(
         assert placer is not None, "a reference without checksum can only be fetched to a place"
         result[entry.path] = fetch_unchecked(entry, placer, f"{label}/{entry.path}")
     return result
+
+
+def _group_by_blob(entries: Iterable[ManifestEntry]) -> tuple[dict[str, list[ManifestEntry]], list[ManifestEntry]]:
+    """Checked entries by sha256 (stored entries first in each group), and the unchecked references."""
+    by_sha: dict[str, list[ManifestEntry]] = {}
+    unchecked: list[ManifestEntry] = []
+    for entry in entries:
+        if entry.is_checked:
+            by_sha.setdefault(entry.sha256, []).append(entry)
+        else:
+            unchecked.append(entry)
+    for group in by_sha.values():
+        group.sort(key=lambda e: e.is_reference)
+    return by_sha, unchecked
+
+
+def _fetcher(
+    registry, entry: ManifestEntry, label: str, progress: Callable[[int], object] | None
+) -> Callable[[BlobWriter], object]:
+    """What writes ``entry``'s blob: its reference URI, or the registry."""
+    if entry.is_reference:
+        return ReferenceFetcher(entry, f"{label}/{entry.path}")
+    return lambda writer: registry.fetch_blob(entry.sha256, entry.size, writer, progress)
+
+
+@dataclass
+class WarmReport:
+    """What :func:`warm_cache` did (or, with ``dry_run``, would do)."""
+
+    #: Files selected, and their logical bytes.
+    files: int
+    bytes: int
+    #: Files (and distinct blobs, and their bytes) that were not cached: fetched, or to fetch with dry_run.
+    fetch_files: int
+    fetch_blobs: int
+    fetch_bytes: int
+    #: Files (and bytes) already cached: they cost nothing.
+    cached_files: int
+    cached_bytes: int
+    #: References recorded with ``checksum=False``: never cached, so never prefetched.
+    skipped_files: int
+    seconds: float
+    dry_run: bool
+
+    @property
+    def rate(self) -> float:
+        """Bytes fetched per second."""
+        return self.fetch_bytes / self.seconds if self.seconds > 0 and not self.dry_run else 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "bytes_per_second": round(self.rate, 1)}
+
+
+def warm_cache(
+    client: Client,
+    entries: Iterable[ManifestEntry],
+    *,
+    label: str,
+    threads: int | None = None,
+    dry_run: bool = False,
+    progress: bool | None = None,
+) -> WarmReport:
+    """Make every entry's blob present in the shared cache, fetching the missing ones in parallel.
+
+    Cached blobs cost no registry request; the missing ones are presigned in one request
+    (``prepare_fetch``) and fetched with ``threads`` workers (default: the settings' transfer threads),
+    each verified before it is admitted. With ``dry_run`` nothing is fetched: the report says what would be.
+    ``progress``: a tqdm bar on stderr (default: when stderr is a terminal and the transfer is large).
+    """
+    started = time.monotonic()
+    entries = list(entries)
+    by_sha, unchecked = _group_by_blob(entries)
+    cache = client.cache
+    present = cache.lookup_many(by_sha)
+    missing = [sha for sha in by_sha if sha not in present]
+    fetch_files = sum(len(by_sha[sha]) for sha in missing)
+    fetch_bytes = sum(by_sha[sha][0].size for sha in missing)
+    if missing and not dry_run:
+        registry = client.registry
+        stored = [sha for sha in missing if not by_sha[sha][0].is_reference]
+        if stored:
+            registry.prepare_fetch(stored)
+        try:
+            with ByteProgress(fetch_bytes, f"prefetch {label}", enabled=progress) as bar:
+
+                def fetch(sha: str) -> None:
+                    entry = by_sha[sha][0]
+                    cache.ensure(sha, entry.size, _fetcher(registry, entry, label, bar), label=f"{label}/{entry.path}")
+
+                run_parallel(fetch, missing, threads or client.settings.transfer_threads)
+        finally:
+            cache.flush()
+    checked = [e for group in by_sha.values() for e in group]
+    cached = [e for sha in present for e in by_sha[sha]]
+    return WarmReport(
+        files=len(entries),
+        bytes=sum(e.size for e in entries),
+        fetch_files=fetch_files,
+        fetch_blobs=len(missing),
+        fetch_bytes=fetch_bytes,
+        cached_files=len(cached),
+        cached_bytes=sum(e.size for e in cached),
+        skipped_files=len(entries) - len(checked),
+        seconds=time.monotonic() - started,
+        dry_run=dry_run,
+    )
 
 
 def fetch_unchecked(entry: ManifestEntry, placer: Placer, label: str) -> str:
