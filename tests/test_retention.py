@@ -56,6 +56,9 @@ def store(backend, request, tmp_path):
 
 
 def _log(registry, tmp_path, project, name, content: bytes, **kwargs):
+    # Contents of this module's own: the servers' blob stores are shared with other modules' tests, which may
+    # count on a blob not being stored yet.
+    content = b"test_retention:" + content
     return log_files(registry, str(tmp_path), project, name, {"f.bin": content}, **kwargs).version
 
 
@@ -250,7 +253,7 @@ def test_sdk_artifact_ttl_round_trip(backend, project, tmp_path):
     run = wanllmdb.init(project=project)
     art = wanllmdb.Artifact("m", "model")
     with art.new_file("w.txt") as f:
-        f.write("weights")
+        f.write("test_retention weights")
     with pytest.raises(ArtifactNotLoggedError):
         art.ttl  # noqa: B018  (inherited: unknown until logged, as in W&B)
     with pytest.raises(InvalidInputError):
@@ -279,7 +282,7 @@ def test_sdk_artifact_ttl_round_trip(backend, project, tmp_path):
     # Not set before logging: the artifact's default.
     second = wanllmdb.Artifact("m", "model")
     with second.new_file("w.txt") as f:
-        f.write("weights 2")
+        f.write("test_retention weights 2")
     run.log_artifact(second)
     assert second.ttl == datetime.timedelta(days=1)
     run.finish()

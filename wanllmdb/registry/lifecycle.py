@@ -333,10 +333,9 @@ class LifecycleOps:
 
     def _expire_artifact(self, artifact_id: int, now: float, dry_run: bool) -> list[VersionInfo]:
         with self.db.read() if dry_run else self.db.write() as conn:
-            art = conn.execute(
-                "SELECT a.id, a.ttl, a.keep_last, a.keep_aliased, a.older_than FROM artifacts a WHERE a.id = ?"
-                + ("" if dry_run else self._for_update("a")),
-                (artifact_id,),
+            # The artifact's row lock, as every write to its versions takes (the policy is read under it).
+            conn.execute(
+                "SELECT id FROM artifacts WHERE id = ?" + ("" if dry_run else self._for_update()), (artifact_id,)
             ).fetchone()
             policy = retention_of(conn, artifact_id)
             live = conn.execute(
@@ -344,7 +343,7 @@ class LifecycleOps:
                 "WHERE al.alias != 'latest' AND (al.version_id = v.id OR al.version_id IN (SELECT l.id FROM "
                 "versions l WHERE l.link_version_id = v.id AND l.state = 'COMMITTED'))) AS aliased "
                 "FROM versions v WHERE v.artifact_id = ? AND v.state = 'COMMITTED' ORDER BY v.version DESC",
-                (art["id"],),
+                (artifact_id,),
             ).fetchall()
             doomed = []
             for rank, row in enumerate(live):
