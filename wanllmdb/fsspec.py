@@ -33,10 +33,10 @@ every instance (fsspec makes one per thread). So
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import datetime
 import errno
 import os
-import posixpath
 import threading
 from typing import Any
 
@@ -55,6 +55,9 @@ PROTOCOL = "wanllmdb"
 DEFAULT_METADATA_TTL = 5.0
 #: Links (aliases, link collections) followed at most while resolving one path.
 MAX_LINKS = 8
+#: The environment ``load_settings`` reads (a change selects other settings, so another backend).
+_ENV_VARS = ("WANLLMDB_DIR", "WANLLMDB_CACHE_DIR", "WANLLMDB_CACHE_SIZE", "WANLLMDB_BASE_URL", "WANLLMDB_API_KEY",
+             "WANLLMDB_TIMEOUT", "WANLLMDB_TRANSFER_THREADS", "XDG_DATA_HOME", "XDG_CACHE_HOME", "HOME")
 
 
 class _Backend:
@@ -148,12 +151,20 @@ class WanllmdbFileSystem(AbstractFileSystem):
         super().__init__(**kwargs)
         self._overrides = {"base_url": base_url, "api_key": api_key, "data_dir": data_dir, "cache_dir": cache_dir}
         self._ttl = float(metadata_ttl)
+        self._settings: dict[tuple, Settings] = {}  # by the WANLLMDB_* environment they were loaded from
+        self._pending = threading.local()  # get(): files get_file leaves to one batch
 
     # fsspec caches instances by their arguments; the settings come from the environment as well, so the
     # backend is looked up per call (a dict lookup) and follows WANLLMDB_* changes.
     @property
     def backend(self) -> _Backend:
-        return _backend(load_settings(**self._overrides), self._ttl)
+        env = tuple(os.environ.get(name) for name in _ENV_VARS)
+        settings = self._settings.get(env)
+        if settings is None:
+            if len(self._settings) > 16:
+                self._settings.clear()
+            settings = self._settings[env] = load_settings(**self._overrides)
+        return _backend(settings, self._ttl)
 
     @property
     def _afs(self) -> ArtifactFS:
@@ -304,39 +315,50 @@ class WanllmdbFileSystem(AbstractFileSystem):
         entry = here.node.entry
         if not entry.is_checked:  # nothing to verify against: the reader refuses it with a clear error
             return super().get_file(rpath, lpath, callback=callback, **kwargs)
-        blob = self._fetch_into_cache([entry], here.label)[entry.path]
-        lpath = os.path.abspath(lpath)
-        placer = Placer(os.path.dirname(lpath))
-        placer.place(os.path.basename(lpath), blob)
-        if placer.link:
-            self.backend.client.cache.restamp([entry.sha256])
+        pending = getattr(self._pending, "files", None)
+        if pending is not None:  # inside get(): placed with the others in one batch
+            pending.append((entry, os.path.abspath(lpath)))
+        else:
+            self._place([(entry, os.path.abspath(lpath))], here.label)
         if callback is not None:
             callback.set_size(entry.size)
             callback.relative_update(entry.size)
         return None
 
     def get(self, rpath, lpath, recursive=False, callback=None, maxdepth=None, **kwargs):
-        # One download() pass first (parallel fetches into the cache, small files in bundles), then fsspec's
-        # own path logic places each file from the cache with get_file.
-        rpaths = self.expand_path(rpath, recursive=recursive, maxdepth=maxdepth)
-        entries: list[ManifestEntry] = []
-        for path in rpaths:
-            here = self._locate(path)
-            if here.kind == "file":
-                assert isinstance(here.node, FileNode)
-                if here.node.entry.is_checked:
-                    entries.append(here.node.entry)
-        if len(entries) > 1:
-            self._fetch_into_cache(entries, "wanllmdb://" + self._strip_protocol(str(rpath)))
-        kwargs = {k: v for k, v in kwargs.items() if k != "callback"}
+        """fsspec's ``get`` (its rules for where each file lands), then ``download()``'s path for the bytes:
+        every file missing from the cache fetched in parallel (small ones in bundles over HTTP), then each
+        placed as a reflink or hard link of its cached blob."""
         if callback is not None:
             kwargs["callback"] = callback
-        return super().get(rpath, lpath, recursive=recursive, maxdepth=maxdepth, **kwargs)
+        pending: list[tuple[ManifestEntry, str]] = []
+        self._pending.files = pending
+        try:
+            super().get(rpath, lpath, recursive=recursive, maxdepth=maxdepth, **kwargs)
+        finally:
+            self._pending.files = None
+        if pending:
+            self._place(pending, "wanllmdb://" + self._strip_protocol(str(rpath)))
 
-    def _fetch_into_cache(self, entries: list[ManifestEntry], label: str) -> dict[str, str]:
+    def _place(self, files: list[tuple[ManifestEntry, str]], label: str) -> None:
         from wanllmdb.sdk.transfer import fetch_files
 
-        return fetch_files(self.backend.client, entries, None, label=label)
+        client = self.backend.client
+        unique = {entry.sha256: entry for entry, _ in files}
+        # fetch_files answers by entry path: ask by SHA-256, so two files of one path (two versions) never mix
+        by_sha = [dataclasses.replace(entry, path=sha) for sha, entry in unique.items()]
+        blobs = fetch_files(client, by_sha, None, label=label)
+        placers: dict[str, Placer] = {}
+        linked = False
+        for entry, lpath in files:
+            parent = os.path.dirname(lpath)
+            placer = placers.get(parent)
+            if placer is None:
+                placer = placers[parent] = Placer(parent)
+            placer.place(os.path.basename(lpath), blobs[entry.sha256])
+            linked = linked or placer.link
+        if linked:
+            client.cache.restamp(unique)  # the links just made moved the blobs' ctimes
 
     # --- writes: refused --------------------------------------------------------------------------------
 
@@ -405,17 +427,7 @@ class WanllmdbFile(AbstractBufferedFile):
         if handle is None:
             raise ValueError("I/O operation on closed file.")
         end = min(end, self.size)
-        if start >= end:
-            return b""
-        buf = bytearray(end - start)
-        view = memoryview(buf)
-        got = 0
-        while got < len(buf):
-            n = self._reader.read_into(handle, start + got, view[got:])
-            if n <= 0:
-                break
-            got += n
-        return bytes(buf) if got == len(buf) else bytes(buf[:got])
+        return self._reader.read(handle, end - start, start) if start < end else b""
 
     def readinto(self, b):
         """Read straight into ``b`` (one copy fewer than ``read``)."""
