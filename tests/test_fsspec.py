@@ -342,3 +342,16 @@ def test_torch_style_reads_through_fsspec_open(backend, project, source):
     log(project, source, name="model", files=["model.pkl"])
     with fsspec.open(f"wanllmdb://{project}/model:latest/model.pkl") as f:
         assert pickle.load(f) == payload
+
+
+def test_link_collections_and_aliases_are_followed(backend, project, source):
+    art = log(project, source, files=["train.csv"], aliases=["best"])
+    art.link(f"{project}/registry")
+    fs = fsspec.filesystem("wanllmdb")
+    listing = {item["name"]: item for item in fs.ls(f"{project}/registry")}
+    assert listing[f"{project}/registry/v1"]["destination"] == f"../../{project}/ds/v1"
+    expected = (source / "train.csv").read_bytes()
+    for path in (f"{project}/registry:v1/train.csv", f"{project}/registry/latest/train.csv",
+                 f"{project}/ds:best/train.csv", f"{project}/ds/best/train.csv"):
+        assert fs.cat(path) == expected
+        assert fs.info(path)["sha256"] == art.get_entry("train.csv").sha256

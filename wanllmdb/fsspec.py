@@ -37,6 +37,7 @@ import dataclasses
 import datetime
 import errno
 import os
+import stat
 import threading
 from typing import Any
 
@@ -254,14 +255,13 @@ class WanllmdbFileSystem(AbstractFileSystem):
                 for a in afs.catalog.artifacts(here.project or "")
             ]
         elif here.kind == "artifact":
-            name, artifact = here.project or "", here.artifact or ""
-            for child, attr in afs.readdir("/" + "/".join(split_url(path))):
+            where = "/" + "/".join(split_url(path))
+            for child, attr in afs.readdir(where):
                 if child in (".", ".."):
                     continue
                 entry = {"name": prefix + child, "size": 0, "type": "directory", "mtime": attr and attr.mtime}
-                if not child.startswith("v") or not child[1:].isdigit():
-                    target = afs.catalog.artifact(name, artifact).aliases.get(child)
-                    entry.update(islink=True, destination=f"v{target}")
+                if attr is not None and stat.S_ISLNK(attr.mode):  # an alias, or a link collection's version
+                    entry.update(islink=True, destination=afs.readlink(f"{where}/{child}"))
                 out.append(entry)
         elif here.kind == "dir":
             assert isinstance(here.node, DirNode)

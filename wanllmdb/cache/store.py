@@ -428,6 +428,7 @@ class BlobCache:
         self._remember(sha256, stamp)
         with self._touched_lock:
             self._pending[sha256] = (size, stamp)
+            self._touched[sha256] = time.time()  # indexed as used now: its first hit needs no touch
             self._pending_bytes += size
             due = (
                 size >= INDEX_AT_ONCE
