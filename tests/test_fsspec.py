@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import random
+import subprocess
 import sys
 import time
 
@@ -149,6 +150,18 @@ def test_pandas_reads_a_url_with_no_registration(backend, project, source):
     assert pd.read_parquet(f"wanllmdb://{project}/ds:latest/data.parquet")["a"].sum() == sum(range(1000))
 
 
+def test_a_fresh_process_finds_the_filesystem_by_its_entry_point(backend, project, source):
+    from importlib.metadata import entry_points
+
+    if not any(ep.name == "wanllmdb" for ep in entry_points(group="fsspec.specs")):
+        pytest.skip("this checkout's package metadata is not installed (pip install -e .)")
+    log(project, source)
+    code = f"import pandas; print(pandas.read_csv('wanllmdb://{project}/ds:latest/train.csv')['x'].sum())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "9"
+
+
 def test_pyarrow_parquet_and_dataset(backend, project, source):
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
@@ -161,6 +174,18 @@ def test_pyarrow_parquet_and_dataset(backend, project, source):
         assert pq.read_table(f).equals(table)
     dataset = ds.dataset(f"{project}/ds:v1/data.parquet", filesystem=fs, format="parquet")
     assert dataset.to_table(filter=ds.field("a") >= 990).num_rows == 10
+
+    parts = source / "parts"
+    parts.mkdir()
+    for i in range(3):
+        pq.write_table(table.slice(i * 100, 100), parts / f"part-{i}.parquet")
+    with wandb.init(project=project) as run:
+        art = wandb.Artifact("parts", type="dataset")
+        art.add_dir(str(parts), name="parquet")
+        run.log_artifact(art)
+    dataset = ds.dataset(f"{project}/parts:latest/parquet", filesystem=fs, format="parquet")
+    assert len(dataset.files) == 3
+    assert sorted(dataset.to_table().column("a").to_pylist()) == list(range(300))
 
 
 def test_duckdb_reads_csv_and_parquet(backend, project, source):
