@@ -210,13 +210,6 @@ class WanllmdbFileSystem(AbstractFileSystem):
             raise _not_found(path, exc) from None
         raise _not_found(path, "too many levels of links")
 
-    def _entry(self, path: str) -> tuple[ManifestEntry, str]:
-        here = self._locate(path)
-        if here.kind != "file":
-            raise IsDirectoryError(f"wanllmdb://{path} is a directory")
-        assert isinstance(here.node, FileNode)
-        return here.node.entry, here.label
-
     def _details(self, name: str, here: Located | None, node: Any = None) -> dict[str, Any]:
         node = node if node is not None else (here.node if here is not None else None)
         if isinstance(node, FileNode):
@@ -293,8 +286,10 @@ class WanllmdbFileSystem(AbstractFileSystem):
         path = self._strip_protocol(path)
         if mode != "rb":
             raise _refuse(f"open(mode={mode!r}) of", f"wanllmdb://{path}")
-        entry, label = self._entry(path)
-        return WanllmdbFile(self, path, entry, label, block_size=block_size, cache_options=cache_options, **kwargs)
+        here = self._locate(path)
+        if here.kind != "file":
+            raise IsDirectoryError(f"wanllmdb://{path} is a directory")
+        return WanllmdbFile(self, path, here, block_size=block_size, cache_options=cache_options, **kwargs)
 
     def cat_file(self, path, start=None, end=None, **kwargs):
         with self._open(path) as f:
@@ -410,9 +405,14 @@ class WanllmdbFile(AbstractBufferedFile):
     demand, with the mount's read-ahead for sequential readers).
     """
 
-    def __init__(self, fs: WanllmdbFileSystem, path: str, entry: ManifestEntry, label: str, **kwargs: Any) -> None:
-        self._reader = fs._afs.reader
-        self._handle: Handle | None = self._reader.open(entry, label)
+    def __init__(self, fs: WanllmdbFileSystem, path: str, here: Located, **kwargs: Any) -> None:
+        assert isinstance(here.node, FileNode)
+        entry, label = here.node.entry, here.label
+        afs = fs._afs
+        self._reader = afs.reader
+        # As the mount opens it: the uncached small files next to it are announced in one batch (one presign
+        # request for many over HTTP), then a single-chunk file is fetched whole and verified.
+        self._handle: Handle | None = afs.open_handle(here)
         kwargs.setdefault("cache_type", "none")
         try:
             super().__init__(fs, path, mode="rb", size=entry.size, **kwargs)
