@@ -375,6 +375,9 @@ def test_link_collections_and_aliases_are_followed(backend, project, source):
     fs = fsspec.filesystem("wanllmdb")
     listing = {item["name"]: item for item in fs.ls(f"{project}/registry")}
     assert listing[f"{project}/registry/v1"]["destination"] == f"../../{project}/ds/v1"
+    assert fs.info(f"{project}/registry:v1")["destination"] == f"../../{project}/ds/v1"
+    assert fs.info(f"{project}/registry/latest")["destination"] == "v1"
+    assert "islink" not in fs.info(f"{project}/ds:v1")
     expected = (source / "train.csv").read_bytes()
     for path in (f"{project}/registry:v1/train.csv", f"{project}/registry/latest/train.csv",
                  f"{project}/ds:best/train.csv", f"{project}/ds/best/train.csv"):

@@ -229,8 +229,11 @@ class WanllmdbFileSystem(AbstractFileSystem):
         here = self._locate(path)
         info = self._details(path, here)
         parts = split_url(path)
-        if here.kind == "dir" and len(parts) == 3 and here.version is not None and parts[2] != f"v{here.version}":
-            info.update(islink=True, destination=f"v{here.version}")
+        if here.kind == "dir" and len(parts) == 3:  # a version directory: named by an alias or a link?
+            head = self._afs.locate("/" + "/".join(parts))
+            if head.kind == "link":
+                assert isinstance(head.node, LinkNode)
+                info.update(islink=True, destination=head.node.target)
         return info
 
     def ls(self, path, detail=True, **kwargs):
