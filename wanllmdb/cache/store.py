@@ -415,11 +415,20 @@ class BlobCache:
 
     def _admit(self, tmp: str, sha256: str, size: int) -> None:
         os.chmod(tmp, 0o444)
-        stamp = blob_stamp(os.stat(tmp))  # a rename changes neither the inode nor its times
-        os.replace(tmp, self.blob_path(sha256))
+        before = os.stat(tmp)
+        path = self.blob_path(sha256)
+        os.replace(tmp, path)
+        # ext4 moves the ctime of a renamed inode: the stamp is taken after the rename, or this process's
+        # first hit on every blob it just admitted would hash it again (same inode: nothing else changed).
+        try:
+            after = os.stat(path)
+        except FileNotFoundError:  # evicted at once by another process: nothing to remember
+            after = before
+        stamp = blob_stamp(after if after.st_ino == before.st_ino else before)
         self._remember(sha256, stamp)
         with self._touched_lock:
             self._pending[sha256] = (size, stamp)
+            self._touched[sha256] = time.time()  # indexed as used now: its first hit needs no touch
             self._pending_bytes += size
             due = (
                 size >= INDEX_AT_ONCE

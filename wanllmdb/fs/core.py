@@ -359,14 +359,22 @@ class ArtifactFS:
             if here.kind == "link":
                 raise NotFoundError(f"dangling alias: {path}")
             raise IsDirectoryError(f"is a directory: {path}")
+        handle = self.open_handle(here)
+        fh = next(self._fh)
+        self._handles[fh] = handle
+        return fh
+
+    def open_handle(self, here: Located) -> Handle:
+        """A reader handle for the file ``here`` (``open`` without a handle number: fsspec keeps its own).
+
+        Raises:
+            FetchError, ChecksumError, TransportError: a small file could not be fetched.
+        """
         node = here.node
         assert isinstance(node, FileNode)
         if not node.entry.is_chunked and node.entry.size:
             self._prepare_siblings(here)
-        handle = self.reader.open(node.entry, here.label)
-        fh = next(self._fh)
-        self._handles[fh] = handle
-        return fh
+        return self.reader.open(node.entry, here.label)
 
     def read_into(self, fh: int, offset: int, view: memoryview) -> int:
         """Fill ``view`` from ``offset`` of the open file ``fh``; returns the byte count."""

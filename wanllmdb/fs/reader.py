@@ -277,6 +277,12 @@ class ChunkReader:
             FetchError: a chunk could not be fetched in time (or the filesystem is shutting down).
             ChecksumError: fetched bytes did not match their digest.
         """
+        fd, count = self._ready(handle, offset, len(view))
+        return os.preadv(fd, [view[:count]], offset) if count > 0 else 0
+
+    def _ready(self, handle: Handle, offset: int, size: int) -> tuple[int, int]:
+        """The descriptor to read ``[offset, offset + size)`` from and the byte count there (short at EOF),
+        once those bytes are present and verified (see :meth:`read_into`)."""
         fd = handle.fd
         if fd is not None:
             if handle.changed is not None:
@@ -286,13 +292,13 @@ class ChunkReader:
             except ChecksumError as exc:
                 handle.changed = exc
                 raise
-            return os.preadv(fd, [view], offset)
+            return fd, max(0, min(size, handle.entry.size - offset))
         part = handle.partial
         if part is None:
-            return 0  # an empty file
-        end = min(handle.entry.size, offset + len(view))
+            return -1, 0  # an empty file
+        end = min(handle.entry.size, offset + size)
         if offset >= end:
-            return 0
+            return -1, 0
         if part.count < part.nchunks:
             self._fill(handle, part, offset, end)
         if part.failed is not None:
@@ -303,7 +309,7 @@ class ChunkReader:
             except ChecksumError as exc:
                 self._detach(part, exc)
                 raise
-        return os.preadv(part.fd, [view[: end - offset]], offset)
+        return part.fd, end - offset
 
     def _unchanged(self, entry: ManifestEntry, label: str, fd: int, stamp: str | None) -> str:
         """The stamp of an open complete blob, after making sure its bytes are still the verified ones.
@@ -360,10 +366,19 @@ class ChunkReader:
         self._read_ahead(handle, part, offset, end, last)
 
     def read(self, handle: Handle, size: int, offset: int) -> bytes:
-        """Like :meth:`read_into`, returning new bytes."""
-        buf = bytearray(max(0, min(size, handle.entry.size - offset)))
-        n = self.read_into(handle, offset, memoryview(buf)) if buf else 0
-        return bytes(buf[:n]) if n < len(buf) else bytes(buf)
+        """Like :meth:`read_into`, returning new bytes (one ``pread``: no zeroed buffer, no second copy)."""
+        fd, count = self._ready(handle, offset, size)
+        if count <= 0:
+            return b""
+        data = os.pread(fd, count, offset)
+        if len(data) < count:  # one pread returns at most ~2 GiB
+            pieces = [data]
+            got = len(data)
+            while got < count and (piece := os.pread(fd, count - got, offset + got)):
+                pieces.append(piece)
+                got += len(piece)
+            data = b"".join(pieces)
+        return data
 
     # --- whole blobs ------------------------------------------------------------------------------------
 
