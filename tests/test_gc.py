@@ -341,7 +341,7 @@ def test_stress_loggers_deleters_and_gc_at_once(kind, request, tmp_path, monkeyp
         )  # fmt: skip
         for seed in range(3)
     ]
-    seconds = 25
+    seconds = 18
     deleter = subprocess.Popen([sys.executable, "-c", _DELETER.format(repo=REPO, seconds=seconds)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     collector = subprocess.Popen(

@@ -579,7 +579,10 @@ class BlobCache:
         if removed:
             # Views hold hard links to blobs; drop them so evicted bytes really leave the disk.
             shutil.rmtree(os.path.join(self.root, "views"), ignore_errors=True)
-            os.makedirs(os.path.join(self.root, "views"), exist_ok=True)
+            try:
+                os.makedirs(os.path.join(self.root, "views"), exist_ok=True)
+            except FileExistsError:  # another process cleared it between our mkdir and its check: theirs now
+                pass
             with self._touched_lock:
                 for key in removed:
                     self._touched.pop(key, None)
