@@ -88,7 +88,18 @@ def populated(make_server):
 
 def _login(driver, key):
     driver.find_element("id", "key").send_keys(key)
-    driver.find_element("id", "login").click()
+    # The form posts and a new page loads (the page asked for, or the form again with the error).
+    _follow(driver, driver.find_element("id", "login"))
+
+
+def _follow(driver, element):
+    """Click a link or button and wait until the page it loads has replaced this one (else the next
+    assertion may read the old page's URL)."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    element.click()
+    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(element))
 
 
 def _path(driver) -> str:
@@ -121,7 +132,7 @@ def test_browse_from_projects_to_a_file_download_then_log_out(browser, populated
     rows = browser.find_elements("css selector", "#projects tbody tr")
     assert [r.find_element("tag name", "a").text for r in rows] == ["other", "vision"]
 
-    browser.find_element("link text", "vision").click()
+    _follow(browser, browser.find_element("link text", "vision"))
     assert _path(browser) == "/ui/projects/vision"
     artifacts = {
         r.find_element("css selector", "td a").text: [td.text for td in r.find_elements("tag name", "td")]
@@ -130,7 +141,7 @@ def test_browse_from_projects_to_a_file_download_then_log_out(browser, populated
     assert set(artifacts) == {"mnist", "raw", "report"}
     assert artifacts["mnist"][1:4] == ["dataset", "v2", "2"]
 
-    browser.find_element("link text", "mnist").click()
+    _follow(browser, browser.find_element("link text", "mnist"))
     assert _path(browser) == "/ui/projects/vision/artifacts/mnist"
     v2 = browser.find_element("id", "v2")
     assert [e.text for e in v2.find_elements("css selector", ".alias")] == ["best", "latest"]
@@ -140,7 +151,7 @@ def test_browse_from_projects_to_a_file_download_then_log_out(browser, populated
     assert "train-1" in v2.find_element("css selector", ".run").text
     assert browser.find_element("id", "v1").find_elements("css selector", ".alias") == []
 
-    v2.find_element("link text", "v2").click()
+    _follow(browser, v2.find_element("link text", "v2"))
     assert _path(browser) == "/ui/projects/vision/artifacts/mnist/versions/v2"
     assert browser.title.startswith("vision/mnist:v2")
     assert browser.find_element("id", "description").text == "the digits"
@@ -168,7 +179,7 @@ def test_browse_from_projects_to_a_file_download_then_log_out(browser, populated
     assert {"▶ train-1", "▶ eval-1", "mnist:v2", "raw:v1", "report:v1"} <= set(labels)
 
     # Lineage links lead on: to the report the evaluation run logged.
-    browser.find_element("id", "used-by").find_element("link text", "vision/report:v1").click()
+    _follow(browser, browser.find_element("id", "used-by").find_element("link text", "vision/report:v1"))
     assert _path(browser) == "/ui/projects/vision/artifacts/report/versions/v1"
     assert "eval-1" in browser.find_element("id", "logged-by").text
     assert "No run" not in browser.find_element("id", "lineage").text
@@ -178,7 +189,7 @@ def test_browse_from_projects_to_a_file_download_then_log_out(browser, populated
     assert requests.get(server.url + "/api/v1/projects", cookies=jar, timeout=10).status_code == 401
     assert requests.get(server.url + "/ui/projects/vision", cookies=jar, timeout=10, allow_redirects=False).ok
 
-    browser.find_element("id", "logout").click()
+    _follow(browser, browser.find_element("id", "logout"))
     assert _path(browser) == "/login"
     assert browser.get_cookie("wanllmdb_session") is None
     browser.get(server.url + "/ui/projects/vision")
@@ -208,13 +219,13 @@ def test_odd_text_is_escaped_and_links_are_quoted(browser, make_server):
     browser.get(server.url + "/")
     assert _path(browser) == "/"
     assert browser.find_elements("id", "logout") == []
-    browser.find_element("link text", "p.1").click()
+    _follow(browser, browser.find_element("link text", "p.1"))
     assert browser.find_element("css selector", "#artifacts td.type").text == ODD_TYPE
-    browser.find_element("link text", "a.b_c-1").click()
+    _follow(browser, browser.find_element("link text", "a.b_c-1"))
     assert _path(browser) == "/ui/projects/p.1/artifacts/a.b_c-1"
     assert browser.find_element("id", "type").text == ODD_TYPE
     assert ODD_RUN in browser.find_element("css selector", "#v1 .run").text
-    browser.find_element("link text", "v1").click()
+    _follow(browser, browser.find_element("link text", "v1"))
     assert browser.find_element("css selector", "#files .path").text == ODD_PATH
     assert browser.find_element("id", "description").text == "<i>not italic</i>"
     assert ODD_RUN in browser.find_element("id", "logged-by").text
