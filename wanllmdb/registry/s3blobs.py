@@ -214,6 +214,17 @@ class S3BlobStore(BlobStore):
                 raise
             raise self._unavailable(f"{operation} failed on", exc) from None
 
+    def _call_or_none(self, operation: str, **kwargs: Any) -> Any:
+        """``_call``, with None for a missing object or upload (404, NoSuchKey, NoSuchUpload)."""
+        try:
+            return self._call(operation, **kwargs)
+        except StorageUnavailableError:
+            raise
+        except Exception as exc:
+            if _is_missing(exc):
+                return None
+            raise
+
     # --- keys and lookups -------------------------------------------------------------------------------
 
     def key(self, sha256: str) -> str:
@@ -226,14 +237,7 @@ class S3BlobStore(BlobStore):
 
     def head(self, sha256: str) -> dict | None:
         """HeadObject with checksums, or None when the object does not exist."""
-        try:
-            return self._call("head_object", Bucket=self.bucket, Key=self.key(sha256), ChecksumMode="ENABLED")
-        except StorageUnavailableError:
-            raise
-        except Exception as exc:
-            if _is_missing(exc):
-                return None
-            raise
+        return self._call_or_none("head_object", Bucket=self.bucket, Key=self.key(sha256), ChecksumMode="ENABLED")
 
     def exists(self, sha256: str) -> bool:
         return self.head(sha256) is not None
@@ -381,24 +385,9 @@ class S3BlobStore(BlobStore):
         return MultipartState(upload_id, part_size, parts, {})
 
     def _parts_done(self, key: str, upload_id: str) -> dict[int, int] | None:
-        done: dict[int, int] = {}
-        marker = 0
-        while True:
-            try:
-                page = self._call(
-                    "list_parts", Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker
-                )
-            except StorageUnavailableError:
-                raise
-            except Exception as exc:
-                if _is_missing(exc):
-                    return None
-                raise
-            for part in page.get("Parts") or ():
-                done[int(part["PartNumber"])] = int(part["Size"])
-            if not page.get("IsTruncated"):
-                return done
-            marker = int(page["NextPartNumberMarker"])
+        """The parts the store holds (number -> size), or None when the upload is gone."""
+        listed = self._listed_parts(key, upload_id)
+        return None if listed is None else {n: size for n, (size, _etag) in listed.items()}
 
     def presign_part(self, sha256: str, upload_id: str, number: int, length: int, checksum_b64: str) -> Presigned:
         params = {
@@ -428,24 +417,15 @@ class S3BlobStore(BlobStore):
         if len(checksums) != parts:
             raise InvalidInputError(f"blob {sha256[:12]}: {parts} part checksums needed, {len(checksums)} given")
         listed = self._listed_parts(key, upload_id)
+        if listed is None:
+            raise InvalidInputError(f"no upload {upload_id[:16]} in progress for this blob")
         wrong = [n for n in range(1, parts + 1) if n not in listed or listed[n][0] != _part_length(n, part_size, size)]
         if wrong:
             raise InvalidInputError(
                 f"blob {sha256[:12]}: parts {', '.join(map(str, wrong[:10]))} are not uploaded (or have another size)"
             )
         try:
-            self._call(
-                "complete_multipart_upload",
-                Bucket=self.bucket,
-                Key=key,
-                UploadId=upload_id,
-                MultipartUpload={
-                    "Parts": [
-                        {"PartNumber": n, "ETag": listed[n][1], "ChecksumSHA256": checksums[n - 1]}
-                        for n in range(1, parts + 1)
-                    ]
-                },
-            )
+            self._complete(key, upload_id, listed, checksums)
         except StorageUnavailableError:
             raise
         except Exception as exc:
@@ -455,25 +435,36 @@ class S3BlobStore(BlobStore):
             raise ChecksumError(f"blob {sha256[:12]}: the uploaded parts are not this blob; nothing was stored")
         return md5
 
-    def _listed_parts(self, key: str, upload_id: str) -> dict[int, tuple[int, str]]:
+    def _listed_parts(self, key: str, upload_id: str) -> dict[int, tuple[int, str]] | None:
+        """Every part of an upload in progress (number -> (size, ETag)), or None when the upload is gone."""
         out: dict[int, tuple[int, str]] = {}
         marker = 0
         while True:
-            try:
-                page = self._call(
-                    "list_parts", Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker
-                )
-            except StorageUnavailableError:
-                raise
-            except Exception as exc:
-                if _is_missing(exc):
-                    raise InvalidInputError(f"no upload {upload_id[:16]} in progress for this blob") from None
-                raise
+            page = self._call_or_none(
+                "list_parts", Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker
+            )
+            if page is None:
+                return None
             for part in page.get("Parts") or ():
                 out[int(part["PartNumber"])] = (int(part["Size"]), part["ETag"])
             if not page.get("IsTruncated"):
                 return out
             marker = int(page["NextPartNumberMarker"])
+
+    def _complete(self, key: str, upload_id: str, listed: dict[int, tuple[int, str]], checksums: Sequence[str]) -> None:
+        """CompleteMultipartUpload with every part's SHA-256 (the store checks them against the parts)."""
+        self._call(
+            "complete_multipart_upload",
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={
+                "Parts": [
+                    {"PartNumber": n, "ETag": listed[n][1], "ChecksumSHA256": checksums[n - 1]}
+                    for n in range(1, len(checksums) + 1)
+                ]
+            },
+        )
 
     # --- bytes through the server (staged, then written with their checksums) --------------------------
 
@@ -516,43 +507,24 @@ class S3BlobStore(BlobStore):
                     "upload_part", Bucket=self.bucket, Key=self.key(sha256), UploadId=state.upload_id,
                     PartNumber=number, Body=data, ChecksumSHA256=checksum,
                 )  # fmt: skip
-        listed = self._listed_parts(self.key(sha256), state.upload_id)
-        self._call(
-            "complete_multipart_upload",
-            Bucket=self.bucket,
-            Key=self.key(sha256),
-            UploadId=state.upload_id,
-            MultipartUpload={
-                "Parts": [
-                    {"PartNumber": n, "ETag": listed[n][1], "ChecksumSHA256": checksums[n - 1]}
-                    for n in range(1, state.parts + 1)
-                ]
-            },
-        )
+        listed = self._listed_parts(self.key(sha256), state.upload_id) or {}
+        self._complete(self.key(sha256), state.upload_id, listed, checksums)
 
     def open(self, sha256: str):
-        try:
-            return self._call("get_object", Bucket=self.bucket, Key=self.key(sha256))["Body"]
-        except StorageUnavailableError:
-            raise
-        except Exception as exc:
-            if _is_missing(exc):
-                raise BlobNotFoundError(f"blob {sha256} is not stored in {self.url}") from None
-            raise
+        found = self._call_or_none("get_object", Bucket=self.bucket, Key=self.key(sha256))
+        if found is None:
+            raise BlobNotFoundError(f"blob {sha256} is not stored in {self.url}")
+        return found["Body"]
 
     def read_range_into(self, sha256: str, start: int, length: int, writer: BlobWriter) -> int:
         if length <= 0:
             return 0
-        try:
-            body = self._call(
-                "get_object", Bucket=self.bucket, Key=self.key(sha256), Range=f"bytes={start}-{start + length - 1}"
-            )["Body"]
-        except StorageUnavailableError:
-            raise
-        except Exception as exc:
-            if _is_missing(exc):
-                raise BlobNotFoundError(f"blob {sha256} is not stored in {self.url}") from None
-            raise
+        found = self._call_or_none(
+            "get_object", Bucket=self.bucket, Key=self.key(sha256), Range=f"bytes={start}-{start + length - 1}"
+        )
+        if found is None:
+            raise BlobNotFoundError(f"blob {sha256} is not stored in {self.url}")
+        body = found["Body"]
         done = 0
         with body:
             while piece := body.read(1 << 20):

@@ -280,7 +280,7 @@ class BlobEndpoint:
         incoming = store.begin(sha256, size, md5.decode("latin-1") if md5 else None)
         try:
             await body.read_into(incoming)
-            stored = await _commit_notify(incoming)
+            stored = await _commit(incoming)
         except _Disconnected:
             logger.info("upload of blob %s broke off after %d bytes; nothing stored", sha256[:12], incoming.received)
             raise
@@ -301,7 +301,7 @@ class BlobEndpoint:
         incoming = self.state.registry.blobs.begin(None, size)
         try:
             await body.read_into(incoming)
-            stored = await _commit_notify(incoming)
+            stored = await _commit(incoming)
         except _Disconnected:
             logger.info("unaddressed upload broke off after %d bytes; nothing stored", incoming.received)
             raise
@@ -333,7 +333,7 @@ class BlobEndpoint:
                 incoming = store.begin(sha256, size)
                 try:
                     await body.read_exact(size, incoming)
-                    if await _commit(incoming):
+                    if await _commit(incoming, notify=False):
                         stored.append((sha256, size, incoming.md5))
                 finally:
                     incoming.abort()
@@ -343,18 +343,12 @@ class BlobEndpoint:
         return JSONResponse({"stored": len(stored), "blobs": len(items)}, status_code=201)
 
 
-async def _commit_notify(incoming: IncomingBlob) -> bool:
+async def _commit(incoming: IncomingBlob, *, notify: bool = True) -> bool:
+    """Commit a received blob (``notify=False``: a blob of a bundle, the registry told later); with object
+    storage the write to the store is a network call, so it runs on a thread."""
     if incoming.store.lists_itself:
-        return incoming.commit()
-    return await run_in_threadpool(incoming.commit)
-
-
-async def _commit(incoming: IncomingBlob) -> bool:
-    """Commit a blob of a bundle without telling the registry yet; with object storage the write to the
-    store is a network call, so it runs on a thread."""
-    if incoming.store.lists_itself:
-        return incoming.commit(notify=False)
-    return await run_in_threadpool(incoming.commit, notify=False)
+        return incoming.commit(notify=notify)
+    return await run_in_threadpool(incoming.commit, notify=notify)
 
 
 def _write_all(incoming: IncomingBlob, pieces: list[bytes]) -> None:
