@@ -18,28 +18,36 @@ of every blob it receives, so that no manifest can claim another MD5 for stored 
 from __future__ import annotations
 
 import base64
+import errno
+import fcntl
 import hashlib
 import logging
+import mmap
 import os
-import queue
 import re
 import secrets
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
+from ..cache.materialize import FICLONE
 from ..cache.store import BlobWriter
 from ..errors import BlobNotFoundError, ChecksumError, InvalidInputError
 from ..iobuf import buffer_for
 from ..killpoints import kill_point
-from ..manifest.digest import Digester, FileDigest
+from ..manifest.digest import Digester, FileDigest, hash_file
 from ..settings import CHUNK_SIZE
 from ..tmpfiles import reclaim_dead, writer_tag
+from .pagecopy import SpliceWriter
 
 logger = logging.getLogger(__name__)
 
 #: Largest piece ``read_range_into`` hands its writer at once.
 RANGE_PIECE = 1 << 20
+#: Piece size of :meth:`BlobStore.put_unhashed`'s copy (see ``_copy_hashing``): the digester's MD5 thread
+#: takes pieces from 1 MiB, and a piece of the L2 cache's size stays there from the read to the write.
+COPY_PIECE = 1 << 20
+#: What a filesystem (or a pair of them) without reflinks answers to ``FICLONE``.
+NO_REFLINK = (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.EPERM, errno.ENOSYS)
 
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -230,50 +238,29 @@ class BlobStore:
         incoming.trusted_md5 = md5
         return incoming.commit()
 
-    def put_unhashed(self, src: str, size: int, chunk_size: int = CHUNK_SIZE) -> FileDigest:
-        """Copy a local file in while computing its digests, in one read; returns the digests.
+    def put_unhashed(
+        self, src: str, size: int, chunk_size: int = CHUNK_SIZE, progress: Callable[[int], object] | None = None
+    ) -> FileDigest:
+        """Store a local file while computing its digests, reading it once; returns the digests.
 
-        The reading thread hashes (MD5 on the digester's worker) and a writer thread writes, so the copy
-        costs about the hashing time instead of hashing plus copying.
+        Where the filesystem offers reflinks (btrfs, XFS), the temporary file is made a copy-on-write clone
+        of ``src`` (no byte copied) and the clone is hashed: the digests are those of the stored bytes, even
+        if ``src`` changes meanwhile. Elsewhere (ext4, or ``src`` on another filesystem) the file is read once
+        in 1 MiB pieces; each piece is hashed and then that same piece is written (``_copy_hashing``), so the
+        bytes named are the bytes written. The blob is renamed to its SHA-256 name only once complete (a kill
+        leaves a temporary file, reclaimed by the next writer).
 
         Raises:
             ChecksumError: the file no longer has ``size`` bytes (it changed since it was listed).
         """
-        digester = Digester(chunk_size)
         tmp = os.path.join(self.root, "tmp", f"unaddressed.{writer_tag()}.{secrets.token_hex(6)}")
-        # Three buffers in turn: one being read, one whose MD5 may still run, one with the writer.
-        buffers = [memoryview(buffer_for(size)) for _ in range(3)]
-        pending: queue.Queue[memoryview | None] = queue.Queue(maxsize=1)
-        failure: list[BaseException] = []
-
-        def write_out(out) -> None:
-            while (piece := pending.get()) is not None:
-                if not failure:
-                    try:
-                        out.write(piece)
-                        kill_point("blob.write")
-                    except BaseException as exc:  # reported by the reading thread
-                        failure.append(exc)
-
         try:
-            with open(src, "rb", buffering=0) as f, open(tmp, "wb") as out:
-                writer = threading.Thread(target=write_out, args=(out,), name="wanllmdb-blob-writer", daemon=True)
-                writer.start()
-                try:
-                    index = 0
-                    while n := f.readinto(buffers[index % 3]):
-                        piece = buffers[index % 3][:n]
-                        digester.update(piece)
-                        pending.put(piece)
-                        index += 1
-                        if failure:
-                            break
-                finally:
-                    pending.put(None)
-                    writer.join()
-            if failure:
-                raise failure[0]
-            digest = digester.result()
+            with open(src, "rb", buffering=0) as f, open(tmp, "wb", buffering=0) as out:
+                if reflink(f.fileno(), out.fileno()):
+                    kill_point("blob.write")
+                    digest = hash_file(tmp, chunk_size, progress)
+                else:
+                    digest = _copy_hashing(f, out, size, chunk_size, progress)
             if digest.size != size:
                 raise ChecksumError(
                     f"{src}: expected {size} bytes, read {digest.size} (the file changed while it was stored)",
@@ -329,6 +316,55 @@ class BlobStore:
             except FileNotFoundError:
                 continue
         return removed
+
+
+def reflink(src_fd: int, dst_fd: int) -> bool:
+    """Make ``dst_fd``'s file a copy-on-write clone of ``src_fd``'s (``FICLONE``); False where the filesystem
+    (or the pair: another device) offers none, as on ext4, leaving ``dst_fd`` untouched."""
+    try:
+        fcntl.ioctl(dst_fd, FICLONE, src_fd)
+        return True
+    except OSError as exc:
+        if exc.errno not in NO_REFLINK:
+            raise
+        return False
+
+
+def _copy_hashing(src, out, size: int, chunk_size: int, progress: Callable[[int], object] | None) -> FileDigest:
+    """Read ``src`` once in ``COPY_PIECE`` pieces; hash each piece, then write that same piece to ``out``.
+
+    Everything happens on the reading thread (MD5 on the digester's worker), with the piece still in this
+    core's cache; the write goes through ``pagecopy.SpliceWriter``. Measured on the benchmark machine, 1 GiB
+    from page cache, CPU-s above hashing alone: 8 MiB pieces written by a writer thread (the old design)
+    +1.9-2.4; 1 MiB pieces by a writer thread +1.9 (a copy from the other core's cache); 1 MiB pieces
+    written on the reading thread with ``write(2)`` +0.5-1.9; with vmsplice + splice +0.6-0.7.
+    """
+    digester = Digester(chunk_size)
+    piece = min(COPY_PIECE, size + 1)
+    # Two page-aligned buffers in turn: the digester's MD5 of one may still run while the next is read.
+    buffers = [memoryview(mmap.mmap(-1, piece)) for _ in range(2)]
+    index = 0
+    with SpliceWriter(out.fileno()) as writer:
+        while n := _read_full(src, buffers[index % 2]):
+            data = buffers[index % 2][:n]
+            digester.update(data)
+            writer.write_at(data, index * piece)
+            kill_point("blob.write")
+            index += 1
+            if progress:
+                progress(n)
+    return digester.result()
+
+
+def _read_full(f, view: memoryview) -> int:
+    """Fill ``view`` from ``f`` unless EOF comes first; returns the byte count."""
+    total = 0
+    while total < len(view):
+        n = f.readinto(view[total:])
+        if not n:
+            break
+        total += n
+    return total
 
 
 def md5_file(path: str) -> str:

@@ -523,10 +523,7 @@ class LocalRegistry(LifecycleOps):
         return found
 
     def store_unhashed(self, path: str, size: int, progress: Progress | None = None) -> FileDigest:
-        digest = self.blobs.put_unhashed(path, size)
-        if progress:
-            progress(size)
-        return digest
+        return self.blobs.put_unhashed(path, size, progress=progress)
 
     def prepare_fetch(self, sha256s: Iterable[str]) -> None:
         """Nothing to prepare: blobs are local files."""
