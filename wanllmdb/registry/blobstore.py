@@ -228,7 +228,7 @@ class BlobStore:
         incoming = self.begin(sha256, size)
         try:
             with open(src, "rb", buffering=0) as f:
-                buf = buffer_for(size)
+                buf = buffer_for(size, COPY_PIECE)  # hashed and written while in this core's cache
                 view = memoryview(buf)
                 while n := f.readinto(buf):
                     incoming.write(view[:n])
