@@ -7,7 +7,9 @@ and correct; a writer killed at any point leaves at most a stale temporary file,
 
 A blob can also arrive *unaddressed* (``begin(None, size)``, :meth:`BlobStore.put_unhashed`): its SHA-256
 is computed while it is written and names it at the end. That lets a client upload a new large file in the
-same read that hashes it, instead of reading it once to hash and again to upload.
+same read that hashes it, instead of reading it once to hash and again to upload; the embedded registry
+stores a local file that way with :meth:`BlobStore.put_unhashed` (a reflink where possible, else each
+hashed piece written from the same buffer, ``pagecopy.SpliceWriter``).
 
 The store reports every newly installed blob to ``on_install`` with its size and, when it was computed,
 its MD5 (the registry keeps an index of blob sizes, see ``LocalRegistry.known_sizes``, and checks every
@@ -337,7 +339,7 @@ def _copy_hashing(src, out, size: int, chunk_size: int, progress: Callable[[int]
     core's cache; the write goes through ``pagecopy.SpliceWriter``. Measured on the benchmark machine, 1 GiB
     from page cache, CPU-s above hashing alone: 8 MiB pieces written by a writer thread (the old design)
     +1.9-2.4; 1 MiB pieces by a writer thread +1.9 (a copy from the other core's cache); 1 MiB pieces
-    written on the reading thread with ``write(2)`` +0.5-1.9; with vmsplice + splice +0.6-0.7.
+    written on the reading thread with ``write(2)`` +0.5-1.9; with vmsplice + splice +0.6-1.2.
     """
     digester = Digester(chunk_size)
     piece = min(COPY_PIECE, size + 1)

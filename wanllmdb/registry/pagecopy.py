@@ -1,10 +1,11 @@
 """Writing a buffer into a file with the kernel's memcpy instead of ``write``'s copy from user memory.
 
-On the benchmark machine (2 vCPUs, ext4) ``write(2)`` of 1 GiB from a 1 MiB user buffer into new page cache
-cost 1.2-1.7 CPU-s more than hashing alone, while ``vmsplice`` (the pipe takes references to the buffer's
-pages, nothing is copied) followed by ``splice`` into the file (the kernel copies those pages into the page
-cache) cost 0.5-0.7: the same bytes, a third of the CPU. ``copy_file_range`` from the source file costs the
-same, but would copy what the source holds *now*, not the bytes that were just hashed.
+On the benchmark machine (2 vCPUs, ext4), hashing 1 GiB and writing each hashed 1 MiB piece with ``write(2)``
+cost 0.5-1.9 CPU-s more than hashing alone (perf: ``copy_folio_from_iter_atomic``, the copy from user
+memory), while ``vmsplice`` (the pipe takes references to the buffer's pages, nothing is copied) followed by
+``splice`` into the file (the kernel's memcpy from those pages into the page cache) cost 0.6-1.2 in the same
+runs. ``copy_file_range`` from the source file costs about the same, but would copy what the source holds
+*now*, not the bytes that were just hashed.
 
 :class:`SpliceWriter` writes the caller's buffer that way on Linux and falls back to ``os.write`` wherever
 ``vmsplice`` is missing or refused. Every ``write`` returns only once all of the piece is in the file (the
