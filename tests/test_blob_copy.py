@@ -124,3 +124,23 @@ def test_the_copy_uses_pieces_the_md5_thread_takes():
     from wanllmdb.manifest.digest import THREAD_MIN_PIECE
 
     assert blobstore.COPY_PIECE >= THREAD_MIN_PIECE
+
+
+def test_a_file_refusing_splice_gets_the_rest_by_pwrite(tmp_path, monkeypatch):
+    """Splice refused after vmsplice took the piece: the bytes still come from the caller's buffer."""
+    calls = []
+    real = pagecopy._splice
+
+    def refuse_second(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise OSError(22, "Invalid argument")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pagecopy, "_splice", refuse_second)
+    src = tmp_path / "src.bin"
+    data = _file(src, 5 * MiB + 77)
+    store = BlobStore(str(tmp_path / "store"))
+    digest = store.put_unhashed(str(src), len(data))
+    assert open(store.path(digest.sha256), "rb").read() == data
+    assert len(calls) == 2  # after the refusal every piece went by pwrite

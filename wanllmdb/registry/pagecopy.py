@@ -45,6 +45,9 @@ def _load_vmsplice():
 
 
 _vmsplice = _load_vmsplice() if hasattr(os, "splice") else None
+_splice = getattr(os, "splice", None)
+#: What a file that takes no splice answers.
+_NO_SPLICE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
 
 
 class SpliceWriter:
@@ -93,7 +96,17 @@ class SpliceWriter:
                 raise OSError(err, f"vmsplice: {os.strerror(err)}")
             moved = 0
             while moved < k:
-                m = os.splice(r, self.fd, k - moved, offset_dst=offset + done + moved)
+                try:
+                    m = _splice(r, self.fd, k - moved, offset_dst=offset + done + moved)
+                except OSError as exc:
+                    if exc.errno not in _NO_SPLICE:
+                        raise
+                    # A filesystem that takes no splice: the rest of the piece (still in the caller's
+                    # buffer, which the pipe only referenced) goes with pwrite, and so does every later piece.
+                    logger.debug("splice into %d refused (%s); writing with pwrite", self.fd, exc)
+                    self.close()
+                    _pwrite_all(self.fd, view[done + moved :], offset + done + moved)
+                    return
                 if m <= 0:  # the pipe holds k - moved bytes: splice cannot come back empty
                     raise OSError(errno.EIO, "splice into the blob file moved nothing")
                 moved += m
