@@ -9,7 +9,7 @@ A blob can also arrive *unaddressed* (``begin(None, size)``, :meth:`BlobStore.pu
 is computed while it is written and names it at the end. That lets a client upload a new large file in the
 same read that hashes it, instead of reading it once to hash and again to upload; the embedded registry
 stores a local file that way with :meth:`BlobStore.put_unhashed` (a reflink where possible, else each
-hashed piece written from the same buffer, ``pagecopy.SpliceWriter``).
+hashed piece written from the same buffer).
 
 The store reports every newly installed blob to ``on_install`` with its size and, when it was computed,
 its MD5 (the registry keeps an index of blob sizes, see ``LocalRegistry.known_sizes``, and checks every
@@ -39,7 +39,6 @@ from ..killpoints import kill_point
 from ..manifest.digest import Digester, FileDigest, hash_file
 from ..settings import CHUNK_SIZE
 from ..tmpfiles import reclaim_dead, writer_tag
-from .pagecopy import SpliceWriter
 
 logger = logging.getLogger(__name__)
 
@@ -336,26 +335,33 @@ def _copy_hashing(src, out, size: int, chunk_size: int, progress: Callable[[int]
     """Read ``src`` once in ``COPY_PIECE`` pieces; hash each piece, then write that same piece to ``out``.
 
     Everything happens on the reading thread (MD5 on the digester's worker), with the piece still in this
-    core's cache; the write goes through ``pagecopy.SpliceWriter``. Measured on the benchmark machine, 1 GiB
-    from page cache, CPU-s above hashing alone: 8 MiB pieces written by a writer thread (the old design)
-    +1.9-2.4; 1 MiB pieces by a writer thread +1.9 (a copy from the other core's cache); 1 MiB pieces
-    written on the reading thread with ``write(2)`` +0.5-1.9; with vmsplice + splice +0.6-1.2.
+    core's cache, written with ``pwrite``. Measured on the benchmark machine, 1 GiB from page cache, CPU-s
+    above hashing alone: 8 MiB pieces written by a writer thread (the old design) +1.9-2.4; 1 MiB pieces by
+    a writer thread +1.9 (a copy from the other core's cache); 1 MiB pieces written on the reading thread
+    +0.5-1.9. (vmsplice + splice from the same buffer measured +0.6-1.2 in the same runs: within the
+    spread, so not worth a ctypes path.)
     """
     digester = Digester(chunk_size)
     piece = min(COPY_PIECE, size + 1)
     # Two page-aligned buffers in turn: the digester's MD5 of one may still run while the next is read.
     buffers = [memoryview(mmap.mmap(-1, piece)) for _ in range(2)]
     index = 0
-    with SpliceWriter(out.fileno()) as writer:
-        while n := _read_full(src, buffers[index % 2]):
-            data = buffers[index % 2][:n]
-            digester.update(data)
-            writer.write_at(data, index * piece)
-            kill_point("blob.write")
-            index += 1
-            if progress:
-                progress(n)
+    fd = out.fileno()
+    while n := _read_full(src, buffers[index % 2]):
+        data = buffers[index % 2][:n]
+        digester.update(data)
+        _pwrite_all(fd, data, index * piece)
+        kill_point("blob.write")
+        index += 1
+        if progress:
+            progress(n)
     return digester.result()
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
 
 
 def _read_full(f, view: memoryview) -> int:
