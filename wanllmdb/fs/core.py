@@ -488,7 +488,7 @@ def open_filesystem(
         registry, Flights(meta_pool, stop), ttl=metadata_ttl, timeout=timeout, max_tree_entries=max_tree_entries
     )
     fetch_range_into, fetch_blob = (_unless_down(catalog, f) for f in (registry.fetch_range_into, registry.fetch_blob))
-    reader = ChunkReader(cache, fetch_range_into, fetch_blob, stop=stop, timeout=timeout)
+    reader = ChunkReader(cache, fetch_range_into, fetch_blob, stop=stop, timeout=timeout, trust_chunk_digests=True)
     return ArtifactFS(catalog, reader, stop=stop, project=project, pools=(meta_pool,))
 
 
