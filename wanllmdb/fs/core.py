@@ -385,6 +385,10 @@ class ArtifactFS:
     def read(self, fh: int, size: int, offset: int) -> bytes:
         return self.reader.read(self._handle(fh), size, offset)
 
+    def ready(self, fh: int, offset: int, size: int) -> tuple[int, int]:
+        """The descriptor and byte count to serve ``[offset, offset + size)`` of ``fh`` from (``ChunkReader.ready``)."""
+        return self.reader.ready(self._handle(fh), offset, size)
+
     def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
         if handle is not None:

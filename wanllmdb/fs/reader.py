@@ -59,7 +59,8 @@ served or cached. A reference recorded without a checksum has nothing to check a
 logged with the file and the reason; the chunk is fetched again by the next read that needs it.
 
 **Costs.** Per 1 MiB read of present data: a bitmap test and one ``preadv`` (one copy, no lock, no cache-index
-write). A fetch holds one network piece (1 MiB) in memory at a time, never a whole request: resident memory
+write); through :meth:`ChunkReader.ready` not even the copy (the mount has libfuse splice the bytes from the
+descriptor). A fetch holds one network piece (1 MiB) in memory at a time, never a whole request: resident memory
 stays flat however many fetches run.
 """
 
@@ -289,6 +290,16 @@ class ChunkReader:
         """
         fd, count = self._ready(handle, offset, len(view))
         return os.preadv(fd, [view[:count]], offset) if count > 0 else 0
+
+    def ready(self, handle: Handle, offset: int, size: int) -> tuple[int, int]:
+        """The descriptor holding ``[offset, offset + size)`` of the file and the byte count there (short only at
+        EOF), once those bytes are present and verified: the caller reads them itself (the FUSE layer has
+        libfuse splice them from the descriptor). The descriptor stays valid until the handle is released.
+
+        Raises:
+            FetchError, ChecksumError: as :meth:`read_into`.
+        """
+        return self._ready(handle, offset, size)
 
     def _ready(self, handle: Handle, offset: int, size: int) -> tuple[int, int]:
         """The descriptor to read ``[offset, offset + size)`` from and the byte count there (short at EOF),
