@@ -10,7 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
-from wanllmdb.cache import BlobCache
+from wanllmdb.cache import BlobCache, store
 from wanllmdb.errors import ChecksumError, FetchError, TransportError
 from wanllmdb.fs.reader import ChunkReader
 from wanllmdb.manifest import ManifestEntry, hash_bytes
@@ -460,3 +460,32 @@ def test_reads_past_the_end_return_nothing(cache, stop):
     assert reader.read(handle, 100, len(data) - 3) == data[-3:]
     assert reader.read(handle, 100, len(data)) == b""
     assert reader.read(handle, 100, len(data) + 10_000) == b""
+
+
+def test_with_trusted_chunk_digests_a_corrupt_chunk_is_never_served_nor_admitted(cache, stop, caplog, monkeypatch):
+    """The mount's mode (``trust_chunk_digests``): no whole-file hash on completion, so the chunk checks alone must
+    keep wrong bytes out of reads and out of the shared cache."""
+    data = os.urandom(6 * CHUNK + 11)
+    remote = FakeRemote(data)
+    entry = make_entry(data)
+    remote.corrupt.add((entry.sha256, 2 * CHUNK))
+    reader = make_reader(cache, remote, stop, trust_chunk_digests=True, readahead_bytes=0)
+    handle = reader.open(entry, "p/a:v1/trusted.bin")
+    for index in range(7):
+        if index == 2:
+            with pytest.raises(ChecksumError, match="chunk 2"):
+                reader.read(handle, CHUNK, 2 * CHUNK)
+        else:
+            assert reader.read(handle, CHUNK, index * CHUNK) == data[index * CHUNK : (index + 1) * CHUNK]
+    settle(reader)
+    assert cache.lookup(entry.sha256) is None  # every chunk but the bad one is in: nothing admitted
+    hashed: list[str] = []
+    real = store.sha256_file
+    monkeypatch.setattr(store, "sha256_file", lambda path: hashed.append(path) or real(path))
+    remote.corrupt.clear()
+    assert reader.read(handle, CHUNK, 2 * CHUNK) == data[2 * CHUNK : 3 * CHUNK]
+    settle(reader)
+    eventually(lambda: cache.lookup(entry.sha256) is not None)
+    assert hashed == []  # admitted on the strength of its verified chunks: no second pass over the file
+    with open(cache.lookup(entry.sha256), "rb") as f:
+        assert f.read() == data

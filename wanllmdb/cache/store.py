@@ -482,8 +482,17 @@ class BlobCache:
         self.index.upsert(key, "partial", present_bytes)
         self.enforce_limit(keep={key})
 
-    def promote_partial(self, path: str, sha256: str, size: int, *, label: str | None = None) -> str:
+    def promote_partial(
+        self, path: str, sha256: str, size: int, *, label: str | None = None, chunks_verified: bool = False
+    ) -> str:
         """Check a completely filled partial file as a whole and make it the cached blob.
+
+        ``chunks_verified``: the caller checked every chunk of the file against the chunk digests of the
+        manifest that names ``sha256`` (the mount's reader does, as each chunk lands). The whole-file hash
+        is then skipped (a second SHA-256 pass over the file) and only the size is checked: the manifest
+        binds its chunk digests to the whole digest (its writer computed both in one read, and the registry
+        accepted the blob only after checking its SHA-256), so admitting a wrong blob needs a forged
+        manifest *and* store bytes that match its forged chunks. Without it, the file is hashed whole.
 
         Raises:
             ChecksumError: the whole file does not match; the partial file is discarded.
@@ -492,8 +501,12 @@ class BlobCache:
         try:
             if self.contains(sha256):
                 return self.lookup(sha256) or self.blob_path(sha256)
-            digest, got = sha256_file(path)
-            _check(got, digest, size, sha256, label)
+            if chunks_verified:
+                got = os.stat(path).st_size
+                _check(got, sha256, size, sha256, label)
+            else:
+                digest, got = sha256_file(path)
+                _check(got, digest, size, sha256, label)
             with self._blob_lock(sha256, None):
                 if not self.contains(sha256):
                     tmp = self._tmp_path(sha256)

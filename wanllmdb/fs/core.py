@@ -385,6 +385,10 @@ class ArtifactFS:
     def read(self, fh: int, size: int, offset: int) -> bytes:
         return self.reader.read(self._handle(fh), size, offset)
 
+    def ready(self, fh: int, offset: int, size: int) -> tuple[int, int]:
+        """The descriptor and byte count to serve ``[offset, offset + size)`` of ``fh`` from (``ChunkReader.ready``)."""
+        return self.reader.ready(self._handle(fh), offset, size)
+
     def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
         if handle is not None:
@@ -488,7 +492,7 @@ def open_filesystem(
         registry, Flights(meta_pool, stop), ttl=metadata_ttl, timeout=timeout, max_tree_entries=max_tree_entries
     )
     fetch_range_into, fetch_blob = (_unless_down(catalog, f) for f in (registry.fetch_range_into, registry.fetch_blob))
-    reader = ChunkReader(cache, fetch_range_into, fetch_blob, stop=stop, timeout=timeout)
+    reader = ChunkReader(cache, fetch_range_into, fetch_blob, stop=stop, timeout=timeout, trust_chunk_digests=True)
     return ArtifactFS(catalog, reader, stop=stop, project=project, pools=(meta_pool,))
 
 

@@ -4,9 +4,16 @@ Binding: mfusepy (fusepy's maintained fork) on libfuse 3 when it is installed â€
 is set before the import, since mfusepy otherwise prefers libfuse 2 â€” else whatever mfusepy finds, else
 fusepy on libfuse 2.
 
-Three callbacks bypass mfusepy's generic wrappers, because they carry the volume:
+Four callbacks bypass mfusepy's generic wrappers, because they carry the volume:
 
-- ``read`` fills the kernel's buffer with ``preadv`` directly (no intermediate bytes object, no memmove);
+- ``read_buf`` (libfuse 3) answers a read with the cache file's descriptor and offset, once the reader has
+  the bytes present and verified: libfuse splices them from the file's pages into /dev/fuse
+  (``FUSE_CAP_SPLICE_WRITE``), with no copy through user space and no Python touching the bytes. Reads are
+  capped at ``SPLICE_MAX_READ`` (1 MiB less 16 KiB) because libfuse splices only through a pipe holding
+  the whole reply and an unprivileged mount cannot grow a pipe past ``pipe-max-size`` (1 MiB);
+  ``WANLLMDB_MOUNT_READ_BUF=0`` goes back to ``read``;
+- ``read`` (libfuse 2, or with read_buf off) fills the kernel's buffer with ``preadv`` directly (no
+  intermediate bytes object, no memmove);
 - ``readdir`` (libfuse 3) answers READDIRPLUS with full attributes and real offsets, so ``ls -l`` and
   ``find`` of a 100,000-file version cost a few hundred requests instead of one lookup per entry
   (libfuse only forwards the attributes of entries given with an offset and ``FUSE_FILL_DIR_PLUS``);
@@ -97,12 +104,12 @@ def _translated(method: Callable) -> Callable:
             return method(self, *args)
         except WanllmdbError as exc:
             number = errno_for(exc)
-            if number == errno.ENOENT and method.__name__ in ("read", "read_into"):
+            if number == errno.ENOENT and method.__name__ in ("read", "read_into", "read_buf"):
                 # An open file whose bytes are gone (its version deleted and collected): the file is there,
                 # its content cannot be had. ENOENT from read() would say the opposite.
                 logger.warning("a read failed: %s", exc)
                 number = errno.EIO
-            if number == errno.EIO and method.__name__ not in ("read", "read_into", "open"):
+            if number == errno.EIO and method.__name__ not in ("read", "read_into", "read_buf", "open"):
                 logger.error("%s %s failed: %s", method.__name__, args[0] if args else "", exc)
             raise fuse.FuseOSError(number) from None
         except OSError:
@@ -163,6 +170,11 @@ class FuseOperations(fuse.Operations):  # type: ignore[misc, name-defined]
         if conn_info is not None:
             # The kernel caps this by the device's read_ahead_kb; the mount process raises that too.
             conn_info.max_readahead = 8 << 20
+            if _read_buf_enabled():
+                # reads answered with a descriptor (read_buf) go from the cache file's pages into /dev/fuse by
+                # splice, with no copy through user space (libfuse falls back to pread + writev otherwise)
+                conn_info.want |= FUSE_CAP_SPLICE_WRITE
+                conn_info.max_read = SPLICE_MAX_READ  # libfuse refuses to mount unless it matches the option
         if self._on_init is not None:
             self._on_init()
 
@@ -231,6 +243,11 @@ class FuseOperations(fuse.Operations):  # type: ignore[misc, name-defined]
     def read_into(self, view: memoryview, offset: int, fh: int) -> int:
         return self.fs.read_into(fh, offset, view)
 
+    @_translated
+    def read_buf(self, fh: int, offset: int, size: int) -> tuple[int, int]:
+        """The descriptor and byte count libfuse serves ``[offset, offset + size)`` from (see ``_KernelFUSE``)."""
+        return self.fs.ready(fh, offset, size)
+
     def release(self, path: str, fh: int) -> int:
         self.fs.release(fh)
         return 0
@@ -293,6 +310,49 @@ MAX_WORKERS = 64
 
 _callback_thread = threading.local()
 
+#: libfuse's ``FUSE_CAP_SPLICE_WRITE`` (fuse_common.h): reply to reads by splicing from a descriptor.
+FUSE_CAP_SPLICE_WRITE = 1 << 7
+#: ``fuse_buf_flags``: the buffer is a descriptor, read at ``pos``.
+FUSE_BUF_IS_FD, FUSE_BUF_FD_SEEK = 1 << 1, 1 << 2
+#: Largest read request. libfuse splices a reply only through a pipe that holds it whole plus a few pages, and
+#: an unprivileged process cannot grow a pipe past ``/proc/sys/fs/pipe-max-size`` (1 MiB by default): 1 MiB
+#: reads always fell back to a copy, reads of 1 MiB less 16 KiB fit.
+SPLICE_MAX_READ = (1 << 20) - (16 << 10)
+
+
+def _read_buf_enabled() -> bool:
+    """Whether reads are answered through ``read_buf`` (libfuse 3 under mfusepy; ``WANLLMDB_MOUNT_READ_BUF=0``
+    turns it off, for A/B measurements)."""
+    return FUSE_MAJOR >= 3 and hasattr(fuse, "fuse_bufvec_p") and os.environ.get("WANLLMDB_MOUNT_READ_BUF") != "0"
+
+
+class _FuseBuf(ctypes.Structure):
+    """``struct fuse_buf`` (fuse_common.h)."""
+
+    _fields_ = [
+        ("size", ctypes.c_size_t),
+        ("flags", ctypes.c_int),
+        ("mem", ctypes.c_void_p),
+        ("fd", ctypes.c_int),
+        ("pos", ctypes.c_int64),
+    ]
+
+
+class _FuseBufVec(ctypes.Structure):
+    """``struct fuse_bufvec`` with its one buffer inline (``buf[1]`` in C; mfusepy declares it a pointer)."""
+
+    _fields_ = [
+        ("count", ctypes.c_size_t),
+        ("idx", ctypes.c_size_t),
+        ("off", ctypes.c_size_t),
+        ("buf", _FuseBuf),
+    ]
+
+
+_libc = ctypes.CDLL(None)
+_libc.malloc.restype = ctypes.c_void_p
+_libc.malloc.argtypes = [ctypes.c_size_t]
+
 
 def _keep_python_thread_state() -> None:
     """Keep the calling libfuse worker thread's Python thread state from one callback to the next.
@@ -315,6 +375,21 @@ class _KernelFUSE(fuse.FUSE):  # type: ignore[misc, name-defined]
         if not getattr(_callback_thread, "kept", False):
             _keep_python_thread_state()
         return super()._wrapper(func, *args, **kwargs)
+
+    def read_buf(self, path: bytes | None, bufpp: Any, size: int, offset: int, fip: Any) -> int:
+        """Answer a read with the cache file's descriptor: libfuse splices the bytes from it into /dev/fuse, no
+        Python copy. libfuse frees the vector with ``free`` after the reply, so it comes from ``malloc``."""
+        fd, count = self.operations.read_buf(fip.contents.fh, offset, size)
+        address = _libc.malloc(ctypes.sizeof(_FuseBufVec))
+        if not address:
+            return -errno.ENOMEM
+        vec = _FuseBufVec.from_address(address)
+        vec.count, vec.idx, vec.off = 1, 0, 0
+        buf = vec.buf
+        buf.size, buf.mem, buf.fd, buf.pos = max(count, 0), None, fd, offset
+        buf.flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK if count > 0 else 0
+        bufpp[0] = ctypes.cast(address, fuse.fuse_bufvec_p)
+        return 0
 
     def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         if size == 0:
@@ -363,6 +438,11 @@ def run_fuse(
         "attr_timeout": operations.metadata_ttl,
         "negative_timeout": 0,
     }
+    if _read_buf_enabled():
+        options["max_read"] = SPLICE_MAX_READ
+    else:
+        # libfuse answers reads through read(), not read_buf(): mfusepy wires every operation that exists
+        operations.read_buf = None  # type: ignore[method-assign]
     if FUSE_MAJOR < 3:
         options["kernel_cache"] = True
         options["max_read"] = 1 << 20

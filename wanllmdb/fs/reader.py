@@ -35,9 +35,14 @@ resets the window. So ``head -c 100`` costs the first chunk plus one chunk of re
 streaming reader stays up to ``readahead_bytes`` ahead in 8 MiB requests, and random access (``mmap``)
 fetches only the chunks it touches.
 
-**Completion.** When the last chunk lands, the worker hashes the partial as a whole and promotes it into
-``blobs/`` (``BlobCache.promote_partial``, a hard link: the handles' descriptor now names the complete blob).
-If the whole-file digest contradicts the manifest, nothing is admitted and every read of that file fails.
+**Completion.** When the last chunk lands, the worker promotes the partial into ``blobs/``
+(``BlobCache.promote_partial``, a hard link: the handles' descriptor now names the complete blob). With
+``trust_chunk_digests`` (the mount) it is not hashed again: every chunk was verified against the manifest's
+chunk digests as it landed, and the manifest binds those to the whole digest (its writer computed both in
+one read of the file; the registry accepted the blob only after checking its SHA-256), so a second SHA-256
+pass (~0.7 CPU-s/GiB) would only catch a forged manifest served together with store bytes forged to match
+its chunks. Without it the worker hashes the file whole first; if that digest contradicts the manifest,
+nothing is admitted and every read of that file fails.
 A partial nobody holds open stays resumable for a while (``idle_partials``), then is discarded; at once while
 the cache is over its size limit. Partial files count against that limit with the chunks they hold, and no
 other process evicts them while this one lives (the cache's module docstring says why).
@@ -54,7 +59,8 @@ served or cached. A reference recorded without a checksum has nothing to check a
 logged with the file and the reason; the chunk is fetched again by the next read that needs it.
 
 **Costs.** Per 1 MiB read of present data: a bitmap test and one ``preadv`` (one copy, no lock, no cache-index
-write). A fetch holds one network piece (1 MiB) in memory at a time, never a whole request: resident memory
+write); through :meth:`ChunkReader.ready` not even the copy (the mount has libfuse splice the bytes from the
+descriptor). A fetch holds one network piece (1 MiB) in memory at a time, never a whole request: resident memory
 stays flat however many fetches run.
 """
 
@@ -189,6 +195,9 @@ class ChunkReader:
             they are verified).
         readahead_bytes: how far ahead of a sequential reader chunks are fetched, at most.
         idle_partials: partial files kept resumable after their last handle closed.
+        trust_chunk_digests: admit a completed partial without hashing it whole again, since each of its
+            chunks was verified against the manifest's chunk digests (see "Completion" in the module
+            docstring); False hashes the whole file before admitting it.
     """
 
     def __init__(
@@ -204,6 +213,7 @@ class ChunkReader:
         fetch_bytes: int = FETCH_BYTES,
         readahead_bytes: int = READ_AHEAD_BYTES,
         idle_partials: int = 8,
+        trust_chunk_digests: bool = False,
     ) -> None:
         self.cache = self._cache = cache
         self._fetch_range_into = fetch_range_into
@@ -213,6 +223,7 @@ class ChunkReader:
         self._fetch_bytes = fetch_bytes
         self._readahead_bytes = readahead_bytes
         self._idle_max = idle_partials
+        self._trust_chunks = trust_chunk_digests
         self._demand_pool = ThreadPoolExecutor(demand_workers, thread_name_prefix="wanllmdb-fetch")
         self._ahead_pool = ThreadPoolExecutor(readahead_workers, thread_name_prefix="wanllmdb-ahead")
         self._flights = Flights(self._demand_pool, stop)
@@ -279,6 +290,16 @@ class ChunkReader:
         """
         fd, count = self._ready(handle, offset, len(view))
         return os.preadv(fd, [view[:count]], offset) if count > 0 else 0
+
+    def ready(self, handle: Handle, offset: int, size: int) -> tuple[int, int]:
+        """The descriptor holding ``[offset, offset + size)`` of the file and the byte count there (short only at
+        EOF), once those bytes are present and verified: the caller reads them itself (the FUSE layer has
+        libfuse splice them from the descriptor). The descriptor stays valid until the handle is released.
+
+        Raises:
+            FetchError, ChecksumError: as :meth:`read_into`.
+        """
+        return self._ready(handle, offset, size)
 
     def _ready(self, handle: Handle, offset: int, size: int) -> tuple[int, int]:
         """The descriptor to read ``[offset, offset + size)`` from and the byte count there (short at EOF),
@@ -645,13 +666,14 @@ class ChunkReader:
             logger.warning("%s: could not record partial download in the cache index: %s", part.label, exc)
 
     def _complete(self, part: _Partial) -> None:
-        """Check the whole file and admit it to the cache as a complete blob."""
+        """Admit the complete file to the cache as a blob (hashed whole first unless chunk digests are trusted)."""
         entry = part.entry
         try:
             if os.fstat(part.fd).st_nlink == 0:
                 logger.info("%s: partial file was evicted while open; serving it without caching", part.label)
             else:
-                self._cache.promote_partial(part.path, entry.sha256, entry.size, label=part.label)
+                self._cache.promote_partial(part.path, entry.sha256, entry.size, label=part.label,
+                                            chunks_verified=self._trust_chunks and part.count == part.nchunks)
                 part.stamp = blob_stamp(os.fstat(part.fd))  # now a cached blob: reads check it as one
                 self._count(promoted=1)
                 self._index_soon()
