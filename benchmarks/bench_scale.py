@@ -176,7 +176,8 @@ def _curve(results: list[Result], ns: list[int], points: list[dict], label: str,
         results.append(Result(GROUP, f"{label}, {n:,} files", v, unit, higher_is_better=False,
                               notes={"cpu_s": round(cpu(p), 3)} if cpu else {}))
     k = fit_exponent(ns, values)
-    notes = {"values": values, "ns": ns, "k_top": fit_exponent(ns[-2:], values[-2:])}
+    notes = {"values": values, "ns": ns, "k_top": fit_exponent(ns[-2:], values[-2:]),
+             "per_file_top": (values[-1] - values[-2]) / (ns[-1] - ns[-2])}  # the marginal cost of a file
     if cpu:
         cpus = [cpu(p) for p in points]
         notes.update(cpu_s=cpus, k_cpu=fit_exponent(ns, cpus), k_cpu_top=fit_exponent(ns[-2:], cpus[-2:]))
