@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.context import FULL, QUICK, Context  # noqa: E402
 from benchmarks.harness import machine_info, print_table, write_json  # noqa: E402
 
-GROUPS = ("local", "http", "mount", "s3", "gc", "fsspec")
+GROUPS = ("local", "http", "mount", "s3", "gc", "fsspec", "scale")
 
 
 def main(argv: list[str] | None = None) -> int:

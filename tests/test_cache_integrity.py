@@ -105,6 +105,34 @@ def test_hard_links_made_by_downloads_cost_no_rehash(tmp_path, monkeypatch):
     wanllmdb.finish()
 
 
+
+def test_a_download_of_more_blobs_than_a_process_remembers_still_costs_no_rehash_later(tmp_path, monkeypatch):
+    """A download restamps, at its end, every blob it verified at its start: one of more blobs than
+    MAX_KNOWN_STAMPS (the scale benchmark's 100,000 files) must not forget them midway, or the next lookup
+    of every blob hashes it again."""
+    import wanllmdb
+
+    monkeypatch.setattr(cache_store, "MAX_KNOWN_STAMPS", 2)
+    run = wanllmdb.init(project="integrity")
+    files = {f"f{i}.bin": os.urandom(5000 + i) for i in range(7)}
+    art = wanllmdb.Artifact("many", type="dataset")
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        art.add_file(str(tmp_path / name), name=name)
+    run.log_artifact(art)
+    used = run.use_artifact("many:latest")
+    used.download(str(tmp_path / "one"))
+    used.download(str(tmp_path / "two"))
+    hashed: list[str] = []
+    real = cache_store.sha256_file
+    monkeypatch.setattr(cache_store, "sha256_file", lambda p: hashed.append(p) or real(p))
+    fresh = BlobCache(os.environ["WANLLMDB_CACHE_DIR"])  # another process: only the index's stamps
+    assert len(fresh.lookup_many([_blob(d)[0] for d in files.values()])) == len(files)
+    assert hashed == []
+    for name, data in files.items():
+        assert (tmp_path / "two" / name).read_bytes() == data
+    wanllmdb.finish()
+
 def _log_and_download(tmp_path, name: str, data: bytes):
     import wanllmdb
 

@@ -152,3 +152,30 @@ def test_known_sizes_and_store_unhashed_contract(registry, tmp_path):
     assert digest == hash_file(path)
     assert registry.known_sizes([size, size + 1]) == {size}
     assert read_range(registry, digest.sha256, 10, 20) == open(path, "rb").read()[10:30]
+
+
+def test_a_folder_of_unchanged_files_is_not_read_again_and_a_changed_or_racy_one_is(backend, project, tmp_path,
+                                                                                   hash_calls):
+    """add_dir looks its files' digests up and remembers them in batches: the same rules as one file at a
+    time (an unchanged file is read once, a changed one again, one modified just now is never remembered)."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    old = [_aged_file(folder / f"f{i:03d}.txt", 100, seed=i) for i in range(30)]
+    racy = folder / "racy.txt"
+    racy.write_bytes(b"written just now")
+    for _ in range(2):
+        with wanllmdb.init(project=project) as run:
+            art = wanllmdb.Artifact("folder", type="dataset")
+            art.add_dir(str(folder))
+            run.log_artifact(art)
+    assert sorted(hash_calls) == sorted([*old, str(racy), str(racy)])
+    assert art.version == "v1"
+    with open(old[7], "r+b") as f:  # a change in place: new mtime and ctime, same size
+        f.write(b"X")
+    hash_calls.clear()
+    with wanllmdb.init(project=project) as run:
+        art = wanllmdb.Artifact("folder", type="dataset")
+        art.add_dir(str(folder))
+        run.log_artifact(art)
+    assert sorted(hash_calls) == sorted([old[7], str(racy)])
+    assert art.version == "v2" and art.get_entry("f007.txt").sha256 == hash_file(old[7]).sha256

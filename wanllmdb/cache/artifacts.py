@@ -82,15 +82,16 @@ class ArtifactCache:
         if not all(entry.is_checked for entry in manifest):  # unverified references are never cached
             return None
         needed = {entry.sha256 for entry in manifest}
-        present = self.blobs.lookup_many(needed)
-        if len(present) < len(needed):
-            return None
-        view = os.path.join(self.root, "views", artifact_id, version)
-        try:
-            materialize(manifest, view, present)
-        except FileNotFoundError:  # a blob was evicted while linking: the version is no longer complete
-            return None
-        self.blobs.restamp(present)  # the view's hard links moved the blobs' ctimes
+        with self.blobs.hold_stamps():  # restamp needs the stamps lookup_many verified, however many
+            present = self.blobs.lookup_many(needed)
+            if len(present) < len(needed):
+                return None
+            view = os.path.join(self.root, "views", artifact_id, version)
+            try:
+                materialize(manifest, view, present)
+            except FileNotFoundError:  # a blob was evicted while linking: the version is no longer complete
+                return None
+            self.blobs.restamp(present)  # the view's hard links moved the blobs' ctimes
         self.blobs.index.touch_ref(artifact_id, version)
         return view
 

@@ -58,16 +58,19 @@ class Placer:
     def place(self, rel_path: str, src: str) -> str:
         """Make ``rel_path`` under the root hold the bytes of ``src``; returns the target path."""
         target = self.target(rel_path)
-        try:
-            if os.path.samefile(src, target):
+        try:  # the target first: in a new download it is missing, and src need not be looked at
+            there = os.stat(target)
+            if os.path.samestat(os.stat(src), there):
                 return target
         except FileNotFoundError:
             pass
         # A short name of its own: the final name may already be NAME_MAX (255 bytes) long.
         tmp = os.path.join(os.path.dirname(target), f".wanllmdb-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        placed = False
         try:
             if self.reflink and _clone(src, tmp):
                 os.replace(tmp, target)
+                placed = True
                 return target
             self.reflink = False
             if self.link:
@@ -81,8 +84,9 @@ class Placer:
                 shutil.copyfile(src, tmp)
                 os.chmod(tmp, 0o644)
             os.replace(tmp, target)
+            placed = True
         finally:
-            if os.path.lexists(tmp):
+            if not placed and os.path.lexists(tmp):
                 os.unlink(tmp)
         return target
 

@@ -32,6 +32,7 @@ differs from the digest a blob is filed under is ever served.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -41,7 +42,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
@@ -201,6 +202,9 @@ class BlobCache:
         self._touched_lock = threading.Lock()
         # Stamps this process knows to describe verified bytes: a hit that matches one needs no query.
         self._stamps: dict[str, str] = {}
+        # While above zero (hold_stamps), remembered stamps are not dropped at MAX_KNOWN_STAMPS.
+        self._holding = 0
+        self._holding_lock = threading.Lock()
         # Small new blobs waiting to be indexed (sha -> (size, stamp)).
         self._pending: dict[str, tuple[int, str]] = {}
         self._pending_bytes = 0
@@ -248,29 +252,49 @@ class BlobCache:
                 unsure[sha] = (path, st)
         if unsure:
             recorded = self.index.stamps(unsure)
+            rechecked: dict[str, tuple[int, str]] = {}
             for sha, (path, st) in unsure.items():
                 stamp = blob_stamp(st)
-                if recorded.get(sha) == stamp or self._recheck(sha, path, st):
+                if recorded.get(sha) == stamp or self._recheck(sha, path, st, rechecked):
                     self._remember(sha, stamp)
                     found[sha] = path
                     sizes[sha] = st.st_size
+            if rechecked:  # one transaction for all new stamps, not one per blob
+                self.index.set_stamps(rechecked)
         self._touch(sizes)
         return found
 
     def _remember(self, sha256: str, stamp: str) -> None:
-        if len(self._stamps) >= MAX_KNOWN_STAMPS:
+        if len(self._stamps) >= MAX_KNOWN_STAMPS and not self._holding:
             self._stamps.clear()
         self._stamps[sha256] = stamp
 
-    def _recheck(self, sha256: str, path: str, st: os.stat_result) -> bool:
-        """Hash a blob whose stamp is unknown or changed: record a new stamp if intact, else evict it."""
+    @contextlib.contextmanager
+    def hold_stamps(self) -> Iterator[None]:
+        """Keep every stamp remembered inside the block (a download of more than MAX_KNOWN_STAMPS blobs must
+        still know, when it restamps at the end, the stamps it verified at the start; else every blob's ctime,
+        moved by its hard link, reads as a change and the next lookup hashes them all again)."""
+        with self._holding_lock:
+            self._holding += 1
+        try:
+            yield
+        finally:
+            with self._holding_lock:
+                self._holding -= 1
+                if not self._holding and len(self._stamps) > MAX_KNOWN_STAMPS:
+                    self._stamps.clear()
+
+    def _recheck(self, sha256: str, path: str, st: os.stat_result,
+                 rechecked: dict[str, tuple[int, str]]) -> bool:
+        """Hash a blob whose stamp is unknown or changed: if intact, put its new stamp in ``rechecked``
+        (for the caller to record), else evict it."""
         try:
             digest, size = sha256_file(path)
             after = os.stat(path)
         except FileNotFoundError:
             return False
         if digest == sha256 and blob_stamp(after) == blob_stamp(st):
-            self.index.set_stamp(sha256, size, blob_stamp(after))
+            rechecked[sha256] = (size, blob_stamp(after))
             return True
         if digest != sha256:
             logger.warning(

@@ -43,7 +43,7 @@ from ..manifest.entry import check_tree
 from ..registry import ArtifactTTL, RunInfo, VersionInfo, VersionUpdate
 from ..registry.base import validate_ttl
 from .client import Client
-from .hashing import cached_digest, digest_file
+from .hashing import cached_digest, digest_file, digest_files
 
 logger = logging.getLogger(__name__)
 
@@ -379,7 +379,7 @@ class Artifact:
         }
         now = [(path, local) for path, local in items if path not in later]
         with ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="wanllmdb-hash") as pool:
-            digests = list(pool.map(lambda item: digest_file(client.digests, item[1], stats[item[0]]), now))
+            digests = digest_files(client.digests, [(local, stats[path]) for path, local in now], pool.map)
         trial = dict(self._entries)
         for (path, _local), d in zip(now, digests, strict=True):
             existing = trial.get(path)

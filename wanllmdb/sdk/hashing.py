@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable
 
 from ..cache.digests import DigestCache, stamp
 from ..manifest.digest import FileDigest, hash_file
@@ -30,6 +31,32 @@ def remember(cache: DigestCache, local: str, st: os.stat_result, digest: FileDig
         return
     if stamp(now) == stamp(st) and time.time() - st.st_mtime > RACY_SECONDS and digest.size == st.st_size:
         cache.put(st, CHUNK_SIZE, digest)
+
+
+def remember_many(cache: DigestCache, items: list[tuple[str, os.stat_result, FileDigest]]) -> None:
+    """``remember`` of many files (local path, stat taken before reading, digest) in one transaction."""
+    keep = []
+    for local, st, digest in items:
+        try:
+            now = os.stat(local)
+        except OSError:
+            continue
+        if stamp(now) == stamp(st) and time.time() - st.st_mtime > RACY_SECONDS and digest.size == st.st_size:
+            keep.append((st, digest))
+    cache.put_many(keep, CHUNK_SIZE)
+
+
+def digest_files(cache: DigestCache, items: list[tuple[str, os.stat_result]],
+                 map_fn: Callable[..., Iterable[FileDigest]] = map) -> list[FileDigest]:
+    """``digest_file`` of many files (local path, stat): the remembered ones in a few queries, the others
+    hashed through ``map_fn`` (a thread pool's map) and remembered in one transaction."""
+    digests = cache.get_many([st for _, st in items], CHUNK_SIZE)
+    todo = [i for i, d in enumerate(digests) if d is None]
+    hashed = list(map_fn(lambda i: hash_file(items[i][0], CHUNK_SIZE), todo))
+    for i, digest in zip(todo, hashed, strict=True):
+        digests[i] = digest
+    remember_many(cache, [(items[i][0], items[i][1], digests[i]) for i in todo])
+    return digests  # type: ignore[return-value]  # every None was replaced
 
 
 def digest_file(cache: DigestCache, local: str, st: os.stat_result | None = None) -> FileDigest:

@@ -200,29 +200,30 @@ def fetch_files(
                     raise
                 logger.debug("blob %s was evicted before it was placed; fetching it again", sha[:12])
 
-    present = cache.lookup_many(by_sha)
-    missing: list[str] = []
-    for sha in by_sha:
-        if sha in present:
+    with cache.hold_stamps():  # restamp (below) needs every stamp verified here, however many
+        present = cache.lookup_many(by_sha)
+        missing: list[str] = []
+        for sha in by_sha:
+            if sha in present:
+                try:
+                    place(sha, present[sha])
+                    continue
+                except FileNotFoundError:
+                    pass
+            missing.append(sha)
+        if missing:
+            prepare = getattr(registry, "prepare_fetch", None)
+            stored = [sha for sha in missing if not by_sha[sha][0].is_reference]
+            if prepare is not None and stored:
+                prepare(stored)
+            total = sum(by_sha[sha][0].size for sha in missing)
             try:
-                place(sha, present[sha])
-                continue
-            except FileNotFoundError:
-                pass
-        missing.append(sha)
-    if missing:
-        prepare = getattr(registry, "prepare_fetch", None)
-        stored = [sha for sha in missing if not by_sha[sha][0].is_reference]
-        if prepare is not None and stored:
-            prepare(stored)
-        total = sum(by_sha[sha][0].size for sha in missing)
-        try:
-            with ByteProgress(total, f"download {label}") as progress:
-                run_parallel(lambda sha: fetch(sha, progress), missing, client.settings.transfer_threads)
-        finally:
-            cache.flush()
-    if placer is not None and placer.link:
-        cache.restamp(by_sha)  # the hard links just made moved the blobs' ctimes
+                with ByteProgress(total, f"download {label}") as progress:
+                    run_parallel(lambda sha: fetch(sha, progress), missing, client.settings.transfer_threads)
+            finally:
+                cache.flush()
+        if placer is not None and placer.link:
+            cache.restamp(by_sha)  # the hard links just made moved the blobs' ctimes
     for entry in unchecked:
         assert placer is not None, "a reference without checksum can only be fetched to a place"
         result[entry.path] = fetch_unchecked(entry, placer, f"{label}/{entry.path}")
