@@ -40,6 +40,9 @@ GROUP = "scale"
 PROJECT = "bench"
 FILE_SIZE = 32
 COUNTS = {False: (10_000, 100_000, 1_000_000), True: (1_000, 10_000, 100_000)}
+#: Overrides the file counts, e.g. ``WANLLMDB_SCALE_COUNTS=10000,30000,100000`` (the 1M point of the full
+#: run takes about 40 minutes on 2 cores).
+COUNTS_ENV = "WANLLMDB_SCALE_COUNTS"
 CLIENTS = (1, 4, 16)
 CONCURRENT_FILE = {False: 128 << 20, True: 32 << 20}
 
@@ -186,7 +189,8 @@ def _curve(results: list[Result], ns: list[int], points: list[dict], label: str,
 
 
 def run(ctx: Context) -> list[Result]:
-    ns = list(COUNTS[ctx.quick])
+    override = os.environ.get(COUNTS_ENV)
+    ns = [int(n) for n in override.split(",")] if override else list(COUNTS[ctx.quick])
     big = make_file(ctx.path("inputs", "scale-concurrent.bin"), CONCURRENT_FILE[ctx.quick], seed=13)
     server = start_server(ctx.path("scale", "server", ""))
     bench = Scale(ctx, server)
