@@ -221,3 +221,38 @@ def test_version_trees_in_memory_stay_within_their_bound(registry, make_fs, proj
     for version in range(1, 5):
         assert len(fs.readdir(f"/{project}/a/v{version}")) == 32
         assert fs.catalog.tree_entries() <= 70
+
+
+def test_listings_warmed_at_mount_time_answer_the_first_lookups_without_the_registry(
+    registry, make_fs, project, tmp_path
+):
+    log_version(registry, tmp_path, project, "a", {"f.txt": b"x"})
+    log_version(registry, tmp_path, project, "b", {"g.txt": b"y"})
+    switch = Switchable(registry)
+    fs = make_fs(switch, metadata_ttl=60.0, timeout=2)
+    fs.catalog.warm()
+    deadline = time.monotonic() + 10
+    while fs.catalog._flights._inflight and time.monotonic() < deadline:  # the warm-up runs on the pool
+        time.sleep(0.01)
+    switch.down = True  # everything below is answered from what the warm-up loaded
+    assert project in dict(fs.readdir("/"))
+    assert {"a", "b"} <= set(dict(fs.readdir(f"/{project}")))
+    assert fs.readlink(f"/{project}/a/latest") == "v1" and fs.readlink(f"/{project}/b/latest") == "v1"
+    assert "v1" in dict(fs.readdir(f"/{project}/b"))
+    # Nothing but answers was stored: a manifest never loaded still needs the registry.
+    with pytest.raises((FetchError, ServerUnreachableError)):
+        fs.getattr(f"/{project}/a/v1/f.txt")
+
+
+def test_warming_a_registry_that_fails_marks_nothing_down(registry, make_fs, project, tmp_path):
+    log_version(registry, tmp_path, project, "a", {"f.txt": b"x"})
+    switch = Switchable(registry)
+    fs = make_fs(switch, timeout=2)
+    switch.down = True
+    fs.catalog.warm()
+    deadline = time.monotonic() + 10
+    while fs.catalog._flights._inflight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    switch.down = False
+    assert not fs.catalog.registry_down()
+    assert fs.readlink(f"/{project}/a/latest") == "v1"
