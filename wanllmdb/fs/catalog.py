@@ -323,8 +323,9 @@ class Catalog:
         except (NotFoundError, TransportError, FetchError) as exc:
             logger.debug("warming the listings stopped: %s", exc)
 
-    def prepare_fetch(self, key: tuple, sha256s: Iterable[str]) -> None:
-        """Ask the registry to prepare downloads of ``sha256s`` in the background (one call per ``key``)."""
+    def prepare_fetch(self, key: tuple, sha256s: Iterable[str], then: Callable[[], None] | None = None) -> None:
+        """Ask the registry to prepare downloads of ``sha256s`` in the background (one call per ``key``);
+        once it has, run ``then`` in the background too (on success only)."""
         wanted = list(sha256s)
         if not wanted or self.registry_down():
             return
@@ -334,6 +335,16 @@ class Catalog:
             return
         if created:
             future.add_done_callback(_log_prepare_failure)
+            if then is not None:
+                future.add_done_callback(lambda f: self._after_prepare(f, key, then))
+
+    def _after_prepare(self, future: Any, key: tuple, then: Callable[[], None]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        try:
+            self._flights.start(("after-prepare", *key), then)
+        except FetchError:  # shutting down
+            return
 
 
 def _log_prepare_failure(future: Any) -> None:
