@@ -162,6 +162,37 @@ def test_blobs_fetched_without_a_plan_cost_one_presign_and_one_get_each(http_reg
     assert log.count("POST", "/blob-urls") == 3 and log.count("GET", "/blobs/") == 3 and len(log.calls) == 6
 
 
+def test_resolve_for_reading_carries_the_large_files_urls_so_a_first_range_needs_no_presign(
+    http_registry, project, tmp_path
+):
+    files = write_files(tmp_path / "src", 2, size=3 * 1024 * 1024 + 5)
+    files.update(write_files(tmp_path / "small", 2, size=100, prefix="s"))
+    log_version(http_registry, project, "forreading", files, aliases=["best"])
+    plain = http_registry.resolve(project, "forreading", "best")
+    log = RequestLog(http_registry)
+
+    version = http_registry.resolve_for_reading(project, "forreading", "best")
+
+    assert log.calls == [("GET", f"/api/v1/projects/{project}/artifacts/forreading/versions/best")]
+    assert version.manifest is not None and version.manifest.digest == plain.manifest.digest
+    assert version.version == plain.version and version.created_at == plain.created_at
+    log.clear()
+    for entry in version.manifest:
+        if entry.is_chunked:  # its URL came with the resolve: only the ranged GET itself
+            sink = _Sink()
+            assert http_registry.fetch_range_into(entry.sha256, 0, 1000, sink) == 1000
+            with open(files[entry.path], "rb") as f:
+                assert sink.data == f.read(1000)
+    assert log.count("POST", "/blob-urls") == 0 and log.count("GET", "/blobs/") == 2
+
+    # The server lists URLs of large blobs only, and only when asked (old clients get the old answer).
+    path = f"/projects/{project}/artifacts/forreading/versions/best"
+    asked = http_registry.transport.request_json("GET", path + "?urls=large")
+    unasked = http_registry.transport.request_json("GET", path)
+    large = {e.sha256 for e in version.manifest if e.is_chunked}
+    assert set(asked["blob_urls"]) == large and "blob_urls" not in unasked
+
+
 class _Sink:
     def __init__(self) -> None:
         self.data = b""

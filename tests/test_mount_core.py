@@ -12,6 +12,7 @@ import pytest
 from tests.support.mount import log_version
 from wanllmdb.cache import BlobCache
 from wanllmdb.errors import (
+    ChecksumError,
     FetchError,
     IsDirectoryError,
     NotDirectoryError,
@@ -221,3 +222,109 @@ def test_version_trees_in_memory_stay_within_their_bound(registry, make_fs, proj
     for version in range(1, 5):
         assert len(fs.readdir(f"/{project}/a/v{version}")) == 32
         assert fs.catalog.tree_entries() <= 70
+
+
+def test_listings_warmed_at_mount_time_answer_the_first_lookups_without_the_registry(
+    registry, make_fs, project, tmp_path
+):
+    log_version(registry, tmp_path, project, "a", {"f.txt": b"x"})
+    log_version(registry, tmp_path, project, "b", {"g.txt": b"y"})
+    switch = Switchable(registry)
+    fs = make_fs(switch, metadata_ttl=60.0, timeout=2)
+    fs.catalog.warm()
+    deadline = time.monotonic() + 10
+    while fs.catalog._flights._inflight and time.monotonic() < deadline:  # the warm-up runs on the pool
+        time.sleep(0.01)
+    switch.down = True  # everything below is answered from what the warm-up loaded
+    assert project in dict(fs.readdir("/"))
+    assert {"a", "b"} <= set(dict(fs.readdir(f"/{project}")))
+    assert fs.readlink(f"/{project}/a/latest") == "v1" and fs.readlink(f"/{project}/b/latest") == "v1"
+    assert "v1" in dict(fs.readdir(f"/{project}/b"))
+    # Nothing but answers was stored: a manifest never loaded still needs the registry.
+    with pytest.raises((FetchError, ServerUnreachableError)):
+        fs.getattr(f"/{project}/a/v1/f.txt")
+
+
+def test_warming_a_registry_that_fails_marks_nothing_down(registry, make_fs, project, tmp_path):
+    log_version(registry, tmp_path, project, "a", {"f.txt": b"x"})
+    switch = Switchable(registry)
+    fs = make_fs(switch, timeout=2)
+    switch.down = True
+    fs.catalog.warm()
+    deadline = time.monotonic() + 10
+    while fs.catalog._flights._inflight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    switch.down = False
+    assert not fs.catalog.registry_down()
+    assert fs.readlink(f"/{project}/a/latest") == "v1"
+
+
+class Corrupting(Switchable):
+    """Serves wrong bytes for the blobs in ``bad`` (a flipped first byte, the right length)."""
+
+    def __init__(self, registry, bad: set[str]) -> None:
+        super().__init__(registry)
+        self.bad = bad
+
+    def fetch_blob(self, sha256, size, writer, progress=None):
+        if sha256 not in self.bad:
+            return self._registry.fetch_blob(sha256, size, writer, progress)
+        sink = bytearray()
+
+        class _Collect:
+            def write(self, data) -> int:
+                sink.extend(data)
+                return len(data)
+
+        self._registry.fetch_blob(sha256, size, _Collect(), progress)
+        sink[0] ^= 0xFF
+        writer.write(bytes(sink))
+
+
+def _wait_until(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def test_opening_a_small_file_fills_the_cache_with_its_siblings_verified(registry, make_fs, cache, project, tmp_path):
+    files = {f"d/f{i:02d}.txt": os.urandom(100 + i) for i in range(20)}
+    log_version(registry, tmp_path, project, "many", files)
+    version = registry.resolve(project, "many", "v1")
+    fs = make_fs(Switchable(registry))
+    assert read_file(fs, f"/{project}/many/v1/d/f00.txt") == files["d/f00.txt"]
+    assert _wait_until(lambda: all(cache.contains(e.sha256) for e in version.manifest))
+    for entry in version.manifest:
+        with open(cache.lookup(entry.sha256), "rb") as f:
+            assert f.read() == files[entry.path]
+    before = fs.stats()["blobs_fetched"]
+    assert read_file(fs, f"/{project}/many/v1/d/f19.txt") == files["d/f19.txt"]
+    assert fs.stats()["blobs_fetched"] == before  # already cached: no fetch of its own
+
+
+def test_a_few_small_siblings_are_not_filled_into_the_cache(registry, make_fs, cache, project, tmp_path):
+    files = {f"d/f{i:02d}.txt": os.urandom(100 + i) for i in range(3)}
+    log_version(registry, tmp_path, project, "few", files)
+    version = registry.resolve(project, "few", "v1")
+    fs = make_fs(Switchable(registry))
+    assert read_file(fs, f"/{project}/few/v1/d/f00.txt") == files["d/f00.txt"]
+    time.sleep(0.3)
+    assert [cache.contains(e.sha256) for e in version.manifest] == [True, False, False]
+
+
+def test_the_sibling_fill_keeps_no_corrupt_blob_and_the_read_still_fails(registry, make_fs, cache, project, tmp_path):
+    files = {f"d/f{i:02d}.txt": os.urandom(100 + i) for i in range(20)}
+    log_version(registry, tmp_path, project, "bad", files)
+    version = registry.resolve(project, "bad", "v1")
+    by_path = {e.path: e for e in version.manifest}
+    bad = by_path["d/f05.txt"].sha256
+    fs = make_fs(Corrupting(registry, {bad}))
+    assert read_file(fs, f"/{project}/bad/v1/d/f00.txt") == files["d/f00.txt"]
+    assert _wait_until(lambda: cache.contains(by_path["d/f04.txt"].sha256))
+    time.sleep(0.2)
+    assert not cache.contains(bad)  # the fill stopped at it: nothing unverified was kept
+    with pytest.raises(ChecksumError):
+        read_file(fs, f"/{project}/bad/v1/d/f05.txt")
+    assert not cache.contains(bad)
+    assert read_file(fs, f"/{project}/bad/v1/d/f19.txt") == files["d/f19.txt"]  # the others read as usual

@@ -51,6 +51,9 @@ STALE_WARNING_INTERVAL = 60.0
 STALE_GRACE = 0.25
 #: Seconds a failing registry is left alone (see the module docstring).
 DOWN_BACKOFF = 5.0
+#: Projects, and artifacts in all, whose listings are loaded when the mount starts (:meth:`Catalog.warm`).
+WARM_PROJECTS = 16
+WARM_ARTIFACTS = 64
 #: Large (chunked) files of a newly loaded version whose downloads are prepared at once.
 PRESIGN_LARGE = 1000
 
@@ -258,7 +261,10 @@ class Catalog:
         return tree
 
     def _load_tree(self, project: str, name: str, version: int) -> VersionTree:
-        info = self.registry.resolve(project, name, f"v{version}")
+        # An HTTP registry's answer then carries the large files' download URLs too (one request fewer
+        # before the first read of one); any other registry resolves as usual.
+        resolve = getattr(self.registry, "resolve_for_reading", self.registry.resolve)
+        info = resolve(project, name, f"v{version}")
         if info.manifest is None:
             raise FetchError(f"the registry returned '{project}/{name}:v{version}' without its manifest")
         started = time.monotonic()
@@ -284,8 +290,42 @@ class Catalog:
 
     # --- hints ------------------------------------------------------------------------------------------
 
-    def prepare_fetch(self, key: tuple, sha256s: Iterable[str]) -> None:
-        """Ask the registry to prepare downloads of ``sha256s`` in the background (one call per ``key``)."""
+    def warm(self, project: str | None = None) -> None:
+        """Load in the background the listings the first lookups after mounting need: the projects (or just
+        ``project``), their artifacts, and up to ``WARM_ARTIFACTS`` artifacts with their versions and aliases.
+
+        A path such as ``project/artifact/latest/file`` then costs one request (its manifest) before its first
+        byte instead of three in a row. Each is one small request; what fails is left for the lookups to ask
+        again (nothing is marked down, nothing is stored but answers).
+        """
+        try:
+            self._flights.start(("warm", project), lambda: self._warm(project))
+        except FetchError:  # shutting down
+            return
+
+    def _warm(self, project: str | None) -> None:
+        try:
+            if project is None:
+                projects = self.registry.list_projects()
+                self._store(("projects",), _Listing(projects, None, time.monotonic()))
+            else:
+                projects = [project]
+            budget = WARM_ARTIFACTS
+            for name in projects[:WARM_PROJECTS]:
+                artifacts = self.registry.list_artifacts(name)
+                self._store(("artifacts", name), _Listing(artifacts, None, time.monotonic()))
+                for summary in artifacts[:budget]:
+                    info = self.registry.get_artifact(name, summary.name)
+                    self._store(("artifact", name, summary.name), _Listing(info, None, time.monotonic()))
+                budget -= min(budget, len(artifacts))
+                if not budget:
+                    break
+        except (NotFoundError, TransportError, FetchError) as exc:
+            logger.debug("warming the listings stopped: %s", exc)
+
+    def prepare_fetch(self, key: tuple, sha256s: Iterable[str], then: Callable[[], None] | None = None) -> None:
+        """Ask the registry to prepare downloads of ``sha256s`` in the background (one call per ``key``);
+        once it has, run ``then`` in the background too (on success only)."""
         wanted = list(sha256s)
         if not wanted or self.registry_down():
             return
@@ -295,6 +335,16 @@ class Catalog:
             return
         if created:
             future.add_done_callback(_log_prepare_failure)
+            if then is not None:
+                future.add_done_callback(lambda f: self._after_prepare(f, key, then))
+
+    def _after_prepare(self, future: Any, key: tuple, then: Callable[[], None]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        try:
+            self._flights.start(("after-prepare", *key), then)
+        except FetchError:  # shutting down
+            return
 
 
 def _log_prepare_failure(future: Any) -> None:

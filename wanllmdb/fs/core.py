@@ -46,7 +46,7 @@ from ..errors import (
     TransportError,
     WanllmdbError,
 )
-from ..manifest import parse_version, validate_artifact_name, validate_project
+from ..manifest import ManifestEntry, parse_version, validate_artifact_name, validate_project
 from ..registry import Registry, VersionInfo
 from .catalog import DEFAULT_TREE_ENTRIES, Catalog
 from .flight import Flights
@@ -71,6 +71,11 @@ METADATA_WORKERS = 8
 PREPARE_BATCH = 1000
 #: Most siblings one open looks at (cached ones included) before it stops.
 PREPARE_SCAN = 4 * PREPARE_BATCH
+#: Fewest uncached small siblings for which opening one fills the cache with the rest (a directory being walked;
+#: for a handful the fill saves nothing, and each open fetches its own file as before).
+FILL_MIN = 16
+#: Longest wait of the cache fill for a blob another fetcher is writing (it then stops; reads go on as usual).
+FILL_LOCK_WAIT = 5.0
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
@@ -133,8 +138,10 @@ class ArtifactFS:
         stop: Future[None],
         project: str | None = None,
         pools: tuple[ThreadPoolExecutor, ...] = (),
+        fetch_blob: Callable[..., None] | None = None,
     ) -> None:
         self.catalog = catalog
+        self._fetch_blob = fetch_blob
         self.reader = reader
         self._pools = pools
         self.project = validate_project(project) if project else None
@@ -418,7 +425,7 @@ class ArtifactFS:
         parent = tree.lookup(split_path(dir_rel)) if tree is not None else None
         if not isinstance(parent, DirNode):
             return
-        batch: list[str] = []
+        batch: list[FileNode] = []
         # Every sibling looked at counts as handled, cached or not: its own open returns at once above, so
         # reading a directory of N cached files costs N lookups, not N**2/2 (a warm read of 5,000 small
         # files took 30 s of stat calls before).
@@ -433,7 +440,7 @@ class ArtifactFS:
                 continue
             examined.append(child.entry.sha256)
             if not cache.contains(child.entry.sha256):
-                batch.append(child.entry.sha256)
+                batch.append(child)
                 if len(batch) >= PREPARE_BATCH:
                     break
             if len(examined) >= PREPARE_SCAN:
@@ -441,7 +448,47 @@ class ArtifactFS:
         with self._prepared_lock:
             self._prepared[key] = frozenset(examined) | (done or frozenset())
         if len(batch) > 1:
-            self.catalog.prepare_fetch(key, batch)
+            shas = [child.entry.sha256 for child in batch]
+            entries = {child.entry.sha256: child.entry for child in batch}
+            label = here.label.rpartition("/")[0]
+            fill = (lambda: self._fill(entries, label)) if len(batch) >= FILL_MIN else None
+            self.catalog.prepare_fetch(key, shas, then=fill)
+
+    def _fill(self, entries: dict[str, ManifestEntry], label: str) -> None:
+        """Bring the announced small files into the cache, in order, on one metadata worker.
+
+        Their bundle is fetched whole at the first of them anyway; writing each into the cache from here, one
+        after another, lets the opens that follow find it cached (no fetch, no wait, no thread hop per file)
+        instead of each open fetching its own through a flight. Every blob goes through ``cache.ensure``: the
+        same verified write (size and SHA-256) under the same per-blob lock as a read's fetch, so a file
+        opened meanwhile is fetched once, by whichever comes first. Stops at the first failure (the opens
+        then fetch as before) and at shutdown.
+        """
+        cache = self.reader.cache
+        fetch = self._fetch_blob
+        if fetch is None:
+            return
+        filled = filled_bytes = 0
+        for sha, entry in entries.items():
+            if self._stop.done():
+                break
+            if cache.contains(sha):
+                continue
+
+            def write(writer: Any, sha: str = sha, size: int = entry.size) -> None:
+                fetch(sha, size, writer)
+
+            try:
+                cache.ensure(sha, entry.size, write, label=f"{label}/{entry.path}", lock_timeout=FILL_LOCK_WAIT)
+            except (WanllmdbError, OSError) as exc:
+                logger.debug("filling the cache with the announced small files stopped: %s", exc)
+                break
+            filled += 1
+            filled_bytes += entry.size
+        if filled:
+            # Counted as the reader counts its own fetches; the index batch is flushed as after them.
+            self.reader._count(blobs_fetched=filled, blob_bytes=filled_bytes)
+            self.reader._index_soon()
 
     # --- writes -----------------------------------------------------------------------------------------
 
@@ -493,7 +540,7 @@ def open_filesystem(
     )
     fetch_range_into, fetch_blob = (_unless_down(catalog, f) for f in (registry.fetch_range_into, registry.fetch_blob))
     reader = ChunkReader(cache, fetch_range_into, fetch_blob, stop=stop, timeout=timeout, trust_chunk_digests=True)
-    return ArtifactFS(catalog, reader, stop=stop, project=project, pools=(meta_pool,))
+    return ArtifactFS(catalog, reader, stop=stop, project=project, pools=(meta_pool,), fetch_blob=fetch_blob)
 
 
 def _unless_down(catalog: Catalog, fetch: Callable[..., T]) -> Callable[..., T]:

@@ -194,12 +194,18 @@ class FuseOperations(fuse.Operations):  # type: ignore[misc, name-defined]
     @_translated
     def opendir(self, path: str) -> int:
         listing = []
+        # Files of one version mostly share their attributes (same time, often the same size): one stat dict
+        # per distinct Attr, shared by its entries, which readdir_fuse_3 also turns into one C stat each.
+        shared: dict[Attr, dict[str, int]] = {}
         for name, attr in self.fs.readdir(path):
             if attr is None or name in (".", ".."):  # dot entries never carry READDIRPLUS attributes
                 mode = attr.mode if attr is not None else DIR_MODE
                 listing.append((name.encode("utf-8", "surrogateescape"), {"st_mode": mode}, False))
             else:
-                listing.append((name.encode("utf-8", "surrogateescape"), attr_dict(attr, self._uid, self._gid), True))
+                st = shared.get(attr)
+                if st is None:
+                    st = shared[attr] = attr_dict(attr, self._uid, self._gid)
+                listing.append((name.encode("utf-8", "surrogateescape"), st, True))
         with self._dir_lock:
             fh = self._next_dir
             self._next_dir += 1
@@ -401,11 +407,15 @@ class _KernelFUSE(fuse.FUSE):  # type: ignore[misc, name-defined]
     def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
         entries = self.operations.listing(fip.contents.fh)
         plus = flags & _READDIR_PLUS
-        st = fuse.c_stat()
+        # libfuse copies the stat it is given, so entries sharing one attribute dict (see opendir) share
+        # one C stat, built once per request instead of once per entry.
+        built: dict[int, Any] = {}
         for index in range(offset, len(entries)):
             name, attrs, complete = entries[index]
-            ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
-            fuse.set_st_attrs(st, attrs, use_ns=True)
+            st = built.get(id(attrs))
+            if st is None:
+                st = built[id(attrs)] = fuse.c_stat()
+                fuse.set_st_attrs(st, attrs, use_ns=True)
             fill = _FILL_DIR_PLUS if plus and complete else 0
             if filler(buf, name, st, index + 1, fill) != 0:
                 break

@@ -453,6 +453,8 @@ class _Daemon:
             self.loop_ended.set()
 
     def _on_init(self) -> None:
+        assert self.fs is not None
+        self.fs.catalog.warm(self.options.project)
         threading.Thread(target=self._announce, name="wanllmdb-ready", daemon=True).start()
 
     def _announce(self) -> None:

@@ -299,6 +299,16 @@ class HttpRegistry:
         path = f"{self._artifact_path(project, name)}/versions/{_q(validate_alias(selector))}"
         return VersionInfo.from_dict(self._call("GET", path))
 
+    def resolve_for_reading(self, project: str, name: str, selector: str) -> VersionInfo:
+        """:meth:`resolve`, the answer also carrying the download URLs of the version's large files
+        (``?urls=large``), kept for the reads to come: the mount's first read of a large file then makes no
+        presign request. A server without the field answers as :meth:`resolve` does."""
+        path = f"{self._artifact_path(project, name)}/versions/{_q(validate_alias(selector))}?urls=large"
+        data = self._call("GET", path)
+        for sha, item in (data.get("blob_urls") or {}).items():
+            self._get_urls.put(sha, item["url"], item.get("expires_at"))
+        return VersionInfo.from_dict(data)
+
     # --- blobs ------------------------------------------------------------------------------------------
 
     def prepare_fetch(self, sha256s: Iterable[str]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from ..errors import InvalidRefError
-from ..manifest import parse_version
+from ..manifest import Manifest, parse_version
 from ..registry.local import LocalRegistry
 from .models import AliasRequest
 from .responses import JSONResponse, no_content
@@ -47,9 +47,38 @@ def get_artifact(request: Request, project: str, name: str) -> JSONResponse:
     return JSONResponse(_registry(request).get_artifact(project, name).to_dict())
 
 
+#: Most download URLs one resolve answer carries (``?urls=large``).
+MAX_RESOLVE_URLS = 1000
+
+
 @router.get(_ARTIFACT + "/versions/{selector}", summary="Resolve vN or an alias: the version with its manifest")
-def resolve(request: Request, project: str, name: str, selector: str) -> JSONResponse:
-    return JSONResponse(_registry(request).resolve(project, name, selector).to_dict())
+def resolve(request: Request, project: str, name: str, selector: str, urls: str | None = None) -> JSONResponse:
+    """With ``?urls=large`` the answer also carries ``blob_urls``: presigned download URLs of the version's
+    chunked (large) files, as ``POST /blob-urls`` would give them, so that a reader's first ranged GET
+    needs no second request (the mount's open-to-first-byte path)."""
+    info = _registry(request).resolve(project, name, selector)
+    data = info.to_dict()
+    if urls == "large" and info.manifest is not None:
+        data["blob_urls"] = _large_blob_urls(request, info.manifest)
+    return JSONResponse(data)
+
+
+def _large_blob_urls(request: Request, manifest: Manifest) -> dict[str, dict]:
+    wanted = list(dict.fromkeys(e.sha256 for e in manifest if e.is_chunked and not e.is_reference))
+    wanted = wanted[:MAX_RESOLVE_URLS]
+    if not wanted:
+        return {}
+    state = request.app.state.server
+    base = state.base_url(str(request.base_url))
+    stored = state.registry.stored_sizes(wanted)
+    found: dict[str, dict] = {}
+    for sha in wanted:
+        size = stored.get(sha)
+        if size is None:  # never for a committed version; a reader then asks POST /blob-urls and gets "missing"
+            continue
+        signed = state.s3.presign_get(sha) if state.s3 is not None else state.signer.presign(base, "GET", sha, None)
+        found[sha] = {"url": signed.url, "size": size, "expires_at": signed.expires_at}
+    return found
 
 
 @router.put(_ARTIFACT + "/aliases/{alias}", summary="Point an alias at a version", status_code=204)
