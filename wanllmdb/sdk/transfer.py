@@ -189,9 +189,8 @@ def fetch_files(
 
     def fetch(sha: str, progress: Callable[[int], object] | None = None) -> None:
         entry = by_sha[sha][0]
-        fetcher = _fetcher(registry, entry, label, progress)
         for attempt in range(2):
-            blob_path = cache.ensure(sha, entry.size, fetcher, label=f"{label}/{entry.path}")
+            blob_path = _ensure(client, entry, label, progress)
             try:
                 place(sha, blob_path)
                 return
@@ -241,6 +240,56 @@ def _group_by_blob(entries: Iterable[ManifestEntry]) -> tuple[dict[str, list[Man
     for group in by_sha.values():
         group.sort(key=lambda e: e.is_reference)
     return by_sha, unchecked
+
+
+#: Stored blobs at least this large (with chunk digests) come as parallel ranged GETs of SPAN_BYTES each,
+#: SPAN_THREADS at once, every chunk checked as it arrives (``BlobCache.ensure_spans``).
+SPAN_MIN_BYTES = 16 * 1024 * 1024
+SPAN_BYTES = 8 * 1024 * 1024
+SPAN_THREADS = 4
+
+
+class _ProgressWriter:
+    """Passes pieces to a writer, reporting each piece's size."""
+
+    def __init__(self, writer: BlobWriter, progress: Callable[[int], object]) -> None:
+        self._writer = writer
+        self._progress = progress
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        n = self._writer.write(data)
+        self._progress(n)
+        return n
+
+
+def _ensure(client: Client, entry: ManifestEntry, label: str, progress: Callable[[int], object] | None) -> str:
+    """Make ``entry``'s blob present in the cache; returns its path.
+
+    A large stored blob whose manifest entry has chunk digests, from a registry that serves ranges in
+    parallel (``ranged_fetch``), comes as parallel spans, each chunk verified on arrival; anything else comes
+    as one stream verified against the whole-file SHA-256.
+    """
+    registry = client.registry
+    what = f"{label}/{entry.path}"
+    if (
+        not entry.is_reference
+        and entry.chunks
+        and entry.size >= SPAN_MIN_BYTES
+        and SPAN_BYTES % entry.chunk_size == 0
+        and getattr(registry, "ranged_fetch", False)
+    ):
+
+        def fetch_range(start: int, length: int, writer: BlobWriter) -> int:
+            return registry.fetch_range_into(
+                entry.sha256, start, length, _ProgressWriter(writer, progress) if progress else writer
+            )
+
+        threads = max(1, min(SPAN_THREADS, client.settings.transfer_threads))
+        return client.cache.ensure_spans(
+            entry.sha256, entry.size, entry.chunk_size, entry.chunks, fetch_range,
+            span=SPAN_BYTES, threads=threads, label=what,
+        )  # fmt: skip
+    return client.cache.ensure(entry.sha256, entry.size, _fetcher(registry, entry, label, progress), label=what)
 
 
 def _fetcher(
@@ -313,8 +362,7 @@ def warm_cache(
             with ByteProgress(fetch_bytes, f"prefetch {label}", enabled=progress) as bar:
 
                 def fetch(sha: str) -> None:
-                    entry = by_sha[sha][0]
-                    cache.ensure(sha, entry.size, _fetcher(registry, entry, label, bar), label=f"{label}/{entry.path}")
+                    _ensure(client, by_sha[sha][0], label, bar)
 
                 run_parallel(fetch, missing, threads or client.settings.transfer_threads)
         finally:
