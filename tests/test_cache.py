@@ -309,3 +309,12 @@ def test_ensure_spans_refuses_chunk_digests_that_do_not_cover_the_blob(tmp_path)
     sha, size = _blob(data)
     with pytest.raises(ValueError):
         cache.ensure_spans(sha, size, 64, _chunked(data, 64)[:-1], _range_fetcher(data), span=128, threads=2)
+
+
+@pytest.mark.parametrize("size", [16 << 20, (40 << 20) + 5, 128 << 20, 1 << 30, (3 << 20) + 321])
+@pytest.mark.parametrize("chunk", [1 << 20, 3 << 20])
+def test_download_spans_are_whole_chunks_within_bounds(size, chunk):
+    from wanllmdb.sdk.transfer import SPAN_BYTES, span_for
+
+    span = span_for(size, chunk, 4)
+    assert span % chunk == 0 and chunk <= span <= max(chunk, SPAN_BYTES)

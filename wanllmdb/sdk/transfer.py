@@ -242,11 +242,22 @@ def _group_by_blob(entries: Iterable[ManifestEntry]) -> tuple[dict[str, list[Man
     return by_sha, unchecked
 
 
-#: Stored blobs at least this large (with chunk digests) come as parallel ranged GETs of SPAN_BYTES each,
-#: SPAN_THREADS at once, every chunk checked as it arrives (``BlobCache.ensure_spans``).
+#: Stored blobs at least this large (with chunk digests) come as parallel ranged GETs, SPAN_THREADS at once,
+#: every chunk checked as it arrives (``BlobCache.ensure_spans``). Spans are at most SPAN_BYTES (1 GiB in
+#: 32 MiB spans cost the client ~1.8 CPU-s against ~2.3 in 8 MiB spans or one stream, A/B, 2 rounds) and at
+#: least SPAN_MIN_SPAN, about a blob's size over twice the threads in between, so a 16 MiB blob still comes
+#: as 4 spans at once.
 SPAN_MIN_BYTES = 16 * 1024 * 1024
-SPAN_BYTES = 8 * 1024 * 1024
+SPAN_BYTES = 32 * 1024 * 1024
+SPAN_MIN_SPAN = 4 * 1024 * 1024
 SPAN_THREADS = 4
+
+
+def span_for(size: int, chunk_size: int, threads: int) -> int:
+    """The span length (a whole number of chunks) for fetching ``size`` bytes with ``threads`` threads."""
+    wanted = -(-size // (2 * threads))
+    wanted = -(-wanted // chunk_size) * chunk_size
+    return max(chunk_size, min(SPAN_BYTES, max(SPAN_MIN_SPAN, wanted)) // chunk_size * chunk_size)
 
 
 class _ProgressWriter:
@@ -275,7 +286,6 @@ def _ensure(client: Client, entry: ManifestEntry, label: str, progress: Callable
         not entry.is_reference
         and entry.chunks
         and entry.size >= SPAN_MIN_BYTES
-        and SPAN_BYTES % entry.chunk_size == 0
         and getattr(registry, "ranged_fetch", False)
     ):
 
@@ -287,7 +297,7 @@ def _ensure(client: Client, entry: ManifestEntry, label: str, progress: Callable
         threads = max(1, min(SPAN_THREADS, client.settings.transfer_threads))
         return client.cache.ensure_spans(
             entry.sha256, entry.size, entry.chunk_size, entry.chunks, fetch_range,
-            span=SPAN_BYTES, threads=threads, label=what,
+            span=span_for(entry.size, entry.chunk_size, threads), threads=threads, label=what,
         )  # fmt: skip
     return client.cache.ensure(entry.sha256, entry.size, _fetcher(registry, entry, label, progress), label=what)
 
