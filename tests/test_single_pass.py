@@ -152,3 +152,17 @@ def test_known_sizes_and_store_unhashed_contract(registry, tmp_path):
     assert digest == hash_file(path)
     assert registry.known_sizes([size, size + 1]) == {size}
     assert read_range(registry, digest.sha256, 10, 20) == open(path, "rb").read()[10:30]
+
+
+@pytest.mark.parametrize("pieces", [[1], [300_000, 1 << 20, 5, (1 << 20) + 7, 2 << 20, 12_345]])
+def test_pipelined_digester_gives_the_digests_of_one_pass(pieces):
+    from wanllmdb.manifest.digest import PipelinedDigester, hash_bytes
+
+    data = os.urandom(sum(pieces))
+    digester = PipelinedDigester(depth=2)
+    offset = 0
+    for n in pieces:
+        digester.update(data[offset : offset + n])
+        offset += n
+    assert digester.result() == hash_bytes(data)
+    digester.close()  # idempotent after result()
