@@ -248,3 +248,73 @@ def test_seed_artifact_cache_import_paths():
     from wanllmdb.artifact_cache import ArtifactCache as FromModule
 
     assert wanllmdb.ArtifactCache is FromModule is ArtifactCache
+
+
+def _chunked(data: bytes, chunk: int) -> list[str]:
+    return [hashlib.sha256(data[i : i + chunk]).hexdigest() for i in range(0, len(data), chunk)]
+
+
+def _range_fetcher(data: bytes, corrupt: str | None = None, calls: list | None = None):
+    def fetch_range(start, length, writer):
+        piece = bytearray(data[start : start + length])
+        if corrupt == "flip" and start == 2 * 64:
+            piece[5] ^= 1
+        if corrupt == "short" and start + length == len(data):
+            piece = piece[:-1]
+        if calls is not None:
+            calls.append(start)
+        for i in range(0, len(piece), 50):
+            writer.write(bytes(piece[i : i + 50]))
+        return len(piece)
+
+    return fetch_range
+
+
+def test_ensure_spans_fetches_verified_chunks_in_parallel_and_admits_without_a_whole_rehash(tmp_path):
+    cache = BlobCache(str(tmp_path / "c"))
+    data = os.urandom(1000)
+    sha, size = _blob(data)
+    calls: list = []
+    path = cache.ensure_spans(sha, size, 64, _chunked(data, 64), _range_fetcher(data, calls=calls), span=128, threads=3)
+    assert open(path, "rb").read() == data
+    assert sorted(calls) == list(range(0, 1000, 128))
+    assert oct(os.stat(path).st_mode & 0o777) == "0o444"
+    assert cache.total_size() == size
+    assert os.listdir(os.path.join(cache.root, "partial")) == []
+    assert cache.ensure_spans(sha, size, 64, _chunked(data, 64), _range_fetcher(data, calls=calls), span=128,
+                              threads=3) == path
+    assert len(calls) == 8  # the second call found it cached
+
+
+@pytest.mark.parametrize("corrupt", ["flip", "short", "wrong-chunks"])
+def test_ensure_spans_with_a_bad_chunk_or_span_raises_and_leaves_nothing_behind(tmp_path, corrupt):
+    cache = BlobCache(str(tmp_path / "c"))
+    data = os.urandom(1000)
+    sha, size = _blob(data)
+    chunks = _chunked(data, 64)
+    if corrupt == "wrong-chunks":
+        chunks[-1] = "0" * 64
+    fetch = _range_fetcher(data, corrupt if corrupt != "wrong-chunks" else None)
+    with pytest.raises(ChecksumError):
+        cache.ensure_spans(sha, size, 64, chunks, fetch, span=128, threads=2)
+    assert cache.lookup(sha) is None
+    assert os.listdir(os.path.join(cache.root, "partial")) == []
+    assert cache.total_size() == 0
+    assert [name for _d, _s, names in os.walk(os.path.join(cache.root, "blobs")) for name in names] == []
+
+
+def test_ensure_spans_refuses_chunk_digests_that_do_not_cover_the_blob(tmp_path):
+    cache = BlobCache(str(tmp_path / "c"))
+    data = os.urandom(1000)
+    sha, size = _blob(data)
+    with pytest.raises(ValueError):
+        cache.ensure_spans(sha, size, 64, _chunked(data, 64)[:-1], _range_fetcher(data), span=128, threads=2)
+
+
+@pytest.mark.parametrize("size", [16 << 20, (40 << 20) + 5, 128 << 20, 1 << 30, (3 << 20) + 321])
+@pytest.mark.parametrize("chunk", [1 << 20, 3 << 20])
+def test_download_spans_are_whole_chunks_within_bounds(size, chunk):
+    from wanllmdb.sdk.transfer import SPAN_BYTES, span_for
+
+    span = span_for(size, chunk, 4)
+    assert span % chunk == 0 and chunk <= span <= max(chunk, SPAN_BYTES)

@@ -131,6 +131,41 @@ def test_download_through_a_faulty_link_gives_right_bytes_or_a_typed_error(proxy
     assert outcome == "ok" and _files_under(str(tmp_path / "again"))["big.bin"] == BIG
 
 
+#: The same faults on a download that comes as parallel ranged spans of 2 MiB, each chunk checked on arrival.
+SPAN_CASES = {
+    **{case: DOWNLOAD_CASES[case] for case in ("reset-once", "stall-once", "flip-once", "flip-always",
+                                                "reset-every-mib", "reset-always")},
+    "truncate-once": (Fault("truncate", after=MIB + 5, times=1, **ON_BIG), "ok"),
+}
+
+
+@pytest.mark.parametrize("case", SPAN_CASES, ids=str)
+def test_download_in_parallel_spans_through_a_faulty_link_gives_right_bytes_or_a_typed_error(
+    proxy, logged, tmp_path, case, monkeypatch
+):
+    from wanllmdb.cache.store import BlobCache
+    from wanllmdb.sdk import transfer
+
+    monkeypatch.setattr(transfer, "SPAN_MIN_BYTES", MIB)
+    monkeypatch.setattr(transfer, "SPAN_BYTES", 2 * MIB)
+    spans = []
+    real = BlobCache.ensure_spans
+
+    def counted(self, *args, **kwargs):
+        spans.append(args[0])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(BlobCache, "ensure_spans", counted)
+    fault, expected = SPAN_CASES[case]
+    DOWNLOAD_CASES[f"span-{case}"] = (fault, expected)
+    try:
+        test_download_through_a_faulty_link_gives_right_bytes_or_a_typed_error(proxy, logged, tmp_path, f"span-{case}")
+    finally:
+        del DOWNLOAD_CASES[f"span-{case}"]
+    assert BIG_SHA in spans, "the big blob did not come as spans"
+    assert os.listdir(os.path.join(os.environ["WANLLMDB_CACHE_DIR"], "partial")) == []
+
+
 def _log(project: str, files: dict[str, bytes], tmp_path) -> tuple[object, float]:
     """(outcome: the version label or the exception, seconds taken) of logging ``files`` with the SDK."""
     from wanllmdb.sdk.client import close_clients

@@ -179,3 +179,17 @@ def test_a_folder_of_unchanged_files_is_not_read_again_and_a_changed_or_racy_one
         run.log_artifact(art)
     assert sorted(hash_calls) == sorted([old[7], str(racy)])
     assert art.version == "v2" and art.get_entry("f007.txt").sha256 == hash_file(old[7]).sha256
+
+
+@pytest.mark.parametrize("pieces", [[1], [300_000, 1 << 20, 5, (1 << 20) + 7, 2 << 20, 12_345]])
+def test_pipelined_digester_gives_the_digests_of_one_pass(pieces):
+    from wanllmdb.manifest.digest import PipelinedDigester, hash_bytes
+
+    data = os.urandom(sum(pieces))
+    digester = PipelinedDigester(depth=2)
+    offset = 0
+    for n in pieces:
+        digester.update(data[offset : offset + n])
+        offset += n
+    assert digester.result() == hash_bytes(data)
+    digester.close()  # idempotent after result()

@@ -42,7 +42,8 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
@@ -83,6 +84,66 @@ class BlobWriter(Protocol):
 
 #: Writes a whole blob into the writer it is given.
 Fetcher = Callable[[BlobWriter], object]
+#: Writes ``length`` bytes of a blob from ``start`` into the writer it is given; returns the count.
+RangeFetcher = Callable[[int, int, BlobWriter], int]
+
+
+class _SpanWriter:
+    """Receives the bytes ``[start, stop)`` of a blob (chunk-aligned), writes each piece once at its offset
+    in the partial file and checks every chunk against its SHA-256 from the manifest as soon as it is whole.
+
+    A span is complete only if exactly its bytes arrived (:meth:`finish`), so every chunk of the blob has been
+    checked when all spans finished.
+    """
+
+    def __init__(
+        self, fd: int, start: int, stop: int, size: int, chunk_size: int, chunks: Sequence[str], label: str
+    ) -> None:
+        self._fd = fd
+        self._pos = start
+        self._stop = stop
+        self._size = size
+        self._chunk_size = chunk_size
+        self._chunks = chunks
+        self._label = label
+        self._sha = hashlib.sha256()
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        view = memoryview(data)
+        n = len(view)
+        if self._pos + n > self._stop:
+            raise ChecksumError(f"{self._label}: received more than the {self._stop - self._pos} bytes asked for")
+        done = 0
+        while done < n:
+            done += os.pwrite(self._fd, view[done:], self._pos + done)
+        offset = 0
+        while offset < n:
+            at = self._pos + offset
+            index = at // self._chunk_size
+            chunk_end = min((index + 1) * self._chunk_size, self._size)
+            take = min(n - offset, chunk_end - at)
+            self._sha.update(view[offset : offset + take])
+            offset += take
+            if at + take == chunk_end:
+                got = self._sha.hexdigest()
+                self._sha = hashlib.sha256()
+                if got != self._chunks[index]:
+                    raise ChecksumError(
+                        f"{self._label}: chunk {index} SHA-256 mismatch (expected {self._chunks[index]}, got {got})",
+                        expected=self._chunks[index],
+                        actual=got,
+                    )
+        self._pos += n
+        kill_point("cache.write")
+        return n
+
+    def finish(self) -> None:
+        if self._pos != self._stop:
+            raise ChecksumError(
+                f"{self._label}: a span ended at byte {self._pos}, expected {self._stop}",
+                expected=str(self._stop),
+                actual=str(self._pos),
+            )
 
 
 class _VerifyingWriter:
@@ -403,6 +464,74 @@ class BlobCache:
             self._admit(tmp, sha256, size)
         finally:
             _unlink_quietly(tmp)
+
+    def ensure_spans(
+        self,
+        sha256: str,
+        size: int,
+        chunk_size: int,
+        chunks: Sequence[str],
+        fetch_range: RangeFetcher,
+        *,
+        span: int,
+        threads: int,
+        label: str | None = None,
+        lock_timeout: float | None = None,
+    ) -> str:
+        """Path of the blob, fetching it as parallel chunk-aligned spans if it is not cached yet.
+
+        Like :meth:`ensure`, but ``threads`` ranged fetches of ``span`` bytes run at once, each written once at
+        its offset in a partial file (:meth:`new_partial`) and each chunk checked against ``chunks`` (the
+        manifest's chunk SHA-256s, which the manifest binds to ``sha256``) as it arrives. When every chunk has
+        been checked the file is admitted without hashing it as a whole again.
+
+        Raises:
+            ChecksumError: a chunk differs, or a span is short or long (nothing is kept).
+            CacheError: waiting for another fetcher of this blob took longer than ``lock_timeout``.
+        """
+        if chunk_size <= 0 or len(chunks) != -(-size // chunk_size) or span % chunk_size:
+            raise ValueError(f"blob {sha256[:12]}: chunk digests do not cover {size} bytes in spans of {span}")
+        path = self.lookup(sha256)
+        if path:
+            return path
+        what = label or f"blob {sha256[:12]}"
+        with self._blob_lock(sha256, lock_timeout):
+            path = self.lookup(sha256)
+            if path:
+                return path
+            partial = self.new_partial(sha256, size)
+            try:
+                fd = os.open(partial, os.O_WRONLY)
+                try:
+
+                    def one(start: int) -> None:
+                        stop = min(start + span, size)
+                        writer = _SpanWriter(fd, start, stop, size, chunk_size, chunks, what)
+                        fetch_range(start, stop - start, writer)
+                        writer.finish()
+
+                    starts = list(range(0, size, span))
+                    with ThreadPoolExecutor(max(1, min(threads, len(starts))), "wanllmdb-span") as pool:
+                        futures = [pool.submit(one, start) for start in starts]
+                        wait(futures, return_when=FIRST_EXCEPTION)
+                        for future in futures:
+                            future.cancel()
+                        for future in futures:
+                            if not future.cancelled():
+                                future.result()
+                finally:
+                    os.close(fd)
+                tmp = self._tmp_path(sha256)
+                try:
+                    os.link(partial, tmp)
+                    self.index.remove([self._partial_key(partial)])
+                    self._admit(tmp, sha256, size)
+                finally:
+                    _unlink_quietly(tmp)
+            finally:
+                self.discard_partial(partial)
+        self.restamp([sha256])  # unlinking the partial name moved the blob's ctime
+        return self.blob_path(sha256)
 
     def admit_file(
         self, src: str, sha256: str, size: int, *, label: str | None = None, link: bool = False

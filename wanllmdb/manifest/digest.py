@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -99,6 +100,49 @@ class Digester:
         if self._chunk_fill:
             chunks.append(self._chunk.hexdigest())
         return FileDigest(self.size, self._md5.hexdigest(), self._sha.hexdigest(), self.chunk_size, tuple(chunks))
+
+
+class PipelinedDigester:
+    """A :class:`Digester` fed from another thread: ``update`` queues the piece and returns at once.
+
+    For an upload that hashes what it sends (``registry.store_unhashed``): the sending thread only reads and
+    sends while this object's thread computes SHA-256 and the chunk SHA-256s (and hands MD5 to the MD5
+    worker), so the three run side by side instead of alternating with the send. The queue is bounded
+    (``depth`` pieces), so memory stays flat whatever the stream's length. Pieces must be immutable
+    (``bytes``): they are hashed after ``update`` returns.
+    """
+
+    def __init__(self, chunk_size: int = CHUNK_SIZE, depth: int = 8) -> None:
+        self._digester = Digester(chunk_size)
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="wanllmdb-hash", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while (piece := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._digester.update(piece)
+                except BaseException as exc:  # handed to the caller at its next update or at result
+                    self._error = exc
+
+    def update(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(data if isinstance(data, bytes) else bytes(data))
+
+    def close(self) -> None:
+        """Stop the hashing thread (idempotent); pieces already queued are hashed first."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def result(self) -> FileDigest:
+        self.close()
+        if self._error is not None:
+            raise self._error
+        return self._digester.result()
 
 
 def _read_full(fd: int, view: memoryview) -> int:

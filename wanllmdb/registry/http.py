@@ -34,7 +34,7 @@ from ..cache.store import BlobWriter
 from ..errors import BlobNotFoundError, ChecksumError, ForbiddenError, WanllmdbError
 from ..killpoints import kill_point
 from ..manifest import validate_alias, validate_artifact_name, validate_project
-from ..manifest.digest import Digester, FileDigest
+from ..manifest.digest import FileDigest, PipelinedDigester
 from ..transport import HttpTransport
 from ..transport.session import DEFAULT_BACKOFF, DEFAULT_RETRIES
 from .base import (
@@ -353,6 +353,9 @@ class HttpRegistry:
                 if attempt:
                     raise
 
+    #: Ranges of one blob may be fetched in parallel (see ``sdk.transfer._ensure``).
+    ranged_fetch = True
+
     def fetch_range_into(self, sha256: str, start: int, length: int, writer: BlobWriter) -> int:
         """Stream ``length`` bytes of the blob from ``start`` into ``writer`` (fewer at its end); returns the count.
 
@@ -414,13 +417,18 @@ class HttpRegistry:
         blob by the SHA-256 it computes, which must equal ours."""
         for attempt in range(2):
             url = self._call("POST", "/uploads", {"size": int(size)}, repeatable=True)["url"]
-            digester = Digester()
+            # Hashing runs on its own thread (MD5 on another) while this one reads and sends.
+            digester = PipelinedDigester()
             try:
                 answer = self.transport.put_file(url, path, size, progress=progress, observer=digester.update)
             except ForbiddenError:
+                digester.close()
                 if attempt:
                     raise
                 continue
+            except BaseException:
+                digester.close()
+                raise
             digest = digester.result()
             if digest.size != size or answer["sha256"] != digest.sha256:
                 raise ChecksumError(
