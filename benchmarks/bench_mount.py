@@ -284,7 +284,7 @@ class Bench:
 
         self.results += [
             row("cold read big file (cat)", mbps(size, t_cold), "MB/s", "min(GET, passthrough)", mbps(size, base),
-                target=">= 0.7x min(GET, passthrough)", met=t_cold <= base / 0.7, seconds=t_cold,
+                target=">= 0.9x min(GET, passthrough)", met=t_cold <= base / 0.9, seconds=t_cold,
                 get_mbps=mbps(size, t_get), passthrough_cold_mbps=mbps(size, t_pt_cold), stats=best["stats"],
                 requests=best["requests"], cpu=best["cpu"], runs=mount_runs, passthrough_runs=pt_runs,
                 get_runs=get_runs, cpu_floor=floor),
@@ -319,9 +319,9 @@ class Bench:
             row("warm first read big file", mbps(size, t_warm), "MB/s", "passthrough cold", mbps(size, t_pt_cold),
                 target=">= 0.8x passthrough", met=t_warm <= t_pt_cold / 0.8, seconds=t_warm, stats=warm_stats),
             row("  warm first read vs cat of cache file", mbps(size, t_warm), "MB/s", "cat cold",
-                mbps(size, t_cat_cold)),
+                mbps(size, t_cat_cold), target=">= 0.8x cat of the cache file", met=t_warm <= t_cat_cold / 0.8),
             row(f"random 4 KB reads, cached big file ({len(offsets)})", rand_mnt, "reads/s", "cache file",
-                rand_blob),
+                rand_blob, target=">= 0.8x the cache file", met=rand_mnt >= 0.8 * rand_blob),
             row("4 parallel readers, cached big file", par_mnt, "MB/s", "cache file", par_blob),
         ]
         for name, label in (("seq_read", "fio seq read 256k"), ("rand_read", "fio rand read 256k"),
@@ -397,13 +397,13 @@ class Bench:
                              "requests": self.server.requests_since(mark), "stats": delta(mnt.stats(), before)})
         best = min(runs, key=lambda r: r["seconds"])
         self.results.append(row(f"cat {n:,} cold small files", n / best["seconds"], "files/s",
-                                target=">= 1,000 files/s", met=n / best["seconds"] >= 1000, best=best,
+                                target=">= 2,000 files/s", met=n / best["seconds"] >= 2000, best=best,
                                 files_per_s=[round(n / r["seconds"]) for r in runs]))
         with self.mount(self.ctx.path("mount", "cache-small", ""), fresh=False) as mnt:
             top = os.path.join(mnt.mountpoint, PROJECT, "listing", "v1")
             seconds = wall(["ls", "-lR", top])
             self.results.append(row(f"ls -lR of a {listing:,}-file version (cold)", seconds, "s", higher=False,
-                                    target="< 10 s", met=seconds < 10))
+                                    target="<= 3 s", met=seconds <= 3))
 
     def arrays(self, local_root: str) -> None:
         ctx = self.ctx
