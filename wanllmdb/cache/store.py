@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
 from ..errors import CacheError, ChecksumError
-from ..iobuf import buffer_for
+from ..iobuf import buffer_for, pwrite_all
 from ..killpoints import kill_point
 from ..settings import DEFAULT_CACHE_BYTES
 from ..tmpfiles import reclaim_dead, writer_gone, writer_tag
@@ -113,9 +113,7 @@ class _SpanWriter:
         n = len(view)
         if self._pos + n > self._stop:
             raise ChecksumError(f"{self._label}: received more than the {self._stop - self._pos} bytes asked for")
-        done = 0
-        while done < n:
-            done += os.pwrite(self._fd, view[done:], self._pos + done)
+        pwrite_all(self._fd, view, self._pos)
         offset = 0
         while offset < n:
             at = self._pos + offset
@@ -521,13 +519,7 @@ class BlobCache:
                                 future.result()
                 finally:
                     os.close(fd)
-                tmp = self._tmp_path(sha256)
-                try:
-                    os.link(partial, tmp)
-                    self.index.remove([self._partial_key(partial)])
-                    self._admit(tmp, sha256, size)
-                finally:
-                    _unlink_quietly(tmp)
+                self._admit_partial(partial, sha256, size)
             finally:
                 self.discard_partial(partial)
         self.restamp([sha256])  # unlinking the partial name moved the blob's ctime
@@ -662,15 +654,22 @@ class BlobCache:
                 _check(got, digest, size, sha256, label)
             with self._blob_lock(sha256, None):
                 if not self.contains(sha256):
-                    tmp = self._tmp_path(sha256)
-                    os.link(path, tmp)
-                    # The bytes change entries, not place: the partial's stops counting as the blob's starts.
-                    self.index.remove([key])
-                    self._admit(tmp, sha256, size)
+                    self._admit_partial(path, sha256, size)
             return self.blob_path(sha256)
         finally:
             self.discard_partial(path, key)
             self.restamp([sha256])  # unlinking the partial name moved the blob's ctime
+
+    def _admit_partial(self, path: str, sha256: str, size: int) -> None:
+        """Make a checked partial file the cached blob (the caller holds the blob's lock)."""
+        tmp = self._tmp_path(sha256)
+        try:
+            os.link(path, tmp)
+            # The bytes change entries, not place: the partial's stops counting as the blob's starts.
+            self.index.remove([self._partial_key(path)])
+            self._admit(tmp, sha256, size)
+        finally:
+            _unlink_quietly(tmp)
 
     def discard_partial(self, path: str, key: str | None = None) -> None:
         _unlink_quietly(path)

@@ -78,6 +78,7 @@ from dataclasses import dataclass, fields
 
 from ..cache.store import BlobCache, BlobWriter, blob_stamp, sha256_file
 from ..errors import ChecksumError, FetchError, ReferenceNotFoundError, WanllmdbError
+from ..iobuf import pwrite_all
 from ..manifest import ManifestEntry
 from ..transport.references import ReferenceFetcher
 from .flight import Flights, Stopped
@@ -791,7 +792,7 @@ class _SpanSink:
             piece = view[:take]
             self.sha.update(piece)
             try:
-                _pwrite_all(self.part.fd, piece, self.pos)
+                pwrite_all(self.part.fd, piece, self.pos)
             except OSError as exc:  # the cache's disk is full or failing: this read fails, a later one retries
                 raise FetchError(
                     f"{self.part.label}: chunk {self.index}: could not write it to the cache: {exc}"
@@ -847,11 +848,3 @@ def _runs(indices: list[int]) -> list[list[int]]:
         else:
             runs.append([index])
     return runs
-
-
-def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n

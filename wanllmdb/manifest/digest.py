@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ..iobuf import buffer_for
+from ..iobuf import buffer_for, read_full
 from ..settings import CHUNK_SIZE
 
 #: Pieces at least this large have their MD5 computed on the worker thread.
@@ -145,17 +145,6 @@ class PipelinedDigester:
         return self._digester.result()
 
 
-def _read_full(fd: int, view: memoryview) -> int:
-    """Fill ``view`` from ``fd`` unless EOF comes first; returns the byte count."""
-    total = 0
-    while total < len(view):
-        n = os.readv(fd, [view[total:]])
-        if n == 0:
-            break
-        total += n
-    return total
-
-
 def hash_file(
     path: str | os.PathLike[str],
     chunk_size: int = CHUNK_SIZE,
@@ -174,7 +163,7 @@ def hash_file(
         count = 1 if size_hint < THREAD_MIN_PIECE else 2
         buffers = [memoryview(buffer_for(size_hint)) for _ in range(count)]
         index = 0
-        while n := _read_full(fd, buffers[index % count]):
+        while n := read_full(fd, buffers[index % count]):
             digester.update(buffers[index % count][:n])
             index += 1
             if progress:

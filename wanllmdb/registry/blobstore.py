@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from ..cache.materialize import FICLONE
 from ..cache.store import BlobWriter
 from ..errors import BlobNotFoundError, ChecksumError, InvalidInputError
-from ..iobuf import buffer_for
+from ..iobuf import buffer_for, pwrite_all, read_full
 from ..killpoints import kill_point
 from ..manifest.digest import Digester, FileDigest, hash_file
 from ..settings import CHUNK_SIZE
@@ -347,32 +347,15 @@ def _copy_hashing(src, out, size: int, chunk_size: int, progress: Callable[[int]
     buffers = [memoryview(mmap.mmap(-1, piece)) for _ in range(2)]
     index = 0
     fd = out.fileno()
-    while n := _read_full(src, buffers[index % 2]):
+    while n := read_full(src.fileno(), buffers[index % 2]):
         data = buffers[index % 2][:n]
         digester.update(data)
-        _pwrite_all(fd, data, index * piece)
+        pwrite_all(fd, data, index * piece)
         kill_point("blob.write")
         index += 1
         if progress:
             progress(n)
     return digester.result()
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    while data:
-        n = os.pwrite(fd, data, offset)
-        data, offset = data[n:], offset + n
-
-
-def _read_full(f, view: memoryview) -> int:
-    """Fill ``view`` from ``f`` unless EOF comes first; returns the byte count."""
-    total = 0
-    while total < len(view):
-        n = f.readinto(view[total:])
-        if not n:
-            break
-        total += n
-    return total
 
 
 def md5_file(path: str) -> str:
