@@ -46,7 +46,7 @@ from ..errors import (
     TransportError,
     WanllmdbError,
 )
-from ..manifest import ManifestEntry, parse_version, validate_artifact_name, validate_project
+from ..manifest import parse_version, validate_artifact_name, validate_project
 from ..registry import Registry, VersionInfo
 from .catalog import DEFAULT_TREE_ENTRIES, Catalog
 from .flight import Flights
@@ -138,10 +138,8 @@ class ArtifactFS:
         stop: Future[None],
         project: str | None = None,
         pools: tuple[ThreadPoolExecutor, ...] = (),
-        fetch_blob: Callable[..., None] | None = None,
     ) -> None:
         self.catalog = catalog
-        self._fetch_blob = fetch_blob
         self.reader = reader
         self._pools = pools
         self.project = validate_project(project) if project else None
@@ -451,44 +449,8 @@ class ArtifactFS:
             shas = [child.entry.sha256 for child in batch]
             entries = {child.entry.sha256: child.entry for child in batch}
             label = here.label.rpartition("/")[0]
-            fill = (lambda: self._fill(entries, label)) if len(batch) >= FILL_MIN else None
+            fill = (lambda: self.reader.fill(entries, label, FILL_LOCK_WAIT)) if len(batch) >= FILL_MIN else None
             self.catalog.prepare_fetch(key, shas, then=fill)
-
-    def _fill(self, entries: dict[str, ManifestEntry], label: str) -> None:
-        """Bring the announced small files into the cache, in order, on one metadata worker.
-
-        Their bundle is fetched whole at the first of them anyway; writing each into the cache from here, one
-        after another, lets the opens that follow find it cached (no fetch, no wait, no thread hop per file)
-        instead of each open fetching its own through a flight. Every blob goes through ``cache.ensure``: the
-        same verified write (size and SHA-256) under the same per-blob lock as a read's fetch, so a file
-        opened meanwhile is fetched once, by whichever comes first. Stops at the first failure (the opens
-        then fetch as before) and at shutdown.
-        """
-        cache = self.reader.cache
-        fetch = self._fetch_blob
-        if fetch is None:
-            return
-        filled = filled_bytes = 0
-        for sha, entry in entries.items():
-            if self._stop.done():
-                break
-            if cache.contains(sha):
-                continue
-
-            def write(writer: Any, sha: str = sha, size: int = entry.size) -> None:
-                fetch(sha, size, writer)
-
-            try:
-                cache.ensure(sha, entry.size, write, label=f"{label}/{entry.path}", lock_timeout=FILL_LOCK_WAIT)
-            except (WanllmdbError, OSError) as exc:
-                logger.debug("filling the cache with the announced small files stopped: %s", exc)
-                break
-            filled += 1
-            filled_bytes += entry.size
-        if filled:
-            # Counted as the reader counts its own fetches; the index batch is flushed as after them.
-            self.reader._count(blobs_fetched=filled, blob_bytes=filled_bytes)
-            self.reader._index_soon()
 
     # --- writes -----------------------------------------------------------------------------------------
 
@@ -540,7 +502,7 @@ def open_filesystem(
     )
     fetch_range_into, fetch_blob = (_unless_down(catalog, f) for f in (registry.fetch_range_into, registry.fetch_blob))
     reader = ChunkReader(cache, fetch_range_into, fetch_blob, stop=stop, timeout=timeout, trust_chunk_digests=True)
-    return ArtifactFS(catalog, reader, stop=stop, project=project, pools=(meta_pool,), fetch_blob=fetch_blob)
+    return ArtifactFS(catalog, reader, stop=stop, project=project, pools=(meta_pool,))
 
 
 def _unless_down(catalog: Catalog, fetch: Callable[..., T]) -> Callable[..., T]:

@@ -404,6 +404,37 @@ class ChunkReader:
 
     # --- whole blobs ------------------------------------------------------------------------------------
 
+    def fill(self, entries: dict[str, ManifestEntry], label: str, lock_timeout: float) -> None:
+        """Bring the announced small files into the cache, in order, on the caller's thread.
+
+        Their bundle is fetched whole at the first of them anyway; writing each into the cache from here, one
+        after another, lets the opens that follow find it cached (no fetch, no wait, no thread hop per file)
+        instead of each open fetching its own through a flight. Every blob goes through ``cache.ensure``: the
+        same verified write (size and SHA-256) under the same per-blob lock as a read's fetch, so a file
+        opened meanwhile is fetched once, by whichever comes first. Stops at the first failure (the opens
+        then fetch as before) and at shutdown.
+        """
+        filled = filled_bytes = 0
+        for sha, entry in entries.items():
+            if self._stop.done():
+                break
+            if self._cache.contains(sha):
+                continue
+
+            def write(writer: BlobWriter, sha: str = sha, size: int = entry.size) -> None:
+                self._fetch_blob(sha, size, writer)
+
+            try:
+                self._cache.ensure(sha, entry.size, write, label=f"{label}/{entry.path}", lock_timeout=lock_timeout)
+            except (WanllmdbError, OSError) as exc:
+                logger.debug("filling the cache with the announced small files stopped: %s", exc)
+                break
+            filled += 1
+            filled_bytes += entry.size
+        if filled:
+            self._count(blobs_fetched=filled, blob_bytes=filled_bytes)
+            self._index_soon()
+
     def _fetch_whole(self, entry: ManifestEntry, label: str) -> str:
         progress = _Progress()
 
