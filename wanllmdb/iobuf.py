@@ -7,6 +7,9 @@ thousands of small files; every streaming loop takes its buffer from here.
 from __future__ import annotations
 
 import os
+import queue
+import threading
+from collections.abc import Callable
 
 #: Largest buffer a streaming loop uses.
 MAX_BUFFER = 8 * 1024 * 1024
@@ -39,3 +42,41 @@ def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         n = os.pwrite(fd, view, offset)
         view = view[n:]
         offset += n
+
+
+class Drain:
+    """Feeds pieces to ``consume`` on a worker thread through a queue of at most ``depth`` pieces.
+
+    The feeding thread goes on at once (memory stays at ``depth`` pieces however long the stream); the
+    worker's first error is raised to it at its next :meth:`put` or :meth:`check`. Pieces that are not
+    immutable ``bytes`` are copied, since the caller may reuse its buffer.
+    """
+
+    def __init__(self, consume: Callable[[bytes], object], depth: int, name: str) -> None:
+        self._consume = consume
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (piece := self._queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self._consume(piece)
+                except BaseException as exc:  # handed to the feeding thread
+                    self.error = exc
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def put(self, data: bytes | memoryview) -> None:
+        self.check()
+        self._queue.put(data if isinstance(data, bytes) else bytes(data))
+
+    def close(self) -> None:
+        """Wait until every queued piece is consumed and stop the worker (idempotent; raises nothing)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()

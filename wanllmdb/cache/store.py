@@ -37,7 +37,6 @@ import errno
 import hashlib
 import logging
 import os
-import queue
 import secrets
 import shutil
 import threading
@@ -48,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
 from ..errors import CacheError, ChecksumError
-from ..iobuf import buffer_for, pwrite_all
+from ..iobuf import Drain, buffer_for, pwrite_all
 from ..killpoints import kill_point
 from ..settings import DEFAULT_CACHE_BYTES
 from ..tmpfiles import reclaim_dead, writer_gone, writer_tag
@@ -181,36 +180,21 @@ class _PipelinedWriter(_VerifyingWriter):
 
     def __init__(self, file: BinaryIO, limit: int, label: str) -> None:
         super().__init__(file, limit, label)
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
-        self._error: BaseException | None = None
         self._queued = 0
-        self._thread = threading.Thread(target=self._drain, name="wanllmdb-verify", daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        while (piece := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    super().write(piece)
-                except BaseException as exc:  # handed to the caller at its next write or at finish
-                    self._error = exc
+        self._drain = Drain(super().write, 8, "wanllmdb-verify")
 
     def write(self, data: bytes | memoryview, /) -> int:
-        if self._error is not None:
-            raise self._error
+        self._drain.check()
         n = len(data)
         self._queued += n
         if self._queued > self._limit:
             raise ChecksumError(f"{self._label}: received more than the expected {self._limit} bytes")
-        # Pieces may live in a buffer the caller reuses: keep a copy of anything that is not immutable bytes.
-        self._queue.put(data if isinstance(data, bytes) else bytes(data))
+        self._drain.put(data)
         return n
 
     def finish(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
+        self._drain.close()
+        self._drain.check()
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ..iobuf import buffer_for, read_full
+from ..iobuf import Drain, buffer_for, read_full
 from ..settings import CHUNK_SIZE
 
 #: Pieces at least this large have their MD5 computed on the worker thread.
@@ -114,34 +113,18 @@ class PipelinedDigester:
 
     def __init__(self, chunk_size: int = CHUNK_SIZE, depth: int = 8) -> None:
         self._digester = Digester(chunk_size)
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._drain, name="wanllmdb-hash", daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        while (piece := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    self._digester.update(piece)
-                except BaseException as exc:  # handed to the caller at its next update or at result
-                    self._error = exc
+        self._drain = Drain(self._digester.update, depth, "wanllmdb-hash")
 
     def update(self, data: bytes) -> None:
-        if self._error is not None:
-            raise self._error
-        self._queue.put(data if isinstance(data, bytes) else bytes(data))
+        self._drain.put(data)
 
     def close(self) -> None:
         """Stop the hashing thread (idempotent); pieces already queued are hashed first."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
+        self._drain.close()
 
     def result(self) -> FileDigest:
         self.close()
-        if self._error is not None:
-            raise self._error
+        self._drain.check()
         return self._digester.result()
 
 
