@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import stat
-import time
 
 from wanllmdb.fs.tree import (
     BLOCK_SIZE,
@@ -93,12 +92,10 @@ def test_split_path():
     assert split_path("a//b/") == ["a", "b"]
 
 
-def test_a_version_of_100k_files_builds_in_well_under_a_second():
+def test_a_version_of_100k_files_builds():
+    # How the time grows with the file count is measured by benchmarks/bench_scale.py, not asserted here.
     manifest = Manifest.from_entries(entry(f"d{i // 1000:03d}/f{i:06d}.txt") for i in range(100_000))
-    started = time.perf_counter()
     tree = VersionTree(manifest, 1.0)
-    elapsed = time.perf_counter() - started
     assert tree.file_count == 100_000
     assert len(tree.root.children) == 100
     assert tree.root.attr.nlink == 102
-    assert elapsed < 2.0, f"building the tree took {elapsed:.2f}s"

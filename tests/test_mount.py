@@ -219,14 +219,12 @@ def test_mmap_reads_from_four_processes(registry, mounter, project, tmp_path):
         assert proc.returncode == 0 and out.strip() == b"ok", err.decode()
 
 
-def test_a_version_of_100k_files_lists_in_seconds(registry, mounter, project, tmp_path):
+def test_a_version_of_100k_files_lists_without_fetching_a_blob(registry, mounter, project, tmp_path):
+    # The listing's speed is measured by benchmarks/bench_scale.py; the timeout here only bounds a hang.
     log_many_files(registry, tmp_path, project, "many", 100_000)
     mnt = mounter()
     version = mnt.path / project / "many" / "v1"
-    started = time.monotonic()
-    result = subprocess.run(["ls", "-lR", str(version)], capture_output=True, timeout=60)
-    elapsed = time.monotonic() - started
+    result = subprocess.run(["ls", "-lR", str(version)], capture_output=True, timeout=120)
     assert result.returncode == 0
     assert result.stdout.count(b"\n-r--r--r-- ") == 100_000
-    assert elapsed < 10, f"ls -lR of 100,000 files took {elapsed:.1f}s"
     assert mnt.stats()["blobs_fetched"] == 0

@@ -95,11 +95,25 @@ def _login(driver, key):
 def _follow(driver, element):
     """Click a link or button and wait until the page it loads has replaced this one (else the next
     assertion may read the old page's URL)."""
-    from selenium.webdriver.support import expected_conditions
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    page = driver.find_element("tag name", "html")
     element.click()
-    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(element))
+
+    def replaced(_driver) -> bool:
+        try:
+            page.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            # chromedriver answers "Node with given id does not belong to the document" for a node of a document
+            # that has just been replaced: the new page is there (its load is awaited below).
+            return "does not belong to the document" in str(exc)
+        return False
+
+    WebDriverWait(driver, 10).until(replaced)
+    WebDriverWait(driver, 10).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 
 def _path(driver) -> str:
