@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from ..sqlitedb import SQLiteDB
 
@@ -164,6 +165,28 @@ def _migrate_retention(conn: sqlite3.Connection) -> None:
 
 _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _migrate_lifecycle, 3: _migrate_retention}
 
+#: Values bound in one ``IN (...)`` list (old SQLite builds allow 999 variables in a statement).
+IN_BATCH = 500
+
+
+def select_in(conn: Any, sql: str, values: Sequence[Any]) -> Iterator[Any]:
+    """Run the ``SELECT`` ``sql``, whose ``{in}`` stands for an ``IN (?, ...)`` list, over ``values`` in
+    batches of ``IN_BATCH``; yields the rows of every batch. Works on both databases' connections."""
+    for i in range(0, len(values), IN_BATCH):
+        part = values[i : i + IN_BATCH]
+        yield from conn.execute(_in_list(sql, len(part)), part)
+
+
+def execute_in(conn: Any, sql: str, values: Sequence[Any]) -> None:
+    """``select_in`` for a statement without rows (``DELETE ... WHERE sha256 {in}``)."""
+    for i in range(0, len(values), IN_BATCH):
+        part = values[i : i + IN_BATCH]
+        conn.execute(_in_list(sql, len(part)), part)
+
+
+def _in_list(sql: str, n: int) -> str:
+    return sql.replace("{in}", f"IN ({','.join('?' * n)})")
+
 
 class Database(SQLiteDB):
     """The registry's database (one connection shared by threads; see :mod:`wanllmdb.sqlitedb`)."""
@@ -174,6 +197,11 @@ class Database(SQLiteDB):
     def __init__(self, path: str) -> None:
         super().__init__(path, _SCHEMA, rows_by_name=True)
         self._migrate()
+
+    def for_update(self, table: str = "") -> str:
+        """The row-lock suffix of a ``SELECT``: nothing on SQLite, whose write transactions are serialized
+        whole (``BEGIN IMMEDIATE``); PostgreSQL's says ``FOR UPDATE [OF table]``."""
+        return ""
 
     @contextmanager
     def exclusive(self, name: str) -> Iterator[bool]:

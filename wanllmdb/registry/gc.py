@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..killpoints import kill_point
+from .db import execute_in, select_in
 
 logger = logging.getLogger(__name__)
 
@@ -162,16 +163,12 @@ def collect_garbage(registry: Any, *, grace: float, now: float | None = None, dr
 def _sweep(registry: Any, batch: Sequence[str], marks: dict[str, tuple[int, float]]) -> tuple[int, int]:
     """Delete the blobs of ``batch`` that are still unreferenced, in one transaction; returns (count, bytes)."""
     db, store = registry.db, registry.blobs
-    lock = registry._for_update()
+    lock = db.for_update()
     since = min(at for _size, at in marks.values()) - RECHECK_MARGIN
     with db.write() as conn:
-        for i in range(0, len(batch), 500):
-            part = batch[i : i + 500]
-            conn.execute(
-                f"SELECT sha256 FROM blob_sizes WHERE sha256 IN ({','.join('?' * len(part))}) ORDER BY sha256"
-                + lock,
-                part,
-            ).fetchall()
+        # Lock the records in one order, so that a finalize holding some of them cannot deadlock with us.
+        for _row in select_in(conn, "SELECT sha256 FROM blob_sizes WHERE sha256 {in} ORDER BY sha256" + lock, batch):
+            pass
         current = {row[0] for row in conn.execute("SELECT sha256 FROM gc_candidates")}
         again = referenced_blobs(conn, since=since)
         doomed = [sha for sha in batch if sha not in again and sha in current]
@@ -190,6 +187,4 @@ def _insert(conn: Any, sql: str, rows: Sequence[tuple]) -> None:
 
 
 def _delete(conn: Any, table: str, sha256s: Sequence[str]) -> None:
-    for i in range(0, len(sha256s), 500):
-        part = sha256s[i : i + 500]
-        conn.execute(f"DELETE FROM {table} WHERE sha256 IN ({','.join('?' * len(part))})", part)
+    execute_in(conn, f"DELETE FROM {table} WHERE sha256 {{in}}", sha256s)

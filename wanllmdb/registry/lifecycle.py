@@ -106,7 +106,6 @@ class LifecycleOps:
     _version_info: Any
     _apply_aliases: Any
     _project_id: Any
-    _for_update: Any
 
     # --- helpers ----------------------------------------------------------------------------------------
 
@@ -143,7 +142,7 @@ class LifecycleOps:
         ]
         # Lock every artifact touched (links live in other artifacts), in id order: no deadlock between two
         # deletions. The caller already holds the first one's lock.
-        lock = self._for_update()
+        lock = self.db.for_update()
         if lock:
             conn.execute(
                 f"SELECT id FROM artifacts WHERE id IN ({','.join('?' * len(artifact_ids))}) ORDER BY id{lock}",
@@ -335,7 +334,7 @@ class LifecycleOps:
         with self.db.read() if dry_run else self.db.write() as conn:
             # The artifact's row lock, as every write to its versions takes (the policy is read under it).
             conn.execute(
-                "SELECT id FROM artifacts WHERE id = ?" + ("" if dry_run else self._for_update()), (artifact_id,)
+                "SELECT id FROM artifacts WHERE id = ?" + ("" if dry_run else self.db.for_update()), (artifact_id,)
             ).fetchone()
             policy = retention_of(conn, artifact_id)
             live = conn.execute(
@@ -401,7 +400,7 @@ class LifecycleOps:
             )
             target = conn.execute(
                 "SELECT id, type, is_link, last_version FROM artifacts WHERE project_id = ? AND name = ?"
-                + self._for_update(),
+                + self.db.for_update(),
                 (project_id, target_name),
             ).fetchone()
             if not target["is_link"]:

@@ -68,7 +68,7 @@ from .base import (
     validate_tags,
 )
 from .blobstore import COPY_PIECE, BlobStore
-from .db import Database
+from .db import Database, select_in
 from .gc import GCReport, collect_garbage
 from .lifecycle import (
     HAS_LIVE_VERSION,
@@ -169,7 +169,7 @@ class LocalRegistry(LifecycleOps):
             "SELECT a.id, a.name, a.type, a.is_link FROM artifacts a JOIN projects p ON p.id = a.project_id "
             "WHERE p.name = ? AND a.name = ?"
             + ("" if with_deleted else f" AND {HAS_LIVE_VERSION}")
-            + (self._for_update("a") if lock else ""),
+            + (self.db.for_update("a") if lock else ""),
             (project, name),
         ).fetchone()
         if row is None:
@@ -195,15 +195,8 @@ class LocalRegistry(LifecycleOps):
         the transaction ends, so that garbage collection cannot delete them under a finalize."""
         wanted = sorted(set(sha256s))
         share = " FOR SHARE" if self.db.dialect == "postgresql" else ""
-        recorded: set[str] = set()
-        for i in range(0, len(wanted), 500):
-            part = wanted[i : i + 500]
-            rows = conn.execute(
-                f"SELECT sha256 FROM blob_sizes WHERE sha256 IN ({','.join('?' * len(part))}) ORDER BY sha256"
-                + share,
-                part,
-            )
-            recorded.update(row[0] for row in rows)
+        rows = select_in(conn, "SELECT sha256 FROM blob_sizes WHERE sha256 {in} ORDER BY sha256" + share, wanted)
+        recorded = {row[0] for row in rows}
         if not self.blobs.lists_itself:
             return recorded
         # A directory store is its own authority: a file present is stored (its record may lag).
@@ -264,13 +257,6 @@ class LocalRegistry(LifecycleOps):
             report = self.collect_garbage(grace=grace, now=now, dry_run=dry_run)
             report.expired = len(expired)
             return report
-
-    def _for_update(self, table: str = "") -> str:
-        """`` FOR UPDATE [OF table]`` on PostgreSQL; nothing on SQLite, whose write transactions are
-        serialized whole (``BEGIN IMMEDIATE``)."""
-        if self.db.dialect != "postgresql":
-            return ""
-        return f" FOR UPDATE OF {table}" if table else " FOR UPDATE"
 
     @staticmethod
     def _aliases_by_version(conn: sqlite3.Connection, artifact_id: int) -> dict[int, list[str]]:
@@ -422,15 +408,8 @@ class LocalRegistry(LifecycleOps):
             )
 
     def _recorded_md5s(self, sha256s: Sequence[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
         with self.db.read() as conn:
-            for i in range(0, len(sha256s), 500):
-                part = sha256s[i : i + 500]
-                rows = conn.execute(
-                    f"SELECT sha256, md5 FROM blob_md5 WHERE sha256 IN ({','.join('?' * len(part))})", part
-                )
-                found.update((r[0], r[1]) for r in rows)
-        return found
+            return {r[0]: r[1] for r in select_in(conn, "SELECT sha256, md5 FROM blob_md5 WHERE sha256 {in}", sha256s)}
 
     def stored_sizes(self, sha256s: Iterable[str]) -> dict[str, int]:
         """The size of each of ``sha256s`` that is stored (the others are left out).
@@ -448,12 +427,8 @@ class LocalRegistry(LifecycleOps):
                     continue
             return found
         with self.db.read() as conn:
-            for i in range(0, len(wanted), 500):
-                part = wanted[i : i + 500]
-                rows = conn.execute(
-                    f"SELECT sha256, size FROM blob_sizes WHERE sha256 IN ({','.join('?' * len(part))})", part
-                )
-                found.update((r[0], int(r[1])) for r in rows)
+            rows = select_in(conn, "SELECT sha256, size FROM blob_sizes WHERE sha256 {in}", wanted)
+            found.update((r[0], int(r[1])) for r in rows)
         return found
 
     def _settle_uploads(self, manifest: Manifest) -> None:
@@ -514,15 +489,8 @@ class LocalRegistry(LifecycleOps):
     def known_sizes(self, sizes: Iterable[int]) -> set[int]:
         # A size SQLite cannot hold (negative, or 2**63 and more) is no stored blob's; it must not reach a query.
         wanted = sorted({int(s) for s in sizes if 0 <= int(s) <= MAX_SQLITE_INT})
-        found: set[int] = set()
         with self.db.read() as conn:
-            for i in range(0, len(wanted), 500):
-                part = wanted[i : i + 500]
-                rows = conn.execute(
-                    f"SELECT DISTINCT size FROM blob_sizes WHERE size IN ({','.join('?' * len(part))})", part
-                )
-                found.update(int(r[0]) for r in rows)
-        return found
+            return {int(r[0]) for r in select_in(conn, "SELECT DISTINCT size FROM blob_sizes WHERE size {in}", wanted)}
 
     def store_unhashed(self, path: str, size: int, progress: Progress | None = None) -> FileDigest:
         return self.blobs.put_unhashed(path, size, progress=progress)
@@ -639,7 +607,7 @@ class LocalRegistry(LifecycleOps):
         with self.db.write() as conn:
             # Locked: a second finalize of this draft (another thread, another replica) waits here, then finds
             # it deleted; a draft is finalized at most once.
-            draft = conn.execute("SELECT * FROM drafts WHERE id = ?" + self._for_update(), (draft_id,)).fetchone()
+            draft = conn.execute("SELECT * FROM drafts WHERE id = ?" + self.db.for_update(), (draft_id,)).fetchone()
             if draft is None:
                 raise DraftNotFoundError(f"draft {draft_id!r} not found (finalized, aborted or expired)")
             manifest = Manifest.from_json(draft["manifest"])
@@ -665,7 +633,7 @@ class LocalRegistry(LifecycleOps):
             )
             art = conn.execute(
                 "SELECT id, last_version, type, is_link FROM artifacts WHERE project_id = ? AND name = ?"
-                + self._for_update(),
+                + self.db.for_update(),
                 (project_id, name),
             ).fetchone()
             self._check_kind(art, project, name, type_)
@@ -827,7 +795,7 @@ class LocalRegistry(LifecycleOps):
     ) -> None:
         with self.db.write() as conn:
             # The run's row lock serializes the history's sequence numbers across concurrent updates.
-            if conn.execute("SELECT 1 FROM runs WHERE id = ?" + self._for_update(), (run_id,)).fetchone() is None:
+            if conn.execute("SELECT 1 FROM runs WHERE id = ?" + self.db.for_update(), (run_id,)).fetchone() is None:
                 raise RunNotFoundError(f"run {run_id!r} not found")
             if config is not None:
                 conn.execute("UPDATE runs SET config = ? WHERE id = ?", (_dumps(config), run_id))

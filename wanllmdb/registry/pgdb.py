@@ -150,6 +150,10 @@ class PostgresDatabase:
 
     dialect = "postgresql"
 
+    def for_update(self, table: str = "") -> str:
+        """`` FOR UPDATE [OF table]``: the rows a ``SELECT`` reads stay locked until the transaction ends."""
+        return f" FOR UPDATE OF {table}" if table else " FOR UPDATE"
+
     def __init__(
         self, url: str, *, migrate: bool = True, min_size: int = 1, max_size: int = 16, timeout: float = CONNECT_TIMEOUT
     ) -> None:
