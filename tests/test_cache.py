@@ -11,6 +11,7 @@ import pytest
 
 from wanllmdb.cache import ArtifactCache, BlobCache, Placer
 from wanllmdb.errors import CacheError, ChecksumError, InvalidNameError, InvalidPathError
+from wanllmdb.manifest.chunkhash import chunk_hash
 
 
 def _blob(data: bytes) -> tuple[str, int]:
@@ -250,8 +251,8 @@ def test_seed_artifact_cache_import_paths():
     assert wanllmdb.ArtifactCache is FromModule is ArtifactCache
 
 
-def _chunked(data: bytes, chunk: int) -> list[str]:
-    return [hashlib.sha256(data[i : i + chunk]).hexdigest() for i in range(0, len(data), chunk)]
+def _chunked(data: bytes, chunk: int, algorithm: str = "blake3") -> list[str]:
+    return [chunk_hash(algorithm).of(data[i : i + chunk]) for i in range(0, len(data), chunk)]
 
 
 def _range_fetcher(data: bytes, corrupt: str | None = None, calls: list | None = None):
@@ -286,14 +287,15 @@ def test_ensure_spans_fetches_verified_chunks_in_parallel_and_admits_without_a_w
     assert len(calls) == 8  # the second call found it cached
 
 
+@pytest.mark.parametrize("algorithm", ["blake3", "sha256"])
 @pytest.mark.parametrize("corrupt", ["flip", "short", "wrong-chunks"])
-def test_ensure_spans_with_a_bad_chunk_or_span_raises_and_leaves_nothing_behind(tmp_path, corrupt):
+def test_ensure_spans_with_a_bad_chunk_or_span_raises_and_leaves_nothing_behind(tmp_path, corrupt, algorithm):
     cache = BlobCache(str(tmp_path / "c"))
     data = os.urandom(1000)
     sha, size = _blob(data)
-    chunks = _chunked(data, 64)
+    chunks = _chunked(data, 64, algorithm)
     if corrupt == "wrong-chunks":
-        chunks[-1] = "0" * 64
+        chunks[-1] = chunk_hash(algorithm).prefix + "0" * 64
     fetch = _range_fetcher(data, corrupt if corrupt != "wrong-chunks" else None)
     with pytest.raises(ChecksumError):
         cache.ensure_spans(sha, size, 64, chunks, fetch, span=128, threads=2)

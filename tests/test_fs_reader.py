@@ -244,16 +244,21 @@ def test_random_reads_fetch_only_the_chunks_they_touch(cache, stop):
     assert reader.stats.readahead_chunks == 0
 
 
-def test_wrong_bytes_fail_the_read_and_are_never_served(cache, stop, caplog):
+@pytest.mark.parametrize("algorithm", ["blake3", "sha256"])  # SHA-256: chunk digests of manifests before BLAKE3
+def test_wrong_bytes_fail_the_read_and_are_never_served(cache, stop, caplog, monkeypatch, algorithm):
+    monkeypatch.setenv("WANLLMDB_CHUNK_HASH", algorithm)
     data = os.urandom(8 * CHUNK)
     remote = FakeRemote(data)
     entry = make_entry(data)
+    assert entry.chunks[0].startswith("blake3:") == (algorithm == "blake3")
+    monkeypatch.delenv("WANLLMDB_CHUNK_HASH")  # what a reader checks with comes from the entry alone
     remote.corrupt.add((entry.sha256, 3 * CHUNK))
     reader = make_reader(cache, remote, stop)
     handle = reader.open(entry, "p/a:v1/corrupt.bin")
     with pytest.raises(ChecksumError, match="chunk 3"):
         reader.read(handle, 100, 3 * CHUNK + 5)
-    assert "p/a:v1/corrupt.bin" in caplog.text and "SHA-256 mismatch" in caplog.text
+    title = {"blake3": "BLAKE3", "sha256": "SHA-256"}[algorithm]
+    assert "p/a:v1/corrupt.bin" in caplog.text and f"{title} mismatch" in caplog.text
     assert reader.read(handle, 100, 5 * CHUNK) == data[5 * CHUNK : 5 * CHUNK + 100]  # other chunks are fine
     with pytest.raises(ChecksumError):
         reader.read(handle, 100, 3 * CHUNK + 5)  # still refused: the bad chunk was not kept

@@ -8,8 +8,9 @@ import os
 import tracemalloc
 
 import pytest
+from blake3 import blake3
 
-from wanllmdb.errors import InvalidManifestError, InvalidNameError, InvalidPathError, InvalidRefError
+from wanllmdb.errors import ConfigError, InvalidManifestError, InvalidNameError, InvalidPathError, InvalidRefError
 from wanllmdb.iobuf import MAX_BUFFER
 from wanllmdb.manifest import (
     Manifest,
@@ -123,6 +124,28 @@ def test_entry_is_frozen_and_validated():
         ManifestEntry("a", 20, MD5, SHA, chunk_size=8, chunks=(SHA,))
 
 
+def test_chunk_digests_are_sha256_or_blake3_one_algorithm_per_file():
+    b3 = "blake3:" + SHA
+    old = ManifestEntry("old.bin", 20, MD5, SHA, chunk_size=8, chunks=(SHA, SHA, SHA))  # before BLAKE3
+    new = ManifestEntry("new.bin", 20, MD5, SHA, chunk_size=8, chunks=(b3, b3, b3))
+    manifest = Manifest.from_json(Manifest.from_entries([old, new]).to_json())
+    assert manifest.get("old.bin").chunks == (SHA,) * 3 and manifest.get("new.bin").chunks == (b3,) * 3
+    assert json.loads(manifest.to_json())["entries"][0]["chunks"] == [b3] * 3  # the algorithm travels in the digest
+    with pytest.raises(InvalidManifestError, match="mix algorithms"):
+        ManifestEntry("a", 20, MD5, SHA, chunk_size=8, chunks=(SHA, b3, SHA))
+    for bad in ("md5:" + SHA, "BLAKE3:" + SHA, "blake3:" + SHA[:-1], "blake3:" + SHA + "0", "sha256:" + SHA):
+        with pytest.raises(InvalidManifestError, match="chunk digests must be"):
+            ManifestEntry("a", 20, MD5, SHA, chunk_size=8, chunks=(bad, bad, bad))
+    # The content digest ignores how chunks are checked: the same bytes are the same version.
+    assert Manifest.from_entries([old]).digest == Manifest.from_entries([new.with_path("old.bin")]).digest
+
+
+def test_an_unknown_chunk_hash_setting_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv("WANLLMDB_CHUNK_HASH", "crc32")
+    with pytest.raises(ConfigError, match="WANLLMDB_CHUNK_HASH"):
+        hash_bytes(b"x" * 10, chunk_size=4)
+
+
 def test_manifest_json_round_trip_is_stable_and_sorted():
     big = ManifestEntry("z/big.bin", 20, MD5, SHA, chunk_size=8, chunks=(SHA, SHA, SHA), ref="file:///x")
     manifest = Manifest.from_entries([big, _entry("b.txt"), _entry("a.txt")])
@@ -159,8 +182,13 @@ def test_manifest_from_json_refuses_garbage_with_a_clear_error():
         Manifest.from_json(json.dumps({"entries": [{"path": "a", "size": 1, "md5": MD5}]}))
 
 
+@pytest.mark.parametrize("algorithm", [None, "blake3", "sha256"])
 @pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 4096, 3 * 4096 + 5])
-def test_hash_file_matches_hashlib_and_chunks_at_boundaries(tmp_path, size):
+def test_hash_file_matches_hashlib_and_chunks_at_boundaries(tmp_path, monkeypatch, size, algorithm):
+    if algorithm is None:  # the default: BLAKE3
+        monkeypatch.delenv("WANLLMDB_CHUNK_HASH", raising=False)
+    else:
+        monkeypatch.setenv("WANLLMDB_CHUNK_HASH", algorithm)
     data = os.urandom(size)
     path = tmp_path / "f.bin"
     path.write_bytes(data)
@@ -169,7 +197,10 @@ def test_hash_file_matches_hashlib_and_chunks_at_boundaries(tmp_path, size):
     assert digest.md5 == hashlib.md5(data).hexdigest()
     assert digest.sha256 == hashlib.sha256(data).hexdigest()
     if size > 4096:
-        expected = [hashlib.sha256(data[i : i + 4096]).hexdigest() for i in range(0, size, 4096)]
+        if algorithm == "sha256":
+            expected = [hashlib.sha256(data[i : i + 4096]).hexdigest() for i in range(0, size, 4096)]
+        else:
+            expected = ["blake3:" + blake3(data[i : i + 4096]).hexdigest() for i in range(0, size, 4096)]
         assert list(digest.chunks) == expected and digest.chunk_size == 4096
     else:
         assert digest.chunks == () and digest.chunk_size == 0

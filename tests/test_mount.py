@@ -122,6 +122,21 @@ def test_head_of_a_cold_large_file_fetches_at_most_two_chunks(registry, mounter,
     assert stats["chunks_fetched"] == 40  # every chunk exactly once
 
 
+def test_versions_with_sha256_and_blake3_chunk_digests_both_read(registry, mounter, project, tmp_path, monkeypatch):
+    old, new = os.urandom(6 * CHUNK + 7), os.urandom(6 * CHUNK + 9)
+    monkeypatch.setenv("WANLLMDB_CHUNK_HASH", "sha256")  # a version written before BLAKE3
+    log_version(registry, tmp_path, project, "algo", {"w.bin": old}, chunk_size=CHUNK)
+    monkeypatch.delenv("WANLLMDB_CHUNK_HASH")
+    log_version(registry, tmp_path, project, "algo", {"w.bin": new}, chunk_size=CHUNK)
+    chunks = [registry.resolve(project, "algo", v).manifest.get("w.bin").chunks for v in ("v1", "v2")]
+    assert not chunks[0][0].startswith("blake3:") and chunks[1][0].startswith("blake3:")
+    mnt = mounter()
+    versions = mnt.path / project / "algo"
+    assert sh("cat", str(versions / "v1" / "w.bin")).stdout == old
+    assert sh("cat", str(versions / "v2" / "w.bin")).stdout == new
+    assert mnt.stats()["chunks_fetched"] == 14  # both read chunk by chunk, each chunk checked
+
+
 def test_posix_errors(mounter, local_registry, project, tmp_path):
     log_version(local_registry, tmp_path, project, "a", {"f.txt": b"x", "d/g.txt": b"y"})
     mnt = mounter().path

@@ -114,6 +114,34 @@ def test_an_unchanged_file_is_not_read_again(backend, project, tmp_path, hash_ca
     assert art.version == "v2" and hash_calls == [small, small]
 
 
+def test_remembered_sha256_chunk_digests_are_not_reused_for_blake3(backend, project, tmp_path, hash_calls, monkeypatch):
+    small = _aged_file(tmp_path / "small.bin", 512 * 1024)  # under the single-pass size: hashed first
+    mid = _aged_file(tmp_path / "mid.bin", 1024 * 1024 + 5, seed=2)  # two chunks, still hashed first
+    monkeypatch.setenv("WANLLMDB_SINGLE_PASS_MIN", "64MiB")
+    monkeypatch.setenv("WANLLMDB_CHUNK_HASH", "sha256")  # as a wanllmdb before BLAKE3 remembered them
+    with wanllmdb.init(project=project) as run:
+        art = wanllmdb.Artifact("algo", type="dataset")
+        art.add_file(small)
+        art.add_file(mid)
+        run.log_artifact(art)
+    assert art.get_entry("mid.bin").entry.chunks[0][:7] != "blake3:"
+    monkeypatch.delenv("WANLLMDB_CHUNK_HASH")
+    for _ in range(2):
+        with wanllmdb.init(project=project) as run:
+            art = wanllmdb.Artifact("algo", type="dataset")
+            art.add_file(small)
+            fresh = art.add_file(mid)
+            assert all(c.startswith("blake3:") for c in fresh.entry.chunks)
+            assert fresh.entry.chunks == hash_file(mid).chunks
+            run.log_artifact(art)
+        assert art.version == "v1", "the same content is the same version, whatever checks its chunks"
+    # The small file has no chunk digests: its remembered digest stands. The chunked one is read again,
+    # once: its BLAKE3 digests are remembered in turn.
+    assert hash_calls == [small, mid, mid]
+    out = wanllmdb.Api().artifact(f"{project}/algo:v1").download(str(tmp_path / "out"))
+    assert open(os.path.join(out, "mid.bin"), "rb").read() == open(mid, "rb").read()
+
+
 def test_a_file_changing_during_its_single_pass_upload_is_refused(backend, project, tmp_path, monkeypatch):
     big = _aged_file(tmp_path / "growing.bin", 2 * 1024 * 1024 + 12345)  # a size no test stored
     registry = get_client().registry

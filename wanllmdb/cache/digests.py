@@ -4,6 +4,8 @@ A file is known by (device, inode, size, mtime_ns, ctime_ns): any write changes 
 or a copy changes the inode, so a hit means the very bytes that were hashed (as git's index trusts its stat
 data). Re-logging an unchanged 1 GB checkpoint then costs a ``stat`` instead of a full read.
 The table lives next to the blob cache and is bounded: past ``max_entries`` the oldest entries go.
+Remembered chunk digests of another algorithm than the writers' (:mod:`..manifest.chunkhash`: SHA-256
+ones from before BLAKE3, or with ``WANLLMDB_CHUNK_HASH`` changed) count as not remembered.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 
+from ..manifest.chunkhash import algorithm_of, writer_algorithm
 from ..manifest.digest import FileDigest
 from ..sqlitedb import SQLiteDB
 
@@ -52,6 +55,8 @@ class DigestCache:
             return None
         row = rows[0]
         chunks = tuple(row[2].split(",")) if row[2] else ()
+        if chunks and algorithm_of(chunks[0]) != writer_algorithm():
+            return None
         return FileDigest(size, row[0], row[1], chunk_size if chunks else 0, chunks)
 
     def get_many(self, stats: list[os.stat_result], chunk_size: int) -> list[FileDigest | None]:
@@ -61,6 +66,7 @@ class DigestCache:
         for st in stats:
             by_dev.setdefault(st.st_dev, set()).add(st.st_ino)
         found: dict[tuple[int, int, int, int, int], FileDigest] = {}
+        algorithm = writer_algorithm()
         for dev, ino_set in by_dev.items():  # (dev, ino) is the primary key: each query is index lookups
             inodes = sorted(ino_set)
             for i in range(0, len(inodes), 500):
@@ -74,6 +80,8 @@ class DigestCache:
                     key = (dev, ino, size, mtime_ns, ctime_ns)
                     if key in wanted:
                         chunks = tuple(chunks_text.split(",")) if chunks_text else ()
+                        if chunks and algorithm_of(chunks[0]) != algorithm:
+                            continue
                         found[key] = FileDigest(size, md5, sha256, chunk_size if chunks else 0, chunks)
         return [found.get(stamp(st)) for st in stats]
 

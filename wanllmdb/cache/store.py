@@ -49,6 +49,7 @@ from typing import BinaryIO, Protocol
 from ..errors import CacheError, ChecksumError
 from ..iobuf import Drain, buffer_for, pwrite_all
 from ..killpoints import kill_point
+from ..manifest.chunkhash import for_digests
 from ..settings import DEFAULT_CACHE_BYTES
 from ..tmpfiles import reclaim_dead, writer_gone, writer_tag
 from .index import CacheIndex, IndexEntry
@@ -105,7 +106,8 @@ class _SpanWriter:
         self._chunk_size = chunk_size
         self._chunks = chunks
         self._label = label
-        self._sha = hashlib.sha256()
+        self._hash = for_digests(chunks)
+        self._sha = self._hash.new()
 
     def write(self, data: bytes | memoryview, /) -> int:
         view = memoryview(data)
@@ -122,11 +124,12 @@ class _SpanWriter:
             self._sha.update(view[offset : offset + take])
             offset += take
             if at + take == chunk_end:
-                got = self._sha.hexdigest()
-                self._sha = hashlib.sha256()
+                got = self._hash.digest(self._sha)
+                self._sha = self._hash.new()
                 if got != self._chunks[index]:
                     raise ChecksumError(
-                        f"{self._label}: chunk {index} SHA-256 mismatch (expected {self._chunks[index]}, got {got})",
+                        f"{self._label}: chunk {index} {self._hash.title} mismatch "
+                        f"(expected {self._chunks[index]}, got {got})",
                         expected=self._chunks[index],
                         actual=got,
                     )

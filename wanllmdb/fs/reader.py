@@ -66,7 +66,6 @@ stays flat however many fetches run.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -80,6 +79,7 @@ from ..cache.store import BlobCache, BlobWriter, blob_stamp, sha256_file
 from ..errors import ChecksumError, FetchError, ReferenceNotFoundError, WanllmdbError
 from ..iobuf import pwrite_all
 from ..manifest import ManifestEntry
+from ..manifest.chunkhash import for_digests
 from ..transport.references import ReferenceFetcher
 from .flight import Flights, Stopped
 
@@ -128,7 +128,7 @@ class _Partial:
 
     __slots__ = (
         "entry", "label", "path", "fd", "present", "count", "nchunks", "refs", "cond", "fetching", "failed", "done",
-        "stamp", "accounting",
+        "stamp", "accounting", "chunk_hash",
     )
 
     def __init__(self, entry: ManifestEntry, label: str, path: str, fd: int) -> None:
@@ -137,6 +137,7 @@ class _Partial:
         self.path = path
         self.fd = fd
         self.nchunks = len(entry.chunks)
+        self.chunk_hash = for_digests(entry.chunks)  # how its chunk digests are computed
         self.present = bytearray(self.nchunks)  # chunks written to the partial file and verified there
         self.count = 0
         self.refs = 0
@@ -806,7 +807,7 @@ class _SpanSink:
         self.index = index
         self.chunk_start = self.pos = start
         self.chunk_end = min(self.end, start + self.part.entry.chunk_size)
-        self.sha = hashlib.sha256()
+        self.sha = self.part.chunk_hash.new()
 
     def write(self, data: bytes | memoryview, /) -> int:
         view = memoryview(data)
@@ -837,11 +838,11 @@ class _SpanSink:
 
     def _publish(self) -> None:
         part, index = self.part, self.index
-        digest = self.sha.hexdigest()
+        digest = part.chunk_hash.digest(self.sha)
         expected = part.entry.chunks[index]
         if digest != expected:
             raise ChecksumError(
-                f"{part.label}: chunk {index} (offset {self.chunk_start}): SHA-256 mismatch "
+                f"{part.label}: chunk {index} (offset {self.chunk_start}): {part.chunk_hash.title} mismatch "
                 f"(expected {expected}, got {digest})",
                 expected=expected,
                 actual=digest,

@@ -1,4 +1,5 @@
-"""Streaming digests: MD5, SHA-256 and per-chunk SHA-256 of a byte stream in one pass.
+"""Streaming digests: MD5, SHA-256 and per-chunk digests (BLAKE3, or SHA-256: :mod:`.chunkhash`) of a byte
+stream in one pass.
 
 :class:`Digester` takes the bytes in pieces of any size (a file read, an upload being sent) and yields a
 :class:`FileDigest`. For large pieces MD5 runs on a worker thread while the caller's thread computes the
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 from ..iobuf import Drain, buffer_for, read_full
 from ..settings import CHUNK_SIZE
+from .chunkhash import ChunkHash, chunk_hash
 
 #: Pieces at least this large have their MD5 computed on the worker thread.
 THREAD_MIN_PIECE = 1 << 20
@@ -43,19 +45,22 @@ class FileDigest:
 
 
 class Digester:
-    """MD5, SHA-256 and chunk SHA-256s of a stream fed with :meth:`update`.
+    """MD5, SHA-256 and chunk digests of a stream fed with :meth:`update`.
+
+    ``chunks`` names the chunk digests' algorithm (default: the writers', :func:`.chunkhash.writer_algorithm`).
 
     A piece handed to ``update`` must stay unchanged until the next ``update`` (or ``result``) returns:
     its MD5 may still be running on the worker thread. Immutable ``bytes``, or two buffers used in turn,
     satisfy this.
     """
 
-    def __init__(self, chunk_size: int = CHUNK_SIZE) -> None:
+    def __init__(self, chunk_size: int = CHUNK_SIZE, chunks: ChunkHash | None = None) -> None:
         self.chunk_size = chunk_size
         self.size = 0
         self._md5 = hashlib.md5(usedforsecurity=False)
         self._sha = hashlib.sha256()
-        self._chunk = hashlib.sha256()
+        self._hash = chunks or chunk_hash()
+        self._chunk = self._hash.new()
         self._chunk_fill = 0
         self._chunks: list[str] = []
         self._pending: Future[None] | None = None
@@ -76,13 +81,13 @@ class Digester:
         while offset < n:
             take = min(n - offset, self.chunk_size - self._chunk_fill)
             if take == self.chunk_size:  # a whole chunk in one piece: no copy into the running hasher
-                self._chunks.append(hashlib.sha256(view[offset : offset + take]).hexdigest())
+                self._chunks.append(self._hash.of(view[offset : offset + take]))
             else:
                 self._chunk.update(view[offset : offset + take])
                 self._chunk_fill += take
                 if self._chunk_fill == self.chunk_size:
-                    self._chunks.append(self._chunk.hexdigest())
-                    self._chunk = hashlib.sha256()
+                    self._chunks.append(self._hash.digest(self._chunk))
+                    self._chunk = self._hash.new()
                     self._chunk_fill = 0
             offset += take
 
@@ -97,7 +102,7 @@ class Digester:
             return FileDigest(self.size, self._md5.hexdigest(), self._sha.hexdigest())
         chunks = list(self._chunks)
         if self._chunk_fill:
-            chunks.append(self._chunk.hexdigest())
+            chunks.append(self._hash.digest(self._chunk))
         return FileDigest(self.size, self._md5.hexdigest(), self._sha.hexdigest(), self.chunk_size, tuple(chunks))
 
 
@@ -105,7 +110,7 @@ class PipelinedDigester:
     """A :class:`Digester` fed from another thread: ``update`` queues the piece and returns at once.
 
     For an upload that hashes what it sends (``registry.store_unhashed``): the sending thread only reads and
-    sends while this object's thread computes SHA-256 and the chunk SHA-256s (and hands MD5 to the MD5
+    sends while this object's thread computes SHA-256 and the chunk digests (and hands MD5 to the MD5
     worker), so the three run side by side instead of alternating with the send. The queue is bounded
     (``depth`` pieces), so memory stays flat whatever the stream's length. Pieces must be immutable
     (``bytes``): they are hashed after ``update`` returns.

@@ -25,6 +25,7 @@ from functools import cached_property
 from typing import Any
 
 from ..errors import InvalidManifestError, InvalidPathError
+from .chunkhash import CHUNK_DIGEST
 from .names import validate_path
 
 MANIFEST_FORMAT = 1
@@ -44,7 +45,8 @@ class ManifestEntry:
         size: bytes.
         md5, sha256: lowercase hex digests of the whole file.
         chunk_size: for files larger than one chunk, the chunk length; 0 otherwise.
-        chunks: SHA-256 of each chunk in order (empty for single-chunk files).
+        chunks: the digest of each chunk in order (empty for single-chunk files): ``blake3:`` + hex, or bare
+            hex for SHA-256 (:mod:`.chunkhash`); one algorithm per file.
         ref: the URI of a reference entry (``file://``, ``http(s)://``); None for stored files.
         etag: the ETag an HTTP reference was served with when it was added (as W&B records it), if any.
     """
@@ -88,8 +90,14 @@ class ManifestEntry:
                     f"{self.path}: {len(self.chunks)} chunk digests for {expected} chunks of {self.chunk_size} bytes"
                 )
             for digest in self.chunks:
-                if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
-                    raise InvalidManifestError(f"{self.path}: chunk digests must be 64 lowercase hex digits")
+                if not isinstance(digest, str) or not CHUNK_DIGEST.fullmatch(digest):
+                    raise InvalidManifestError(
+                        f"{self.path}: chunk digests must be 64 lowercase hex digits, bare (SHA-256) or after "
+                        f"'blake3:', got {digest!r:.80}"
+                    )
+            kinds = {len(digest) for digest in self.chunks}
+            if len(kinds) > 1:
+                raise InvalidManifestError(f"{self.path}: chunk digests mix algorithms (SHA-256 and BLAKE3)")
 
     @property
     def is_chunked(self) -> bool:
