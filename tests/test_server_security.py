@@ -197,6 +197,18 @@ def _b64_md5(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data).digest()).decode()
 
 
+def test_chunk_digests_of_an_unknown_or_mixed_algorithm_are_refused_and_write_nothing(server, project):
+    before = _draft_count(server)
+    b3 = "blake3:" + "a" * 64
+    for chunks in (["a" * 64, b3, b3], ["md5:" + "a" * 64] * 3, ["sha256:" + "a" * 64] * 3, ["blake3:" + "A" * 64] * 3):
+        entry = {"path": "w.bin", "size": 20, "md5": "0" * 32, "sha256": "c" * 64, "chunk_size": 8, "chunks": chunks}
+        body = {"project": project, "name": "n", "type": "t", "manifest": {"entries": [entry]}}
+        answer = requests.post(server.url + "/api/v1/drafts", json=body, headers=server.headers)
+        assert answer.status_code == 400 and _code(answer) == "invalid_manifest", chunks
+        assert "chunk digests" in answer.json()["error"]["message"], chunks
+    assert _draft_count(server) == before
+
+
 # --- path traversal ------------------------------------------------------------------------------------------
 
 
