@@ -152,6 +152,23 @@ def cpu_floor(needed_s: float, parts: dict[str, float]) -> dict[str, Any]:
             "cores": os.cpu_count(), "floor_s": floor, "needed_s": needed_s, "out_of_reach": floor > needed_s}
 
 
+def chunk_check_cpu(path: str, repeats: int = 2) -> float:
+    """CPU seconds of one pass of the writers' chunk digests (BLAKE3 by default) over ``path``, in 1 MiB
+    chunks: what checking every chunk of a blob costs, the least a verified read can spend on it."""
+    from wanllmdb.manifest.chunkhash import chunk_hash
+
+    hasher = chunk_hash()
+
+    def one_pass() -> None:
+        buffer = bytearray(1 << 20)
+        view = memoryview(buffer)
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(buffer):
+                hasher.of(view[:n])
+
+    return min(cpu_of(one_pass) for _ in range(repeats))
+
+
 def cpu_of(fn: Callable[[], Any]) -> float:
     """CPU seconds (every thread of this process) ``fn`` takes."""
     start = time.process_time()
