@@ -357,3 +357,40 @@ def test_upload_bundle_with_a_tampered_listing_is_refused(http_registry, live_se
     )
     assert response.status_code == 403 and response.json()["error"]["code"] == "forbidden"
     assert not any(os.path.exists(os.path.join(live_server.root, "blobs", s[:2], s)) for s in by_sha)
+
+
+def test_drafts_sign_no_url_for_bundled_blobs_when_asked_and_bundles_that_fail_still_upload(
+    http_registry, live_server, project, tmp_path, monkeypatch
+):
+    files = write_files(tmp_path / "src", 5, size=100)
+    big = tmp_path / "src" / "big.bin"
+    big.write_bytes(os.urandom(300 * 1024))  # over the bundle limit: always its own URL
+    files["big.bin"] = str(big)
+    manifest, by_sha = manifest_of(files)
+    body = {"project": project, "name": "urls", "type": "dataset", "manifest": manifest.to_dict()}
+    url = live_server.url + "/api/v1/drafts"
+    signed_all = requests.post(url, json=body, headers=live_server.headers, timeout=30).json()
+    assert all("url" in item for item in signed_all["missing"])  # the default: every blob signed
+    unbundled = requests.post(url + "?urls=unbundled", json=body, headers=live_server.headers, timeout=30).json()
+    (bundle,) = unbundled["bundles"]
+    with_url = {item["sha256"] for item in unbundled["missing"] if "url" in item}
+    assert len(bundle["sha256s"]) == 5 and with_url == {manifest.get("big.bin").sha256}
+    bad = requests.post(url + "?urls=some", json=body, headers=live_server.headers, timeout=30)
+    assert bad.status_code == 400
+
+    # The client asks for unbundled URLs in large drafts (here: any); when its bundle cannot be used (here:
+    # refused as expired), each blob goes alone with a URL fetched then.
+    import wanllmdb.registry.http as http_module
+
+    monkeypatch.setattr(http_module, "UNBUNDLED_URLS_MIN", 1)
+    log = RequestLog(http_registry)
+    draft = http_registry.create_draft(DraftSpec(project, "urls", "dataset", manifest))
+    assert [t.url is None for t in draft.missing].count(True) == 5
+    (upload,) = draft.bundles
+    expired = type(upload)(upload.url.replace("expires=", "expires=1&was="), upload.targets, upload.expires_at)
+    http_registry.upload_bundle(draft, expired, {sha: path for sha, path in by_sha.items()})
+    http_registry.upload_blob(draft, next(t for t in draft.missing if t.url), by_sha[manifest.get("big.bin").sha256])
+    result = http_registry.finalize_draft(draft.id)
+    assert result.created and result.version.file_count == 6
+    assert log.count("POST", "/upload-urls") == 1  # one refresh served all five
+    assert log.count("PUT", "/blobs/") == 6

@@ -64,6 +64,12 @@ logger = logging.getLogger(__name__)
 URL_CACHE_SIZE = 200_000
 #: A cached URL is not used in the last part of its life: the smaller of this many seconds and a quarter of it.
 URL_MARGIN = 60.0
+#: Drafts of this many files ask the server to sign no URL for bundled blobs (``urls=unbundled``): for
+#: 100,000 new small files that signing was a third of the server's CPU. Smaller drafts keep a URL for
+#: every blob, so a caller uploading blob by blob needs no further request.
+UNBUNDLED_URLS_MIN = 10_000
+#: Seconds added, per manifest entry, to the wait for a draft's or a finalize's answer (see ``_timeout_for``).
+SECONDS_PER_FILE = 200e-6
 #: Bytes of bundled small blobs kept in memory until they are asked for.
 BUNDLE_HOLD_BYTES = 64 * 1024 * 1024
 
@@ -261,6 +267,8 @@ class HttpRegistry:
         self.description = self.transport.server
         self._get_urls = _URLCache()
         self._put_urls = _URLCache()
+        self._draft_files: dict[str, int] = {}  # draft id -> manifest entries, for finalize's wait
+        self._refreshing = threading.Lock()
         self._bundles = _Bundles(lambda b: self.transport.fetch_bundle(b.url, b.sha256s, b.sizes))
 
     def close(self) -> None:
@@ -274,6 +282,12 @@ class HttpRegistry:
 
     def __repr__(self) -> str:
         return f"HttpRegistry({self.base_url!r})"
+
+    def _timeout_for(self, files: int) -> float:
+        """How long to wait for the answer to a call whose work grows with a manifest of ``files`` entries:
+        the transport's timeout, plus ``SECONDS_PER_FILE`` for each entry (a draft of a million new files
+        kept a server on 2 cores busy for over a minute, past the 30 s default)."""
+        return self.transport.timeout[1] + files * SECONDS_PER_FILE
 
     def _call(self, method: str, endpoint: str, body: Any = None, *, repeatable: bool = False) -> Any:
         return self.transport.request_json(method, endpoint, body=body, repeatable=repeatable)
@@ -389,7 +403,15 @@ class HttpRegistry:
             "metadata": dict(spec.metadata),
             "run_id": spec.run_id,
         }
-        data = self._call("POST", "/drafts", body, repeatable=True)
+        # In a large draft, bundled blobs get no URL of their own (they go in their bundle; one that must go
+        # alone gets its URL from /upload-urls then). The server's work, and so the wait, grows with the
+        # manifest.
+        params = {"urls": "unbundled"} if len(spec.manifest) >= UNBUNDLED_URLS_MIN else None
+        data = self.transport.request_json(
+            "POST", "/drafts", body=body, params=params, repeatable=True,
+            read_timeout=self._timeout_for(len(spec.manifest)),
+        )  # fmt: skip
+        self._draft_files[data["id"]] = len(spec.manifest)
         missing = tuple(_target(item) for item in data["missing"])
         for target in missing:
             if target.url is not None:
@@ -468,7 +490,8 @@ class HttpRegistry:
     def _refresh_upload_urls(self, draft_id: str) -> None:
         data = self._call("POST", f"/drafts/{_q(draft_id)}/upload-urls", repeatable=True)
         for item in data["missing"]:
-            self._put_urls.put((draft_id, item["sha256"]), item["url"], item.get("expires_at"))
+            if "url" in item:  # a multipart upload's parts are signed one by one instead
+                self._put_urls.put((draft_id, item["sha256"]), item["url"], item.get("expires_at"))
 
     def _upload_url(self, draft_id: str, target: BlobTarget, *, fresh: bool = False) -> str | None:
         """A usable upload URL, or None when the server already holds the blob."""
@@ -480,7 +503,9 @@ class HttpRegistry:
                 url = self._put_urls.get(key)
             if url is not None:
                 return url
-        self._refresh_upload_urls(draft_id)
+        with self._refreshing:  # one refresh at a time: uploaders that wait for it find their URL after it
+            if fresh or self._put_urls.get(key) is None:
+                self._refresh_upload_urls(draft_id)
         return self._put_urls.get(key)
 
     def upload_blob(self, draft: Draft, target: BlobTarget, path: str, progress: Progress | None = None) -> None:
@@ -581,14 +606,18 @@ class HttpRegistry:
         body: dict[str, Any] = {"aliases": list(aliases), "tags": validate_tags(tags)}
         if not isinstance(ttl, ArtifactTTL):
             body.update(inherit_ttl=False, ttl=validate_ttl(ttl))
+        files = self._draft_files.pop(draft_id, 0)
         try:
-            data = self._call("POST", f"/drafts/{_q(draft_id)}/finalize", body)
+            data = self.transport.request_json(
+                "POST", f"/drafts/{_q(draft_id)}/finalize", body=body, read_timeout=self._timeout_for(files)
+            )
         finally:
             self._put_urls.drop_where(lambda key: key[0] == draft_id)
         return FinalizeResult(VersionInfo.from_dict(data["version"]), bool(data["created"]))
 
     def abort_draft(self, draft_id: str) -> None:
         self._put_urls.drop_where(lambda key: key[0] == draft_id)
+        self._draft_files.pop(draft_id, None)
         self._call("DELETE", f"/drafts/{_q(draft_id)}")
 
     def set_alias(self, project: str, name: str, alias: str, version: int) -> None:

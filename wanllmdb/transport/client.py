@@ -107,12 +107,15 @@ class HttpTransport:
         body: Any = None,
         params: Mapping[str, Any] | None = None,
         repeatable: bool = False,
+        read_timeout: float | None = None,
     ) -> Any:
         """Call an API endpoint; returns its parsed JSON answer (None for an empty one).
 
         Args:
             repeatable: the call may be repeated after a lost answer or a 429/5xx even though its method
                 is not idempotent (e.g. creating a draft: a second draft is harmless and expires).
+            read_timeout: seconds to wait for the answer when more than the transport's own (a call whose
+                work grows with its body, such as a draft of a million files).
 
         Raises:
             WanllmdbError: the typed error for a failed status (see :func:`.errors.raise_for_status`).
@@ -128,7 +131,7 @@ class HttpTransport:
         attempts = 1 + (self.retries if repeatable and method not in IDEMPOTENT_METHODS else 0)
         for attempt in range(attempts):
             try:
-                response = self._send(method, url, data=data, params=params, headers=headers)
+                response = self._send(method, url, data=data, params=params, headers=headers, read_timeout=read_timeout)
                 with response:
                     raise_for_status(response, server=self.server)
                     return _parse_json(response, self.server)
@@ -146,9 +149,10 @@ class HttpTransport:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+    def _send(self, method: str, url: str, *, read_timeout: float | None = None, **kwargs: Any) -> requests.Response:
+        timeout = self.timeout if read_timeout is None else (self.timeout[0], max(self.timeout[1], read_timeout))
         try:
-            return self.session.request(method, url, timeout=self.timeout, **kwargs)
+            return self.session.request(method, url, timeout=timeout, **kwargs)
         except requests.RequestException as exc:
             raise error_for_exception(exc, server=self.server) from exc
 
