@@ -242,17 +242,20 @@ class Manifest:
         if data.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
             raise InvalidManifestError(f"unsupported manifest format {data.get('format')!r}")
         items: list = data["entries"]
-
-        def entries() -> Iterator[ManifestEntry]:
-            for i in range(len(items)):
-                item = items[i]
-                if consume:
-                    items[i] = None
-                # The fast path takes only entries it can prove valid; anything else (and every bad
-                # entry) goes through the full checks, which raise the typed error.
-                yield _plain_entry(item) or ManifestEntry.from_dict(item)
-
-        return cls.from_entries(entries())
+        mapping: dict[str, ManifestEntry] = {}
+        for i in range(len(items)):
+            item = items[i]
+            if consume:
+                items[i] = None
+            # The fast path takes only entries it can prove valid; anything else (and every bad entry)
+            # goes through the full checks, which raise the typed error. Same order of checks as
+            # from_entries: an entry is converted, then checked against the paths before it.
+            entry = _plain_entry(item) or ManifestEntry.from_dict(item)
+            path = entry.path
+            if path in mapping:
+                raise InvalidManifestError(f"duplicate path in manifest: {path!r}")
+            mapping[path] = entry
+        return cls._owning(mapping)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
