@@ -36,7 +36,7 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 #: The largest file size a manifest may state (what a signed 64-bit integer, and SQLite, can hold).
 MAX_FILE_SIZE = 2**63 - 1
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ManifestEntry:
     """One file of a version.
 
@@ -186,7 +186,20 @@ class Manifest:
             if entry.path in mapping:
                 raise InvalidManifestError(f"duplicate path in manifest: {entry.path!r}")
             mapping[entry.path] = entry
-        return cls(mapping)
+        return cls._owning(mapping)
+
+    @classmethod
+    def _owning(cls, mapping: dict[str, ManifestEntry]) -> Manifest:
+        """The manifest of a dict built here, keyed by each entry's own path: what ``__post_init__`` does,
+        without its key check (true by construction), and without copying a dict already in path order
+        (a registry's manifests are)."""
+        keys = list(mapping)
+        in_order = sorted(keys)
+        ordered = mapping if keys == in_order else {key: mapping[key] for key in in_order}
+        _check_no_file_dir_clash(ordered)
+        manifest = object.__new__(cls)
+        object.__setattr__(manifest, "entries", ordered)
+        return manifest
 
     def __iter__(self) -> Iterator[ManifestEntry]:
         return iter(self.entries.values())
@@ -237,15 +250,20 @@ class Manifest:
         if data.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
             raise InvalidManifestError(f"unsupported manifest format {data.get('format')!r}")
         items: list = data["entries"]
-
-        def entries() -> Iterator[ManifestEntry]:
-            for i in range(len(items)):
-                item = items[i]
-                if consume:
-                    items[i] = None
-                yield ManifestEntry.from_dict(item)
-
-        return cls.from_entries(entries())
+        mapping: dict[str, ManifestEntry] = {}
+        for i in range(len(items)):
+            item = items[i]
+            if consume:
+                items[i] = None
+            # The fast path takes only entries it can prove valid; anything else (and every bad entry)
+            # goes through the full checks, which raise the typed error. Same order of checks as
+            # from_entries: an entry is converted, then checked against the paths before it.
+            entry = _plain_entry(item) or ManifestEntry.from_dict(item)
+            path = entry.path
+            if path in mapping:
+                raise InvalidManifestError(f"duplicate path in manifest: {path!r}")
+            mapping[path] = entry
+        return cls._owning(mapping)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
@@ -254,6 +272,70 @@ class Manifest:
         except ValueError as exc:
             raise InvalidManifestError(f"manifest is not valid JSON: {exc}") from None
         return cls.from_dict(data)
+
+
+_HEX_DIGITS = b"0123456789abcdef"
+# The slots' own setters: they skip the frozen class's __setattr__ (as dataclass's __init__ does) at half
+# the cost of object.__setattr__.
+_new_entry = object.__new__
+_set_path = ManifestEntry.path.__set__  # type: ignore[attr-defined]
+_set_size = ManifestEntry.size.__set__  # type: ignore[attr-defined]
+_set_md5 = ManifestEntry.md5.__set__  # type: ignore[attr-defined]
+_set_sha256 = ManifestEntry.sha256.__set__  # type: ignore[attr-defined]
+_set_chunk_size = ManifestEntry.chunk_size.__set__  # type: ignore[attr-defined]
+_set_chunks = ManifestEntry.chunks.__set__  # type: ignore[attr-defined]
+_set_ref = ManifestEntry.ref.__set__  # type: ignore[attr-defined]
+_set_etag = ManifestEntry.etag.__set__  # type: ignore[attr-defined]
+
+
+def _plain_entry(item: object) -> ManifestEntry | None:
+    """The entry of ``item`` if it is a plain stored file (exactly path, size, md5, sha256) whose fields
+    are all cheaply proved valid; None when that proof fails, whatever the reason.
+
+    A manifest from the registry is almost all such entries. The full checks of ``__post_init__`` cost
+    about 7-14 us an entry (mostly :func:`validate_path`), this about 2 us. The proofs accept only a subset
+    of what ``__post_init__`` accepts: an ASCII path of at most 255 characters (so no segment, nor the
+    whole, is over its byte limit) with no NUL, no empty segment and no segment starting with a dot (which
+    excludes ``.`` and ``..``); an int (not a bool) size in range; digests of the exact length holding only
+    lowercase hex digits (``strip`` of their ASCII bytes leaves something if any other character is there).
+    """
+    if type(item) is not dict or len(item) != 4:
+        return None
+    path = item.get("path")
+    size = item.get("size")
+    md5 = item.get("md5")
+    sha256 = item.get("sha256")
+    if not (
+        type(path) is str
+        and 0 < len(path) <= 255
+        and path.isascii()
+        and path[0] not in "/."
+        and path[-1] != "/"
+        and "//" not in path
+        and "/." not in path
+        and "\x00" not in path
+        and type(size) is int
+        and 0 <= size <= MAX_FILE_SIZE
+        and type(md5) is str
+        and len(md5) == 32
+        and md5.isascii()
+        and not md5.encode().strip(_HEX_DIGITS)
+        and type(sha256) is str
+        and len(sha256) == 64
+        and sha256.isascii()
+        and not sha256.encode().strip(_HEX_DIGITS)
+    ):
+        return None
+    entry = _new_entry(ManifestEntry)
+    _set_path(entry, path)
+    _set_size(entry, size)
+    _set_md5(entry, md5)
+    _set_sha256(entry, sha256)
+    _set_chunk_size(entry, 0)
+    _set_chunks(entry, ())
+    _set_ref(entry, None)
+    _set_etag(entry, None)
+    return entry
 
 
 def unchecked_reference(path: str, uri: str) -> ManifestEntry:
