@@ -21,6 +21,7 @@ from requests.hooks import dispatch_hook
 
 from ..cache.store import BlobWriter
 from ..errors import ChecksumError, ConfigError, ServerError, ServerUnreachableError, TransportError
+from ..iobuf import buffer_for
 from .errors import error_for_exception, raise_for_status
 from .session import BLOCK_SIZE, DEFAULT_BACKOFF, DEFAULT_RETRIES, IDEMPOTENT_METHODS, RETRY_STATUSES, make_session
 
@@ -250,7 +251,7 @@ class HttpTransport:
         pos = start
         target = stop if stop is not None else size
         stalls = resumes = 0
-        view = memoryview(bytearray(BLOCK_SIZE))  # every piece of this transfer is received into it
+        view: memoryview | None = None  # every piece of this transfer is received into it
         while True:
             ranged = pos > 0 or stop is not None
             headers = {"Range": f"bytes={pos}-{'' if stop is None else stop - 1}"} if ranged else {}
@@ -266,6 +267,8 @@ class HttpTransport:
                     )
                 if ranged:
                     target = _range_end(response, target)
+                if view is None:  # sized to the body: a small blob must not pay for zeroing 1 MiB
+                    view = memoryview(buffer_for(_announced_length(response), BLOCK_SIZE))
                 pos, failure = _receive(response, writer, pos, view, progress)
                 if failure is None:
                     if target is None or pos >= target:
@@ -294,7 +297,7 @@ class HttpTransport:
         with response:
             raise_for_status(response, server=self.server)
             sink = _Collector(total, self.server)
-            _, failure = _receive(response, sink, 0, memoryview(bytearray(min(BLOCK_SIZE, total + 1))), None)
+            _, failure = _receive(response, sink, 0, memoryview(buffer_for(total, BLOCK_SIZE)), None)
             if failure is not None:
                 raise TransportError(f"bundle download from {self.server} broke off: {failure}") from failure
         buffer = sink.buffer
