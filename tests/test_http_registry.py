@@ -227,6 +227,24 @@ def test_blob_downloads_honour_range(http_registry, project, tmp_path):
     assert read_range(http_registry, sha, 3 * 1024 * 1024, 100) == data[3 * 1024 * 1024 :]
 
 
+def test_ranged_reads_arrive_whole_and_reuse_one_connection(http_registry, project, tmp_path):
+    """Bodies are read with ``readinto`` into one reused buffer: every range must still arrive byte-exact (pieces
+    straddling the 1 MiB buffer), and each fully read body must hand its connection back to the pool."""
+    files = write_files(tmp_path / "src", 1, size=3 * 1024 * 1024 + 5)
+    data = open(next(iter(files.values())), "rb").read()
+    sha = hashlib.sha256(data).hexdigest()
+    log_version(http_registry, project, "reuse", files)
+    ranges = [(0, len(data)), (1, 2 * 1024 * 1024 + 3), (1024 * 1024 - 1, 1024 * 1024 + 2), (len(data) - 7, 7)]
+
+    pools = http_registry.transport.session.get_adapter(http_registry.base_url).poolmanager.pools
+    local_ports = []
+    for start, length in ranges:
+        assert read_range(http_registry, sha, start, length) == data[start : start + length]
+        idle = [conn for key in pools.keys() for conn in pools[key].pool.queue if conn is not None]
+        local_ports.append(sorted(conn.sock.getsockname()[1] for conn in idle if conn.sock is not None))
+    assert local_ports[0] and all(ports == local_ports[0] for ports in local_ports), local_ports
+
+
 def test_expired_urls_are_requested_again_on_a_real_server(make_server, project, tmp_path):
     server = make_server(url_ttl="1")
     reg = server.registry()

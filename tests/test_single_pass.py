@@ -221,3 +221,30 @@ def test_pipelined_digester_gives_the_digests_of_one_pass(pieces):
         offset += n
     assert digester.result() == hash_bytes(data)
     digester.close()  # idempotent after result()
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_a_drain_fed_from_one_reused_buffer_consumes_every_piece_as_it_was(reuse):
+    """The HTTP receive loop hands each piece in the same buffer, overwritten at once: a Drain must copy it (with
+    ``reuse``, into buffers its worker hands back) so that the worker sees exactly the bytes of each piece."""
+    import hashlib
+
+    from wanllmdb.iobuf import Drain
+
+    data = os.urandom(9 << 20)
+    sizes = [1 << 20, 5, (1 << 20) - 3, 300_000, 1 << 20, 12_345]
+    seen = hashlib.sha256()
+    drain = Drain(seen.update, 2, "test-drain", reuse=reuse)
+    buffer = bytearray(1 << 20)
+    view = memoryview(buffer)
+    offset = i = 0
+    while offset < len(data):
+        n = min(sizes[i % len(sizes)], len(data) - offset)
+        view[:n] = data[offset : offset + n]
+        drain.put(view[:n])
+        view[:] = b"\0" * len(view)  # the caller reuses its buffer at once
+        offset += n
+        i += 1
+    drain.close()
+    drain.check()
+    assert seen.hexdigest() == hashlib.sha256(data).hexdigest()

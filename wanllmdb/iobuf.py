@@ -49,12 +49,17 @@ class Drain:
 
     The feeding thread goes on at once (memory stays at ``depth`` pieces however long the stream); the
     worker's first error is raised to it at its next :meth:`put` or :meth:`check`. Pieces that are not
-    immutable ``bytes`` are copied, since the caller may reuse its buffer.
+    immutable ``bytes`` are copied, since the caller may reuse its buffer. With ``reuse`` they are copied into
+    buffers the worker hands back once consumed (no new allocation per piece); only for a ``consume`` that
+    keeps no reference to its piece after it returns.
     """
 
-    def __init__(self, consume: Callable[[bytes], object], depth: int, name: str) -> None:
+    def __init__(
+        self, consume: Callable[[bytes | memoryview], object], depth: int, name: str, *, reuse: bool = False
+    ) -> None:
         self._consume = consume
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=depth)
+        self._spare: list[bytearray] | None = [] if reuse else None
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -66,6 +71,8 @@ class Drain:
                     self._consume(piece)
                 except BaseException as exc:  # handed to the feeding thread
                     self.error = exc
+            if self._spare is not None and isinstance(piece, memoryview):
+                self._spare.append(piece.obj)  # list.append/pop are atomic: no lock needed
 
     def check(self) -> None:
         if self.error is not None:
@@ -73,7 +80,19 @@ class Drain:
 
     def put(self, data: bytes | memoryview) -> None:
         self.check()
-        self._queue.put(data if isinstance(data, bytes) else bytes(data))
+        if isinstance(data, bytes):
+            self._queue.put(data)
+        elif self._spare is None:
+            self._queue.put(bytes(data))
+        else:
+            source = memoryview(data).cast("B")
+            n = len(source)
+            buf = self._spare.pop() if self._spare else None
+            if buf is None or len(buf) < n:
+                buf = bytearray(n)
+            piece = memoryview(buf)[:n]
+            piece[:] = source
+            self._queue.put(piece)
 
     def close(self) -> None:
         """Wait until every queued piece is consumed and stop the worker (idempotent; raises nothing)."""

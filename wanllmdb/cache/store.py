@@ -184,7 +184,7 @@ class _PipelinedWriter(_VerifyingWriter):
     def __init__(self, file: BinaryIO, limit: int, label: str) -> None:
         super().__init__(file, limit, label)
         self._queued = 0
-        self._drain = Drain(super().write, 8, "wanllmdb-verify")
+        self._drain = Drain(super().write, 8, "wanllmdb-verify", reuse=True)
 
     def write(self, data: bytes | memoryview, /) -> int:
         self._drain.check()

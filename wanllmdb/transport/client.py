@@ -8,10 +8,11 @@ request from the first missing byte, so a reset connection costs only the bytes 
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
@@ -20,6 +21,7 @@ from requests.hooks import dispatch_hook
 
 from ..cache.store import BlobWriter
 from ..errors import ChecksumError, ConfigError, ServerError, ServerUnreachableError, TransportError
+from ..iobuf import buffer_for
 from .errors import error_for_exception, raise_for_status
 from .session import BLOCK_SIZE, DEFAULT_BACKOFF, DEFAULT_RETRIES, IDEMPOTENT_METHODS, RETRY_STATUSES, make_session
 
@@ -253,6 +255,7 @@ class HttpTransport:
         pos = start
         target = stop if stop is not None else size
         stalls = resumes = 0
+        view: memoryview | None = None  # every piece of this transfer is received into it
         while True:
             ranged = pos > 0 or stop is not None
             headers = {"Range": f"bytes={pos}-{'' if stop is None else stop - 1}"} if ranged else {}
@@ -268,17 +271,13 @@ class HttpTransport:
                     )
                 if ranged:
                     target = _range_end(response, target)
-                try:
-                    for piece in response.iter_content(BLOCK_SIZE):
-                        writer.write(piece)
-                        pos += len(piece)
-                        if progress:
-                            progress(len(piece))
+                if view is None:  # sized to the body: a small blob must not pay for zeroing 1 MiB
+                    view = memoryview(buffer_for(_announced_length(response), BLOCK_SIZE))
+                pos, failure = _receive(response, writer, pos, view, progress)
+                if failure is None:
                     if target is None or pos >= target:
                         return pos - start
-                    failure: Exception = TransportError(f"body ended at byte {pos} of {target}")
-                except requests.RequestException as exc:
-                    failure = exc
+                    failure = TransportError(f"body ended at byte {pos} of {target}")
             stalls = 0 if pos > before else stalls + 1
             resumes += 1
             if stalls >= MAX_STALLED_RESUMES or resumes > MAX_RESUMES:
@@ -301,14 +300,11 @@ class HttpTransport:
         response = self._send_blob("POST", self.absolute(url), data=body, headers=headers)
         with response:
             raise_for_status(response, server=self.server)
-            buffer = bytearray()
-            try:
-                for piece in response.iter_content(BLOCK_SIZE):
-                    buffer += piece
-                    if len(buffer) > total:
-                        break
-            except requests.RequestException as exc:
-                raise TransportError(f"bundle download from {self.server} broke off: {exc}") from exc
+            sink = _Collector(total, self.server)
+            _, failure = _receive(response, sink, 0, memoryview(buffer_for(total, BLOCK_SIZE)), None)
+            if failure is not None:
+                raise TransportError(f"bundle download from {self.server} broke off: {failure}") from failure
+        buffer = sink.buffer
         if len(buffer) != total:
             raise TransportError(f"bundle from {self.server} holds {len(buffer)} bytes, expected {total}")
         view = memoryview(buffer)
@@ -318,7 +314,6 @@ class HttpTransport:
             pieces[sha] = bytes(view[offset : offset + size])
             offset += size
         return pieces
-
 
 
 class _FileBody:
@@ -416,6 +411,83 @@ class _BundleBody:
         self._next = 0
         self._pending = self._listing
         return 0
+
+
+class _Collector:
+    """Keeps the pieces of a bundle (copied: they arrive in a reused buffer); refuses more than ``size`` bytes."""
+
+    def __init__(self, size: int, server: str) -> None:
+        self.buffer = bytearray()
+        self._size = size
+        self._server = server
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        self.buffer += data
+        if len(self.buffer) > self._size:
+            raise TransportError(f"bundle from {self._server} holds more than the {self._size} bytes expected")
+        return len(data)
+
+
+def _receive(
+    response: requests.Response, writer: BlobWriter, pos: int, view: memoryview, progress: Any
+) -> tuple[int, Exception | None]:
+    """Pass ``response``'s body to ``writer`` in pieces of at most ``len(view)`` bytes.
+
+    Returns the position after the last byte written (``pos`` plus the bytes received) and why the body broke
+    off (None when it ended as its headers announced). The writer's own errors are raised.
+
+    A body sent as is (no Content-Encoding) is read with ``http.client``'s ``readinto`` straight into ``view``,
+    which every piece reuses: urllib3's ``read``/``stream`` would allocate a new ``bytes`` per piece (and its
+    ``readinto`` reads into one and copies it). Writers must therefore not keep the view they are handed;
+    ``iobuf.Drain`` copies what it queues. An encoded body goes through ``iter_content``, which decodes it.
+    """
+    readinto = _plain_readinto(response)
+    if readinto is None:
+        try:
+            for piece in response.iter_content(len(view)):
+                writer.write(piece)
+                pos += len(piece)
+                if progress:
+                    progress(len(piece))
+        except requests.RequestException as exc:
+            return pos, exc
+        return pos, None
+    announced = _announced_length(response)
+    received = 0
+    while True:
+        try:
+            n = readinto(view)
+        except (OSError, http.client.HTTPException) as exc:  # reset, timed out, a bad chunk
+            return pos, exc
+        if not n:
+            break
+        writer.write(view[:n])
+        pos += n
+        received += n
+        if progress:
+            progress(n)
+    if announced is not None and received < announced:
+        return pos, TransportError(f"body ended after {received} of the {announced} bytes announced")
+    response.raw.release_conn()  # the whole body was read: the connection goes back to the pool
+    return pos, None
+
+
+def _plain_readinto(response: requests.Response) -> Callable[[memoryview], int] | None:
+    """``http.client``'s ``readinto`` of a response whose body is not content-encoded, else None."""
+    if response.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity"):
+        return None
+    fp = getattr(response.raw, "_fp", None)
+    return fp.readinto if isinstance(fp, http.client.HTTPResponse) else None
+
+
+def _announced_length(response: requests.Response) -> int | None:
+    """The Content-Length of a body not sent in chunks, or None."""
+    if "chunked" in response.headers.get("Transfer-Encoding", "").lower():
+        return None
+    try:
+        return int(response.headers["Content-Length"])
+    except (KeyError, ValueError):
+        return None
 
 
 def _range_end(response: requests.Response, target: int | None) -> int | None:
