@@ -69,7 +69,7 @@ URL_MARGIN = 60.0
 #: every blob, so a caller uploading blob by blob needs no further request.
 UNBUNDLED_URLS_MIN = 10_000
 #: Seconds added, per manifest entry, to the wait for a draft's or a finalize's answer (see ``_timeout_for``).
-SECONDS_PER_FILE = 200e-6
+SECONDS_PER_FILE = 500e-6
 #: Bytes of bundled small blobs kept in memory until they are asked for.
 BUNDLE_HOLD_BYTES = 64 * 1024 * 1024
 
