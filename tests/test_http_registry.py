@@ -412,3 +412,15 @@ def test_drafts_sign_no_url_for_bundled_blobs_when_asked_and_bundles_that_fail_s
     assert result.created and result.version.file_count == 6
     assert log.count("POST", "/upload-urls") == 1  # one refresh served all five
     assert log.count("PUT", "/blobs/") == 6
+
+
+def test_a_large_manifest_is_streamed_and_reads_back_whole(http_registry, live_server, project, tmp_path):
+    files = write_files(tmp_path / "src", 1500, size=16)
+    manifest, _ = manifest_of(files)
+    log_version(http_registry, project, "streamed", files)
+    url = f"{live_server.url}/api/v1/projects/{project}/artifacts/streamed/versions/v1"
+    answer = requests.get(url, headers=live_server.headers, timeout=30)
+    assert answer.status_code == 200 and answer.headers.get("transfer-encoding") == "chunked"
+    assert "content-length" not in answer.headers  # sent as it was encoded, not built whole first
+    assert answer.json()["manifest"] == manifest.to_dict() and answer.json()["file_count"] == 1500
+    assert http_registry.resolve(project, "streamed", "v1").manifest == manifest
