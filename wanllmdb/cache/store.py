@@ -434,6 +434,7 @@ class BlobCache:
 
     def _fetch_into_cache(self, sha256: str, size: int, fetch: Fetcher, label: str | None) -> None:
         tmp = self._tmp_path(sha256)
+        admitted = False
         try:
             with open(tmp, "wb") as out:
                 kind = _PipelinedWriter if size >= PIPELINE_THRESHOLD else _VerifyingWriter
@@ -442,10 +443,17 @@ class BlobCache:
                     fetch(writer)
                 finally:
                     writer.finish()
-            _check(writer.size, writer.hexdigest(), size, sha256, label)
-            self._admit(tmp, sha256, size)
+                _check(writer.size, writer.hexdigest(), size, sha256, label)
+                # Through the open descriptor, not the path (no second lookup of the name; per small blob
+                # the admission's syscalls are most of its cost).
+                out.flush()
+                os.fchmod(out.fileno(), 0o444)
+                written = os.fstat(out.fileno())
+            self._admit(tmp, sha256, size, written)
+            admitted = True
         finally:
-            _unlink_quietly(tmp)
+            if not admitted:  # once renamed, the temporary name is gone: no unlink to fail
+                _unlink_quietly(tmp)
 
     def ensure_spans(
         self,
@@ -542,9 +550,12 @@ class BlobCache:
                 _unlink_quietly(tmp)
         return self.blob_path(sha256)
 
-    def _admit(self, tmp: str, sha256: str, size: int) -> None:
-        os.chmod(tmp, 0o444)
-        before = os.stat(tmp)
+    def _admit(self, tmp: str, sha256: str, size: int, before: os.stat_result | None = None) -> None:
+        """Rename the checked file ``tmp`` into place as the blob (``before``: its ``fstat`` once made read-only,
+        when the caller did that through its descriptor)."""
+        if before is None:
+            os.chmod(tmp, 0o444)
+            before = os.stat(tmp)
         path = self.blob_path(sha256)
         os.replace(tmp, path)
         # ext4 moves the ctime of a renamed inode: the stamp is taken after the rename, or this process's
