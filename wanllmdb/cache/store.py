@@ -601,14 +601,19 @@ class BlobCache:
     # --- partial files (chunked reads by the mount) -----------------------------------------------------
 
     def new_partial(self, sha256: str, size: int) -> str:
-        """Create an empty sparse file of ``size`` bytes for chunked filling; returns its path."""
+        """Create an empty sparse file of ``size`` bytes for chunked filling; returns its path.
+
+        It enters the index with its first accounted bytes (:meth:`account_partial`), not here: an entry of 0
+        bytes counted nothing, and its write transaction sat on the ``open`` of every uncached large file,
+        before the first chunk was asked for. A file left by a writer that died is reclaimed by its name
+        (``reclaim_dead``), indexed or not.
+        """
         path = os.path.join(self.root, "partial", f"{sha256}.{writer_tag()}.{secrets.token_hex(4)}")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             os.ftruncate(fd, size)
         finally:
             os.close(fd)
-        self.index.upsert(self._partial_key(path), "partial", 0)
         return path
 
     @staticmethod
