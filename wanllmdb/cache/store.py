@@ -437,6 +437,7 @@ class BlobCache:
 
     def _fetch_into_cache(self, sha256: str, size: int, fetch: Fetcher, label: str | None) -> None:
         tmp = self._tmp_path(sha256)
+        admitted = False
         try:
             with open(tmp, "wb") as out:
                 kind = _PipelinedWriter if size >= PIPELINE_THRESHOLD else _VerifyingWriter
@@ -445,10 +446,17 @@ class BlobCache:
                     fetch(writer)
                 finally:
                     writer.finish()
-            _check(writer.size, writer.hexdigest(), size, sha256, label)
-            self._admit(tmp, sha256, size)
+                _check(writer.size, writer.hexdigest(), size, sha256, label)
+                # Through the open descriptor, not the path (no second lookup of the name; per small blob
+                # the admission's syscalls are most of its cost).
+                out.flush()
+                os.fchmod(out.fileno(), 0o444)
+                written = os.fstat(out.fileno())
+            self._admit(tmp, sha256, size, written)
+            admitted = True
         finally:
-            _unlink_quietly(tmp)
+            if not admitted:  # once renamed, the temporary name is gone: no unlink to fail
+                _unlink_quietly(tmp)
 
     def ensure_spans(
         self,
@@ -545,9 +553,12 @@ class BlobCache:
                 _unlink_quietly(tmp)
         return self.blob_path(sha256)
 
-    def _admit(self, tmp: str, sha256: str, size: int) -> None:
-        os.chmod(tmp, 0o444)
-        before = os.stat(tmp)
+    def _admit(self, tmp: str, sha256: str, size: int, before: os.stat_result | None = None) -> None:
+        """Rename the checked file ``tmp`` into place as the blob (``before``: its ``fstat`` once made read-only,
+        when the caller did that through its descriptor)."""
+        if before is None:
+            os.chmod(tmp, 0o444)
+            before = os.stat(tmp)
         path = self.blob_path(sha256)
         os.replace(tmp, path)
         # ext4 moves the ctime of a renamed inode: the stamp is taken after the rename, or this process's
@@ -593,14 +604,19 @@ class BlobCache:
     # --- partial files (chunked reads by the mount) -----------------------------------------------------
 
     def new_partial(self, sha256: str, size: int) -> str:
-        """Create an empty sparse file of ``size`` bytes for chunked filling; returns its path."""
+        """Create an empty sparse file of ``size`` bytes for chunked filling; returns its path.
+
+        It enters the index with its first accounted bytes (:meth:`account_partial`), not here: an entry of 0
+        bytes counted nothing, and its write transaction sat on the ``open`` of every uncached large file,
+        before the first chunk was asked for. A file left by a writer that died is reclaimed by its name
+        (``reclaim_dead``), indexed or not.
+        """
         path = os.path.join(self.root, "partial", f"{sha256}.{writer_tag()}.{secrets.token_hex(4)}")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             os.ftruncate(fd, size)
         finally:
             os.close(fd)
-        self.index.upsert(self._partial_key(path), "partial", 0)
         return path
 
     @staticmethod
