@@ -424,3 +424,26 @@ def test_a_large_manifest_is_streamed_and_reads_back_whole(http_registry, live_s
     assert "content-length" not in answer.headers  # sent as it was encoded, not built whole first
     assert answer.json()["manifest"] == manifest.to_dict() and answer.json()["file_count"] == 1500
     assert http_registry.resolve(project, "streamed", "v1").manifest == manifest
+
+
+def test_a_download_presigns_and_fetches_a_window_of_blobs_at_a_time(live_server, project, tmp_path, monkeypatch):
+    import wanllmdb
+    import wanllmdb.sdk.transfer as transfer
+    from wanllmdb.sdk.client import get_client
+
+    monkeypatch.setenv("WANLLMDB_BASE_URL", live_server.url)
+    monkeypatch.setenv("WANLLMDB_API_KEY", live_server.api_key)
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i:02d}.txt").write_text(f"windowed {i}")
+    with wanllmdb.init(project=project) as run:
+        art = wanllmdb.Artifact("windowed", type="dataset")
+        art.add_dir(str(src))
+        run.log_artifact(art)
+    monkeypatch.setattr(transfer, "FETCH_WINDOW", 7)
+    log = RequestLog(get_client().registry)
+    root = wanllmdb.Api().artifact(f"{project}/windowed:v1").download(str(tmp_path / "out"))
+    assert log.count("POST", "/blob-urls") == 3  # 7 + 7 + 6 blobs
+    for i in range(20):
+        assert open(os.path.join(root, f"f{i:02d}.txt")).read() == f"windowed {i}"

@@ -161,6 +161,10 @@ def upload_version(
         raise
 
 
+#: Blobs presigned (``prepare_fetch``) and fetched per window of a download.
+FETCH_WINDOW = 20_000
+
+
 def fetch_files(
     client: Client,
     entries: Iterable[ManifestEntry],
@@ -212,13 +216,17 @@ def fetch_files(
             missing.append(sha)
         if missing:
             prepare = getattr(registry, "prepare_fetch", None)
-            stored = [sha for sha in missing if not by_sha[sha][0].is_reference]
-            if prepare is not None and stored:
-                prepare(stored)
             total = sum(by_sha[sha][0].size for sha in missing)
             try:
                 with ByteProgress(total, f"download {label}") as progress:
-                    run_parallel(lambda sha: fetch(sha, progress), missing, client.settings.transfer_threads)
+                    # A window at a time: each presign request, and the URLs and bundles held, stay bounded
+                    # (one request for a million blobs took 35 s, past the read timeout).
+                    for start in range(0, len(missing), FETCH_WINDOW):
+                        window = missing[start : start + FETCH_WINDOW]
+                        stored = [sha for sha in window if not by_sha[sha][0].is_reference]
+                        if prepare is not None and stored:
+                            prepare(stored)
+                        run_parallel(lambda sha: fetch(sha, progress), window, client.settings.transfer_threads)
             finally:
                 cache.flush()
         if placer is not None and placer.link:
