@@ -337,16 +337,23 @@ def test_health_and_openapi_docs_are_served(live_server):
     assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
 
 
-def test_sdk_uploads_many_small_files_in_a_few_bundles(live_server, project, tmp_path, monkeypatch):
-    import wanllmdb
-    from wanllmdb.sdk.client import get_client
-
+def _sdk_on(live_server, monkeypatch, tmp_path, texts: dict[str, str]):
+    """Point the SDK at ``live_server`` and write ``texts`` (name -> content) into a new folder; returns it."""
     monkeypatch.setenv("WANLLMDB_BASE_URL", live_server.url)
     monkeypatch.setenv("WANLLMDB_API_KEY", live_server.api_key)
     src = tmp_path / "many"
     src.mkdir()
-    for i in range(1500):
-        (src / f"f{i:04d}.txt").write_text(f"file {i} " + "x" * (i % 50))
+    for name, text in texts.items():
+        (src / name).write_text(text)
+    return src
+
+
+def test_sdk_uploads_many_small_files_in_a_few_bundles(live_server, project, tmp_path, monkeypatch):
+    import wanllmdb
+    from wanllmdb.sdk.client import get_client
+
+    texts = {f"f{i:04d}.txt": f"file {i} " + "x" * (i % 50) for i in range(1500)}
+    src = _sdk_on(live_server, monkeypatch, tmp_path, texts)
     log = RequestLog(get_client().registry)
     with wanllmdb.init(project=project) as run:
         art = wanllmdb.Artifact("bundled", type="dataset")
@@ -431,12 +438,7 @@ def test_a_download_presigns_and_fetches_a_window_of_blobs_at_a_time(live_server
     import wanllmdb.sdk.transfer as transfer
     from wanllmdb.sdk.client import get_client
 
-    monkeypatch.setenv("WANLLMDB_BASE_URL", live_server.url)
-    monkeypatch.setenv("WANLLMDB_API_KEY", live_server.api_key)
-    src = tmp_path / "many"
-    src.mkdir()
-    for i in range(20):
-        (src / f"f{i:02d}.txt").write_text(f"windowed {i}")
+    src = _sdk_on(live_server, monkeypatch, tmp_path, {f"f{i:02d}.txt": f"windowed {i}" for i in range(20)})
     with wanllmdb.init(project=project) as run:
         art = wanllmdb.Artifact("windowed", type="dataset")
         art.add_dir(str(src))

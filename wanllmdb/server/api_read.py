@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +13,7 @@ from ..manifest import Manifest, parse_version
 from ..manifest.entry import MANIFEST_FORMAT
 from ..registry.local import LocalRegistry
 from .models import AliasRequest
-from .responses import JSONResponse, no_content
+from .responses import JSONResponse, json_bytes, no_content
 
 router = APIRouter(tags=["artifacts"])
 
@@ -80,10 +79,7 @@ def resolve(request: Request, project: str, name: str, selector: str, urls: str 
 
 def _with_manifest(data: dict[str, Any], manifest: Manifest) -> Iterator[bytes]:
     """``data`` with ``"manifest"`` added, as JSON in pieces of a thousand entries."""
-
-    def dumps(value: Any) -> bytes:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
-
+    dumps = json_bytes
     yield dumps(data)[:-1] + b',"manifest":' + dumps({"format": MANIFEST_FORMAT, "entries": []})[:-2]  # ..."entries":[
     entries = list(manifest)
     for i in range(0, len(entries), 1000):

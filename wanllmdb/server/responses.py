@@ -26,13 +26,18 @@ SEND_PIECE = 4 << 20
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
+def json_bytes(content: Any) -> bytes:
+    """Compact UTF-8 JSON, as every answer is encoded; NaN and infinities pass (run metrics may hold them)."""
+    return json.dumps(content, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
+
+
 class JSONResponse(Response):
-    """Compact JSON; unlike Starlette's, NaN and infinities pass (run metrics may hold them)."""
+    """Compact JSON (:func:`json_bytes`); unlike Starlette's, NaN and infinities pass."""
 
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
+        return json_bytes(content)
 
 
 def no_content() -> Response:
