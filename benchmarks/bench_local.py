@@ -9,13 +9,15 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import sys
+import time
 
 from .context import Context
 from .data import make_file, make_small_files
-from .harness import Result, mbps, timed
+from .harness import Result, cpu_floor, mbps, timed
 
 LOG_SCRIPT = r"""
 import json, os, sys, time
@@ -41,7 +43,8 @@ if mode == "download-cached":
         t4 = time.perf_counter()
 else:
     t3 = t4 = t2
-print(json.dumps({"hash": t1 - t0, "upload": t2 - t1, "total": t2 - t0, "stored": du(data) - before,
+cpu_s = time.process_time()
+print(json.dumps({"hash": t1 - t0, "upload": t2 - t1, "total": t2 - t0, "stored": du(data) - before, "cpu_s": cpu_s,
                   "first_download": t3 - t2, "cached_download": t4 - t3, "version": art.version}))
 """
 
@@ -81,7 +84,9 @@ def run(ctx: Context) -> list[Result]:
     with open(big, "rb") as f:  # warm the page cache so every hasher reads from memory
         while f.read(1 << 24):
             pass
+    cpu0 = time.process_time()
     ours, _ = timed(lambda: hash_file(big))
+    hash_cpu = time.process_time() - cpu0  # every thread: the MD5 worker too
     one_thread, _ = timed(lambda: _hash_one_thread(big))
     md5sum, _ = timed(lambda: subprocess.run(["md5sum", big], check=True, capture_output=True))
     sha256sum, _ = timed(lambda: subprocess.run(["sha256sum", big], check=True, capture_output=True))
@@ -93,14 +98,23 @@ def run(ctx: Context) -> list[Result]:
                           "sha256sum", mbps(size, sha256sum)))
 
     target = ctx.path("inputs", "copy.bin")
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cp, _ = timed(lambda: subprocess.run(["cp", big, target], check=True))
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cp_cpu = (children.ru_utime - children0.ru_utime) + (children.ru_stime - children0.ru_stime)
     os.unlink(target)
     first = _log(ctx, "local-log", big, "big")
     results.append(Result("embedded", "log_artifact big file", first["total"], "s", "cp", cp,
                           higher_is_better=False, notes=first))
     results.append(Result("embedded", "  log_artifact big file vs hashing alone", first["total"], "s",
                           "hashing alone", ours, higher_is_better=False, target="<= hashing alone + 0.3 s",
-                          met=first["total"] <= ours + 0.3, notes={"above_hashing_s": first["total"] - ours}))
+                          met=first["total"] <= ours + 0.3, notes={
+                              "above_hashing_s": first["total"] - ours, "log_process_cpu_s": first["cpu_s"],
+                              # Any store of a new file pays its digests and one copy of its bytes into new
+                              # page cache (what ``cp`` paid just before; on this VM 0.4-2 CPU-s per GiB
+                              # depending on whether the host had reclaimed the memory).
+                              "cpu_floor": cpu_floor(ours + 0.3, {"md5+sha256+chunk digests": hash_cpu,
+                                                                  "copy (cp)": cp_cpu})}))
     again = _log(ctx, "local-log", big, "big")
     results.append(Result("embedded", "re-log unchanged big file", again["total"], "s", "hashing alone", ours,
                           higher_is_better=False, target="< 1.5x hashing, 0 bytes stored",
