@@ -335,6 +335,15 @@ class LocalRegistry(LifecycleOps):
         return ArtifactInfo(project, name, art["type"], versions, aliases, retention)
 
     def resolve(self, project: str, name: str, selector: str = "latest") -> VersionInfo:
+        info, _ = self._resolve(project, name, selector, parse=True)
+        return info
+
+    def resolve_stored(self, project: str, name: str, selector: str = "latest") -> tuple[VersionInfo, str]:
+        """:meth:`resolve` without parsing the manifest: the version (``manifest`` None) and its manifest's JSON
+        text as stored at finalize (``Manifest.to_json`` of a checked manifest), for the server to pass on."""
+        return self._resolve(project, name, selector, parse=False)
+
+    def _resolve(self, project: str, name: str, selector: str, *, parse: bool) -> tuple[VersionInfo, str]:
         validate_alias(selector)
         with self.db.read() as conn:
             art = self._artifact_row(conn, project, name)
@@ -364,9 +373,10 @@ class LocalRegistry(LifecycleOps):
                     f"artifact '{name}:{selector}' not found in project '{project}' "
                     f"({describe_versions(numbers, all_aliases)})"
                 )
-            return self._version_info(
-                row, project, name, art["type"], by_version.get(int(row["version"]), []), True
+            info = self._version_info(
+                row, project, name, art["type"], by_version.get(int(row["version"]), []), parse
             )
+            return info, row["manifest"]
 
     # --- blobs ------------------------------------------------------------------------------------------
 
