@@ -116,6 +116,8 @@ def test_chunked_entries_are_found_in_a_stored_text_without_parsing_it():
         ManifestEntry("b.bin", 2 * MiB, "1" * 32, "b" * 64, MiB, chunks),
         ManifestEntry("c.bin", 2 * MiB, "2" * 32, "c" * 64, MiB, chunks),
         ManifestEntry("d.bin", 2 * MiB, "2" * 32, "c" * 64, MiB, chunks),  # the same blob twice: named once
+        # A path that spells the key pattern is escaped in JSON, so it is not taken for a chunked entry.
+        ManifestEntry('e","sha256":"' + "e" * 64 + '","chunk_size":1', 10, "3" * 32, "f" * 64),
     ]
     text = Manifest.from_entries(entries).to_json()
     assert api_read._chunked_in_text(text) == ["b" * 64, "c" * 64]
