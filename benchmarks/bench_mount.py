@@ -144,6 +144,20 @@ def log_listing(server: BenchServer, count: int, blob_path: str) -> None:
         client.close()
 
 
+def listing_tree(root: str, count: int) -> str:
+    """The listing version's paths as empty files on local disk (made once, kept with the inputs)."""
+    done = os.path.join(root, ".complete")
+    if not os.path.exists(done):
+        shutil.rmtree(root, ignore_errors=True)
+        for i in range(count):
+            directory = os.path.join(root, f"d{i // 1000:03d}")
+            if i % 1000 == 0:
+                os.makedirs(directory)
+            open(os.path.join(directory, f"f{i:06d}.txt"), "wb").close()
+        open(done, "wb").close()
+    return root
+
+
 # --- measuring ------------------------------------------------------------------------------------------
 
 
@@ -457,8 +471,14 @@ class Bench:
         with self.mount(self.ctx.path("mount", "cache-small", ""), fresh=False) as mnt:
             top = os.path.join(mnt.mountpoint, PROJECT, "listing", "v1")
             seconds = wall(["ls", "-lR", top])
-            self.results.append(row(f"ls -lR of a {listing:,}-file version (cold)", seconds, "s", higher=False,
-                                    target="<= 3 s", met=seconds <= 3))
+        # ``ls -lR`` itself (sorting, formatting, a stat per file) over the same names on local disk: the part
+        # of the listing no filesystem can save.
+        local = listing_tree(self.ctx.path("inputs", f"listing{listing}", ""), listing)
+        drop_page_cache()
+        local_seconds = wall(["ls", "-lR", local])
+        self.results.append(row(f"ls -lR of a {listing:,}-file version (cold)", seconds, "s",
+                                "ls -lR of the same tree on local disk", local_seconds, higher=False,
+                                target="<= 3 s", met=seconds <= 3))
 
     def arrays(self, local_root: str) -> None:
         ctx = self.ctx
