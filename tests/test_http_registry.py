@@ -449,3 +449,57 @@ def test_a_download_presigns_and_fetches_a_window_of_blobs_at_a_time(live_server
     assert log.count("POST", "/blob-urls") == 3  # 7 + 7 + 6 blobs
     for i in range(20):
         assert open(os.path.join(root, f"f{i:02d}.txt")).read() == f"windowed {i}"
+
+
+def test_download_plans_sign_no_url_for_bundled_blobs_when_asked_and_failed_bundles_still_download(
+    live_server, project, tmp_path, monkeypatch
+):
+    import wanllmdb
+    import wanllmdb.registry.http as http_module
+    from wanllmdb.sdk.client import get_client
+
+    texts = {f"f{i:02d}.txt": f"unbundled {i}" for i in range(30)}
+    src = _sdk_on(live_server, monkeypatch, tmp_path, texts)
+    (src / "big.bin").write_bytes(os.urandom(600 * 1024))  # above the bundles' 256 KiB: a URL of its own
+    with wanllmdb.init(project=project) as run:
+        art = wanllmdb.Artifact("plan", type="dataset")
+        art.add_dir(str(src))
+        run.log_artifact(art)
+    manifest = wanllmdb.Api().artifact(f"{project}/plan:v1").manifest
+    shas = sorted({e.sha256 for e in manifest})
+    big = manifest.get("big.bin").sha256
+
+    url = live_server.url + "/api/v1/blob-urls"
+    body = {"sha256s": shas, "bundle": True}
+    signed_all = requests.post(url, json=body, headers=live_server.headers, timeout=30).json()
+    assert set(signed_all["urls"]) == set(shas)  # the default: every stored blob signed
+    unbundled = requests.post(url + "?urls=unbundled", json=body, headers=live_server.headers, timeout=30).json()
+    in_bundles = {sha for bundle in unbundled["bundles"] for sha in bundle["sha256s"]}
+    assert in_bundles == set(shas) - {big} and set(unbundled["urls"]) == {big}
+    assert requests.post(url + "?urls=some", json=body, headers=live_server.headers, timeout=30).status_code == 400
+
+    # The SDK asks for unbundled plans (here: any); every file arrives, in one presign request.
+    monkeypatch.setattr(http_module, "UNBUNDLED_URLS_MIN", 1)
+    log = RequestLog(get_client().registry)
+    root = wanllmdb.Api().artifact(f"{project}/plan:v1").download(str(tmp_path / "out"))
+    assert log.count("POST", "/blob-urls") == 1 and log.count("POST", "/blobs/bundle") >= 1
+    for name, text in texts.items():
+        assert open(os.path.join(root, name)).read() == text
+
+    # Bundles that cannot be used (failed or expired: here none gives its blobs): the blobs of each are
+    # presigned together, in one more request per bundle, and every blob still arrives whole.
+    registry = get_client().registry
+    monkeypatch.setattr(http_module._Bundles, "take", lambda self, sha256: None)
+    log = RequestLog(registry)
+    registry._presign_downloads(shas, bundle=True)
+    assert log.count("POST", "/blob-urls") == 1
+    sizes = {e.sha256: e.size for e in manifest}
+    fetched = {}
+    for sha in shas:
+        sink = _Sink()
+        registry.fetch_blob(sha, sizes[sha], sink)
+        fetched[sha] = sink.data
+        assert hashlib.sha256(sink.data).hexdigest() == sha
+    bundle_count = len(unbundled["bundles"])
+    assert log.count("POST", "/blob-urls") == 1 + bundle_count  # one per failed bundle, not one per blob
+    assert b"unbundled 7" in fetched.values()

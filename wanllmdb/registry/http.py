@@ -64,9 +64,10 @@ logger = logging.getLogger(__name__)
 URL_CACHE_SIZE = 200_000
 #: A cached URL is not used in the last part of its life: the smaller of this many seconds and a quarter of it.
 URL_MARGIN = 60.0
-#: Drafts of this many files ask the server to sign no URL for bundled blobs (``urls=unbundled``): for
-#: 100,000 new small files that signing was a third of the server's CPU. Smaller drafts keep a URL for
-#: every blob, so a caller uploading blob by blob needs no further request.
+#: Drafts of this many files, and download plans of this many blobs (``POST /blob-urls``), ask the server to
+#: sign no URL for bundled blobs (``urls=unbundled``): for 100,000 new small files that signing was a third of
+#: the server's CPU. Smaller ones keep a URL for every blob, so a caller going blob by blob needs no further
+#: request.
 UNBUNDLED_URLS_MIN = 10_000
 #: Seconds added, per manifest entry, to the wait for a draft's or a finalize's answer (see ``_timeout_for``).
 SECONDS_PER_FILE = 500e-6
@@ -270,6 +271,11 @@ class HttpRegistry:
         self._draft_files: dict[str, int] = {}  # draft id -> manifest entries, for finalize's wait
         self._refreshing = threading.Lock()
         self._bundles = _Bundles(lambda b: self.transport.fetch_bundle(b.url, b.sha256s, b.sizes))
+        #: Blobs presigned in a bundle without a URL of their own (``urls=unbundled``) -> their bundle's blobs:
+        #: when one of them must be fetched alone (its bundle failed, expired or was dropped), the whole bundle
+        #: is presigned in one request, not blob by blob.
+        self._unsigned: LRUCache = LRUCache(maxsize=URL_CACHE_SIZE)
+        self._unsigned_lock = threading.Lock()
 
     def close(self) -> None:
         self.transport.close()
@@ -332,19 +338,29 @@ class HttpRegistry:
 
     def _presign_downloads(self, sha256s: Sequence[str], *, bundle: bool = False) -> dict[str, str]:
         body = {"sha256s": list(sha256s), "bundle": bundle}
-        data = self._call("POST", "/blob-urls", body, repeatable=True)
+        # Large plans: no URL for the blobs that come in bundles (see ``blob_urls`` on the server).
+        unbundled = bundle and len(body["sha256s"]) >= UNBUNDLED_URLS_MIN
+        path = "/blob-urls?urls=unbundled" if unbundled else "/blob-urls"
+        data = self._call("POST", path, body, repeatable=True)
         found = {}
         for sha, item in data["urls"].items():
             self._get_urls.put(sha, item["url"], item.get("expires_at"))
             found[sha] = item["url"]
         for item in data.get("bundles") or ():
             self._bundles.add(_Bundle(item["url"], item["sha256s"], item["sizes"], item.get("expires_at")))
+            if unbundled:
+                members = tuple(item["sha256s"])
+                with self._unsigned_lock:
+                    for sha in members:
+                        self._unsigned[sha] = members
         return found
 
     def _download_url(self, sha256: str, *, fresh: bool = False) -> str:
         url = None if fresh else self._get_urls.get(sha256)
         if url is None:
-            url = self._presign_downloads([sha256]).get(sha256)
+            with self._unsigned_lock:
+                batch = self._unsigned.pop(sha256, None) or (sha256,)
+            url = self._presign_downloads(list(batch)).get(sha256)
             if url is None:
                 raise BlobNotFoundError(f"blob {sha256} is not stored on the {self.description}")
         return url

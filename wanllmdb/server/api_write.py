@@ -245,8 +245,14 @@ def abort_draft(request: Request, draft_id: str) -> Response:
 
 
 @router.post("/blob-urls", summary="Presigned download URLs for many blobs in one request", tags=["blobs"])
-def blob_urls(request: Request, body: BlobUrlsRequest) -> JSONResponse:
-    """Stored blobs get ``{url, size, expires_at}``; the others are listed under ``missing``."""
+def blob_urls(
+    request: Request, body: BlobUrlsRequest, urls: Literal["all", "unbundled"] = "all"
+) -> JSONResponse:
+    """Stored blobs get ``{url, size, expires_at}``; the others are listed under ``missing``.
+
+    ``urls=unbundled`` (with ``bundle: true``): the blobs a bundle carries get no URL of their own, as for
+    drafts (a reader that fetches the bundles never uses them; signing one per small file is most of this
+    request's CPU for a plan of many small files). Such a reader asks again for a blob whose bundle failed."""
     if len(body.sha256s) > MAX_URLS_PER_REQUEST:
         raise InvalidInputError(f"at most {MAX_URLS_PER_REQUEST} blobs per request")
     state = _state(request)
@@ -255,22 +261,22 @@ def blob_urls(request: Request, body: BlobUrlsRequest) -> JSONResponse:
     for sha in wanted:
         check_sha256(sha)
     stored = state.registry.stored_sizes(wanted)
-    urls: dict[str, dict] = {}
-    missing: list[str] = []
-    for sha in wanted:
-        size = stored.get(sha)
-        if size is None:
-            missing.append(sha)
+    sizes = {sha: stored[sha] for sha in wanted if sha in stored}
+    missing = [sha for sha in wanted if sha not in stored]
+    # Bundles are served by this server; with object storage every blob comes straight from the store.
+    bundles = _bundles(state, base, sizes) if body.bundle and state.s3 is None else []
+    bundled = {sha for bundle in bundles for sha in bundle["sha256s"]} if urls == "unbundled" else set()
+    signed_urls: dict[str, dict] = {}
+    for sha, size in sizes.items():
+        if sha in bundled:
             continue
         signed = state.s3.presign_get(sha) if state.s3 is not None else state.signer.presign(base, "GET", sha, None)
-        urls[sha] = {"url": signed.url, "size": size, "expires_at": signed.expires_at}
-    # Bundles are served by this server; with object storage every blob comes straight from the store.
-    bundles = _bundles(state, base, urls) if body.bundle and state.s3 is None else []
-    return JSONResponse({"urls": urls, "missing": missing, "bundles": bundles})
+        signed_urls[sha] = {"url": signed.url, "size": size, "expires_at": signed.expires_at}
+    return JSONResponse({"urls": signed_urls, "missing": missing, "bundles": bundles})
 
 
-def _bundles(state: ServerState, base: str, urls: dict[str, dict]) -> list[dict]:
-    """Small blobs, in the order asked, grouped into presigned bundles of at most a few MiB."""
+def _bundles(state: ServerState, base: str, sizes: dict[str, int]) -> list[dict]:
+    """Small blobs (``sizes``: stored blobs in the order asked), grouped into presigned bundles of a few MiB."""
     bundles: list[dict] = []
     group: list[str] = []
     group_bytes = 0
@@ -278,12 +284,11 @@ def _bundles(state: ServerState, base: str, urls: dict[str, dict]) -> list[dict]
     def flush() -> None:
         if len(group) >= 2:
             signed = state.signer.presign_bundle(base, group)
-            sizes = [urls[sha]["size"] for sha in group]
-            bundles.append({"url": signed.url, "sha256s": list(group), "sizes": sizes, "expires_at": signed.expires_at})
+            bundles.append({"url": signed.url, "sha256s": list(group), "sizes": [sizes[sha] for sha in group],
+                            "expires_at": signed.expires_at})
         group.clear()
 
-    for sha, item in urls.items():
-        size = item["size"]
+    for sha, size in sizes.items():
         if size > BUNDLE_BLOB_MAX:
             continue
         if group and (group_bytes + size > BUNDLE_MAX_BYTES or len(group) >= BUNDLE_MAX_BLOBS):
