@@ -355,6 +355,7 @@ class ArtifactFS:
         with self._opens_lock:
             data.update(self._opens)
         data["tree_entries"] = self.catalog.tree_entries()
+        data.update(self.catalog.counts())
         return data
 
     # --- files ------------------------------------------------------------------------------------------
