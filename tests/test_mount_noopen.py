@@ -121,6 +121,15 @@ class _Released:
 
 class _H:
     label = "h"
+    partial = None
+
+
+class _Filling:
+    done = False
+
+
+class _P(_H):
+    partial = _Filling()
 
 
 def test_an_evicted_handle_is_released_only_after_the_thread_serving_it_moved_on():
@@ -152,3 +161,15 @@ def test_an_evicted_handle_is_released_only_after_the_thread_serving_it_moved_on
     assert loser in released.released
     paths.close()
     assert len(paths) == 0 and len(released.released) == 5
+
+
+def test_handles_of_files_still_being_filled_are_bounded_apart():
+    released = _Released()
+    paths = PathHandles(released, size=100, partials=2)
+    small = [paths.put(f"s{i}", _H()) for i in range(5)]
+    large = [paths.put(f"l{i}", _P()) for i in range(4)]
+    paths.idle()
+    paths.put("s5", _H())  # (frees what the retired handles' last server no longer holds)
+    assert released.released == large[:2]  # the oldest partial holders went; the small files' handles stay
+    assert all(paths.take(f"s{i}") is handle for i, handle in enumerate(small))
+    assert paths.take("l3") is large[3] and paths.take("l0") is None

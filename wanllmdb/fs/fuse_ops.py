@@ -101,6 +101,10 @@ def errno_for(exc: BaseException) -> int:
     return errno.EIO
 
 
+#: Callbacks that read an open file's bytes (their failures are the reader's, logged by it).
+_READS = ("read", "read_into", "read_buf", "read_buf_path")
+
+
 def _translated(method: Callable) -> Callable:
     """Turn wanllmdb errors into FuseOSError(errno); log what is not a plain "no such file"."""
 
@@ -110,12 +114,12 @@ def _translated(method: Callable) -> Callable:
             return method(self, *args)
         except WanllmdbError as exc:
             number = errno_for(exc)
-            if number == errno.ENOENT and method.__name__ in ("read", "read_into", "read_buf"):
+            if number == errno.ENOENT and method.__name__ in _READS:
                 # An open file whose bytes are gone (its version deleted and collected): the file is there,
                 # its content cannot be had. ENOENT from read() would say the opposite.
                 logger.warning("a read failed: %s", exc)
                 number = errno.EIO
-            if number == errno.EIO and method.__name__ not in ("read", "read_into", "read_buf", "open"):
+            if number == errno.EIO and method.__name__ not in (*_READS, "open"):
                 logger.error("%s %s failed: %s", method.__name__, args[0] if args else "", exc)
             raise fuse.FuseOSError(number) from None
         except OSError:

@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 #: Handles kept open by path (each holds a descriptor of a cached blob, or a share of a partial file).
 PATH_HANDLES = 128
+#: Of those, handles of files still being filled (partial files of large blobs) kept at most: the kernel never
+#: says when a file is closed, and a partial held open cannot be dropped when the cache is over its limit, so
+#: they are bounded like the idle partials a mount keeps otherwise (``ChunkReader``'s ``idle_partials``).
+PATH_PARTIALS = 8
 
 
 class PathHandles:
@@ -37,9 +41,12 @@ class PathHandles:
         size: handles kept at most (retired ones still in use by a thread come on top, at most one per thread).
     """
 
-    def __init__(self, release: Callable[[Handle], None], size: int = PATH_HANDLES) -> None:
+    def __init__(
+        self, release: Callable[[Handle], None], size: int = PATH_HANDLES, partials: int = PATH_PARTIALS
+    ) -> None:
         self._release = release
         self._size = max(1, size)
+        self._partials = max(1, partials)
         self._lock = threading.Lock()
         self._open: OrderedDict[str, Handle] = OrderedDict()
         self._retired: list[Handle] = []
@@ -69,6 +76,8 @@ class PathHandles:
                 kept = self._open[path] = handle
                 while len(self._open) > self._size:
                     self._retired.append(self._open.popitem(last=False)[1])
+                if _filling(handle):
+                    self._bound_partials()
             self._open.move_to_end(path)
             self._serving[threading.get_ident()] = kept
             free = self._free_retired()
@@ -91,6 +100,12 @@ class PathHandles:
             self._serving.clear()
         self._close(handles)
 
+    def _bound_partials(self) -> None:
+        """Retire the least recently used handles of files still being filled beyond ``partials`` (lock held)."""
+        filling = [path for path, handle in self._open.items() if _filling(handle)]
+        for path in filling[: max(0, len(filling) - self._partials)]:
+            self._retired.append(self._open.pop(path))
+
     def _free_retired(self) -> list[Handle]:
         """Retired handles no thread's last answer came from (caller holds the lock)."""
         if not self._retired:
@@ -107,3 +122,8 @@ class PathHandles:
                 self._release(handle)
             except Exception as exc:  # a close that fails must not fail the read that retired it
                 logger.warning("could not release %s: %s", handle.label, exc)
+
+
+def _filling(handle: Handle) -> bool:
+    part = handle.partial
+    return part is not None and not part.done
