@@ -6,6 +6,7 @@ import os
 import stat
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -330,3 +331,58 @@ def test_the_sibling_fill_keeps_no_corrupt_blob_and_the_read_still_fails(registr
         read_file(fs, f"/{project}/bad/v1/d/f05.txt")
     assert not cache.contains(bad)
     assert read_file(fs, f"/{project}/bad/v1/d/f19.txt") == files["d/f19.txt"]  # the others read as usual
+
+
+class CountingFetches:
+    """A registry proxy counting whole-blob fetches."""
+
+    def __init__(self, registry) -> None:
+        self._registry = registry
+        self.fetches = 0
+
+    def __getattr__(self, name):
+        return getattr(self._registry, name)
+
+    def fetch_blob(self, *args, **kwargs):
+        self.fetches += 1
+        return self._registry.fetch_blob(*args, **kwargs)
+
+
+def test_a_read_waits_for_the_blob_another_thread_is_writing_instead_of_fetching_it(
+    registry, make_fs, cache, project, tmp_path
+):
+    data = os.urandom(700)
+    log_version(registry, tmp_path, project, "w", {"f.txt": data})
+    sha = registry.resolve(project, "w", "v1").manifest.get("f.txt").sha256
+    counting = CountingFetches(registry)
+    fs = make_fs(counting)
+    held = cache.locks.acquire(sha)  # another thread of the mount (the cache fill) is writing this blob
+    with ThreadPoolExecutor(1) as pool:
+        reading = pool.submit(read_file, fs, f"/{project}/w/v1/f.txt")
+        time.sleep(0.1)  # (within the reader's LOCAL_WRITER_WAIT)
+        # waiting for the writer: no fetch, and no fetch of its own queued behind the writer's lock either
+        assert not reading.done() and counting.fetches == 0 and fs.reader.pending_fetches() == 0
+        cache._fetch_into_cache(sha, len(data), lambda w: registry.fetch_blob(sha, len(data), w), "fill")
+        held.release()
+        assert reading.result(10) == data
+    assert counting.fetches == 0  # the reader took the blob the writer admitted
+
+
+def test_a_writer_that_holds_the_blob_past_the_timeout_fails_the_read_and_the_blob_is_fetched_once(
+    registry, make_fs, cache, project, tmp_path
+):
+    data = os.urandom(500)
+    log_version(registry, tmp_path, project, "s", {"f.txt": data})
+    sha = registry.resolve(project, "s", "v1").manifest.get("f.txt").sha256
+    counting = CountingFetches(registry)
+    fs = make_fs(counting, timeout=0.5)
+    held = cache.locks.acquire(sha)  # a stalled writer
+    try:
+        with pytest.raises(FetchError, match="timeout"):
+            read_file(fs, f"/{project}/s/v1/f.txt")
+        assert counting.fetches == 0 and not cache.contains(sha)
+    finally:
+        held.release()
+    assert _wait_until(lambda: fs.reader.pending_fetches() == 0)  # the timed-out read's fetch goes on, then ends
+    assert read_file(fs, f"/{project}/s/v1/f.txt") == data
+    assert counting.fetches == 1

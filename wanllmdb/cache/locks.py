@@ -134,6 +134,26 @@ class BlobLocks:
 
         return release
 
+    def wait_local(self, sha256: str, timeout: float) -> bool | None:
+        """Wait (at most ``timeout``) until no thread of this process holds the lock of ``sha256``: True once the
+        holder is done, False if it kept it past ``timeout``, None at once if no thread held it. (A reader of a
+        blob the mount's cache fill is writing waits for it instead of fetching it too.)"""
+        with self._local_guard:
+            local = self._local.get(sha256)
+            if local is None:
+                return None
+            local.users += 1
+        try:
+            if not local.lock.acquire(timeout=max(0.0, timeout)):
+                return False
+            local.lock.release()
+            return True
+        finally:
+            with self._local_guard:
+                local.users -= 1
+                if not local.users:
+                    del self._local[sha256]
+
     @contextmanager
     def hold(self, sha256: str, timeout: float | None = None) -> Iterator[None]:
         lock = self.acquire(sha256, timeout)

@@ -10,6 +10,10 @@
   at once (EIO) instead of costing every lookup a full timeout; the first lookup after the backoff tries
   again. Blob fetches ask :meth:`Catalog.registry_down` too (``core._unless_down``), so uncached reads
   fail at once meanwhile.
+- The listings loaded when the mount starts (:meth:`Catalog.warm`) stay useful after they expire: the first
+  lookup after the mount sat idle for more than ``ttl`` (no lookup at all) refreshes all of them at once, in
+  parallel, so the lookups along its path (project, artifact, alias) each join a refresh already running
+  instead of each starting its own after the previous one returned.
 - "Not found" answers are kept ``ttl`` seconds as well, so a shell probing names does not hammer the server.
 - Version trees never change once finalized: an LRU bounded by the total number of entries it holds keeps
   the recently used ones (a version larger than the whole bound is still kept, alone), so memory stays flat
@@ -99,6 +103,10 @@ class Catalog:
         self._down_until = 0.0
         self._slow_until = 0.0
         self._last_failure = ""
+        # Listings the warm-up loaded, in its order: key -> (load, what), for the refresh after an idle spell.
+        self._warmed: dict[tuple, tuple[Callable[[], Any], str]] = {}
+        self._last_lookup = time.monotonic()
+        self._counts = {"listing_requests": 0, "rewarms": 0}
 
     # --- listings ---------------------------------------------------------------------------------------
 
@@ -136,23 +144,28 @@ class Catalog:
         with self._lock:
             cached: _Listing | None = self._listings.get(key)
         now = time.monotonic()
+        idle, self._last_lookup = now - self._last_lookup > self._ttl, now
         if cached is not None and now - cached.fetched_at < self._ttl:
             if cached.error is not None:
                 raise cached.error.with_traceback(None)
             return cached.value
         stale = cached is not None and cached.error is None
+        if idle and stale and self._warmed and not self.registry_down():
+            self._rewarm()
+            return self._listing(key, load, what)  # its refresh is running now, or even over
         if self.registry_down() or (stale and now < self._slow_until):
             if stale:
                 self._refresh_in_background(key, load, what)
                 return cached.value
             raise FetchError(f"{what}: {self.down_reason()}")
         try:
-            future, created = self._flights.start(key, load)
+            future, created = self._flights.start(key, self._storing(key, load))
         except FetchError:
             if stale:
                 return cached.value
             raise
         if created:
+            self._count("listing_requests")
             future.add_done_callback(lambda f, key=key: self._refreshed(key, f, what))
         try:
             return self._flights.wait(future, STALE_GRACE if stale else self._timeout, what)
@@ -168,25 +181,58 @@ class Catalog:
                 self.mark_down(what, exc)
             raise
 
+    def _rewarm(self) -> None:
+        """Start refreshing every expired listing the warm-up loaded, each its own call, all at once."""
+        self._count("rewarms")
+        now = time.monotonic()
+        with self._lock:
+            warmed = list(self._warmed.items())
+            expired = [
+                (key, load, what)
+                for key, (load, what) in warmed
+                if (listing := self._listings.get(key)) is None or now - listing.fetched_at >= self._ttl
+            ]
+        for key, load, what in expired:
+            self._refresh_in_background(key, load, what)
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._counts[name] += 1
+
+    def counts(self) -> dict[str, int]:
+        """Listing calls started by lookups themselves, and refreshes of the warmed listings (for tests)."""
+        with self._lock:
+            return dict(self._counts)
+
     def _refresh_in_background(self, key: tuple, load: Callable[[], T], what: str) -> None:
         """While the registry is slow or down, at most one refresh per listing, none more often than
         every ``DOWN_BACKOFF`` seconds (a down registry is probed, not hammered)."""
         if self.registry_down():
             return
         try:
-            future, created = self._flights.start(key, load)
+            future, created = self._flights.start(key, self._storing(key, load))
         except FetchError:
             return
         if created:
             future.add_done_callback(lambda f, key=key: self._refreshed(key, f, what))
+
+    def _storing(self, key: tuple, load: Callable[[], T]) -> Callable[[], T]:
+        """``load``, storing what it returns before its flight ends: a lookup never finds the call over and its
+        answer not stored yet (it would then ask again itself)."""
+
+        def run() -> T:
+            value = load()
+            self._store(key, _Listing(value, None, time.monotonic()))
+            return value
+
+        return run
 
     def _refreshed(self, key: tuple, future: Any, what: str) -> None:
         """Store what a (background) listing call returned; remember a failing registry."""
         if future.cancelled():
             return
         exc = future.exception()
-        if exc is None:
-            self._store(key, _Listing(future.result(), None, time.monotonic()))
+        if exc is None:  # (stored by the call itself: see _storing)
             self._down_until = self._slow_until = 0.0
         elif isinstance(exc, NotFoundError):
             self._store(key, _Listing(None, exc, time.monotonic()))
@@ -306,22 +352,34 @@ class Catalog:
     def _warm(self, project: str | None) -> None:
         try:
             if project is None:
-                projects = self.registry.list_projects()
-                self._store(("projects",), _Listing(projects, None, time.monotonic()))
+                projects = self._warm_one(("projects",), self.registry.list_projects, "listing projects")
             else:
                 projects = [project]
             budget = WARM_ARTIFACTS
             for name in projects[:WARM_PROJECTS]:
-                artifacts = self.registry.list_artifacts(name)
-                self._store(("artifacts", name), _Listing(artifacts, None, time.monotonic()))
+                artifacts = self._warm_one(
+                    ("artifacts", name),
+                    lambda name=name: self.registry.list_artifacts(name),
+                    f"listing artifacts of project '{name}'",
+                )
                 for summary in artifacts[:budget]:
-                    info = self.registry.get_artifact(name, summary.name)
-                    self._store(("artifact", name, summary.name), _Listing(info, None, time.monotonic()))
+                    self._warm_one(
+                        ("artifact", name, summary.name),
+                        lambda name=name, artifact=summary.name: self.registry.get_artifact(name, artifact),
+                        f"looking up artifact '{name}/{summary.name}'",
+                    )
                 budget -= min(budget, len(artifacts))
                 if not budget:
                     break
         except (NotFoundError, TransportError, FetchError) as exc:
             logger.debug("warming the listings stopped: %s", exc)
+
+    def _warm_one(self, key: tuple, load: Callable[[], T], what: str) -> T:
+        value = load()
+        self._store(key, _Listing(value, None, time.monotonic()))
+        with self._lock:
+            self._warmed[key] = (load, what)
+        return value
 
     def prepare_fetch(self, key: tuple, sha256s: Iterable[str], then: Callable[[], None] | None = None) -> None:
         """Ask the registry to prepare downloads of ``sha256s`` in the background (one call per ``key``);

@@ -50,6 +50,7 @@ from ..manifest import parse_version, validate_artifact_name, validate_project
 from ..registry import Registry, VersionInfo
 from .catalog import DEFAULT_TREE_ENTRIES, Catalog
 from .flight import Flights
+from .pathhandles import PathHandles
 from .reader import ChunkReader, Handle
 from .tree import Attr, DirNode, FileNode, LinkNode, VersionRef, artifact_listing, dir_attr, split_path
 
@@ -146,6 +147,11 @@ class ArtifactFS:
         self._stop = stop
         self._started_at = time.time()
         self._handles: dict[int, Handle] = {}
+        #: Files read without an ``open`` (the kernel opens them itself: ``fuse_ops`` "no open"), by path.
+        self.paths = PathHandles(reader.release)
+        #: Files opened by ``open`` and by their first read (no-open mode): stats for tests and benchmarks.
+        self._opens = {"file_opens": 0, "path_opens": 0}
+        self._opens_lock = threading.Lock()
         self._fh = itertools.count(1)
         self._prepared: TTLCache = TTLCache(maxsize=256, ttl=60.0)
         self._prepared_lock = threading.Lock()
@@ -345,8 +351,11 @@ class ArtifactFS:
 
     def stats(self) -> dict[str, int]:
         data = self.reader.stats.as_dict()
-        data["open_files"] = len(self._handles)
+        data["open_files"] = len(self._handles) + len(self.paths)
+        with self._opens_lock:
+            data.update(self._opens)
         data["tree_entries"] = self.catalog.tree_entries()
+        data.update(self.catalog.counts())
         return data
 
     # --- files ------------------------------------------------------------------------------------------
@@ -361,15 +370,36 @@ class ArtifactFS:
         """
         if flags & _WRITE_FLAGS:
             raise ReadOnlyError(f"read-only filesystem: cannot open {path} for writing")
+        handle = self.open_handle(self._locate_file(path))
+        fh = next(self._fh)
+        self._handles[fh] = handle
+        self._opened("file_opens")
+        return fh
+
+    def _opened(self, kind: str) -> None:
+        with self._opens_lock:
+            self._opens[kind] += 1
+
+    def _locate_file(self, path: str) -> Located:
         here = self.locate(path)
         if here.kind != "file":
             if here.kind == "link":
                 raise NotFoundError(f"dangling alias: {path}")
             raise IsDirectoryError(f"is a directory: {path}")
-        handle = self.open_handle(here)
-        fh = next(self._fh)
-        self._handles[fh] = handle
-        return fh
+        return here
+
+    def ready_path(self, path: str, offset: int, size: int) -> tuple[int, int]:
+        """:meth:`ready` for a file read without an ``open`` (the kernel opened it itself): the file's handle is
+        found by path, and opened here by its first read (fetched and verified as :meth:`open` would).
+
+        Raises:
+            as :meth:`open` and :meth:`ready`.
+        """
+        handle = self.paths.take(path)
+        if handle is None:
+            handle = self.paths.put(path, self.open_handle(self._locate_file(path)))
+            self._opened("path_opens")
+        return self.reader.ready(handle, offset, size)
 
     def open_handle(self, here: Located) -> Handle:
         """A reader handle for the file ``here`` (``open`` without a handle number: fsspec keeps its own).
@@ -477,6 +507,7 @@ class ArtifactFS:
             pool.shutdown(wait=False, cancel_futures=True)
         for fh in list(self._handles):
             self.release(fh)
+        self.paths.close()
         self.reader.close()
 
 

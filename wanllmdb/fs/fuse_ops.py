@@ -17,7 +17,13 @@ Four callbacks bypass mfusepy's generic wrappers, because they carry the volume:
 - ``readdir`` (libfuse 3) answers READDIRPLUS with full attributes and real offsets, so ``ls -l`` and
   ``find`` of a 100,000-file version cost a few hundred requests instead of one lookup per entry
   (libfuse only forwards the attributes of entries given with an offset and ``FUSE_FILL_DIR_PLUS``);
-- directory listings are snapshot at ``opendir`` and served by offset from the snapshot.
+- directory listings are snapshot at ``opendir`` and served by offset from the snapshot;
+- "no open": the first OPEN is answered ENOSYS where the kernel supports it (``FUSE_CAP_NO_OPEN_SUPPORT``),
+  so the kernel opens files itself and sends neither OPEN nor RELEASE again: per file read, two FUSE round
+  trips (and Python callbacks) fewer. Reads then come with file handle 0 and find their file by path
+  (``fs/pathhandles.py``, which also keeps each descriptor open until libfuse has spliced from it); the
+  fetch and verification that ``open`` did happen at the first read instead, so a file that cannot be
+  fetched fails its first read with EIO instead of its open. ``WANLLMDB_MOUNT_NO_OPEN=0`` turns it off.
 
 Kernel options: read-only (``ro``), ``kernel_cache`` (version content never changes, so pages stay cached
 across opens), entry/attribute timeouts equal to the metadata TTL (they are global in the high-level API,
@@ -95,6 +101,10 @@ def errno_for(exc: BaseException) -> int:
     return errno.EIO
 
 
+#: Callbacks that read an open file's bytes (their failures are the reader's, logged by it).
+_READS = ("read", "read_into", "read_buf", "read_buf_path")
+
+
 def _translated(method: Callable) -> Callable:
     """Turn wanllmdb errors into FuseOSError(errno); log what is not a plain "no such file"."""
 
@@ -104,12 +114,12 @@ def _translated(method: Callable) -> Callable:
             return method(self, *args)
         except WanllmdbError as exc:
             number = errno_for(exc)
-            if number == errno.ENOENT and method.__name__ in ("read", "read_into", "read_buf"):
+            if number == errno.ENOENT and method.__name__ in _READS:
                 # An open file whose bytes are gone (its version deleted and collected): the file is there,
                 # its content cannot be had. ENOENT from read() would say the opposite.
                 logger.warning("a read failed: %s", exc)
                 number = errno.EIO
-            if number == errno.EIO and method.__name__ not in ("read", "read_into", "read_buf", "open"):
+            if number == errno.EIO and method.__name__ not in (*_READS, "open"):
                 logger.error("%s %s failed: %s", method.__name__, args[0] if args else "", exc)
             raise fuse.FuseOSError(number) from None
         except OSError:
@@ -158,6 +168,8 @@ class FuseOperations(fuse.Operations):  # type: ignore[misc, name-defined]
         self._dirs: dict[int, list[tuple[bytes, dict[str, int], bool]]] = {}
         self._dir_lock = threading.Lock()
         self._next_dir = 1
+        #: Whether the kernel was told to open files itself (see the module docstring), set at init.
+        self.no_open = False
 
     # --- lifecycle --------------------------------------------------------------------------------------
 
@@ -175,6 +187,9 @@ class FuseOperations(fuse.Operations):  # type: ignore[misc, name-defined]
                 # splice, with no copy through user space (libfuse falls back to pread + writev otherwise)
                 conn_info.want |= FUSE_CAP_SPLICE_WRITE
                 conn_info.max_read = SPLICE_MAX_READ  # libfuse refuses to mount unless it matches the option
+                # reads by path need read_buf (it gets the path); the kernel says whether it can open by itself
+                self.no_open = _no_open_enabled() and bool(conn_info.capable & FUSE_CAP_NO_OPEN_SUPPORT)
+            logger.info("kernel opens files itself (no OPEN/RELEASE requests): %s", self.no_open)
         if self._on_init is not None:
             self._on_init()
 
@@ -239,6 +254,11 @@ class FuseOperations(fuse.Operations):  # type: ignore[misc, name-defined]
 
     @_translated
     def open(self, path: str, flags: int) -> int:
+        if self.no_open:
+            # "success, and open every file yourself from now on": the kernel only sends OPEN for a file it
+            # looked up, writes are refused by the read-only mount before they get here, and the reads that
+            # follow find the file by path (read_buf_path), which checks what open would have
+            raise fuse.FuseOSError(errno.ENOSYS)
         return self.fs.open(path, flags)
 
     @_translated
@@ -253,6 +273,15 @@ class FuseOperations(fuse.Operations):  # type: ignore[misc, name-defined]
     def read_buf(self, fh: int, offset: int, size: int) -> tuple[int, int]:
         """The descriptor and byte count libfuse serves ``[offset, offset + size)`` from (see ``_KernelFUSE``)."""
         return self.fs.ready(fh, offset, size)
+
+    @_translated
+    def read_buf_path(self, path: str, offset: int, size: int) -> tuple[int, int]:
+        """``read_buf`` of a file the kernel opened itself (no-open mode: file handle 0)."""
+        return self.fs.ready_path(path, offset, size)
+
+    def request_started(self) -> None:
+        """Called at the start of every callback on a worker thread (its previous answer has been sent)."""
+        self.fs.paths.idle()
 
     def release(self, path: str, fh: int) -> int:
         self.fs.release(fh)
@@ -318,6 +347,8 @@ _callback_thread = threading.local()
 
 #: libfuse's ``FUSE_CAP_SPLICE_WRITE`` (fuse_common.h): reply to reads by splicing from a descriptor.
 FUSE_CAP_SPLICE_WRITE = 1 << 7
+#: ``FUSE_CAP_NO_OPEN_SUPPORT`` (fuse_common.h, kernel 3.14+): an ENOSYS answer to OPEN means "open it yourself".
+FUSE_CAP_NO_OPEN_SUPPORT = 1 << 17
 #: ``fuse_buf_flags``: the buffer is a descriptor, read at ``pos``.
 FUSE_BUF_IS_FD, FUSE_BUF_FD_SEEK = 1 << 1, 1 << 2
 #: Largest read request. libfuse splices a reply only through a pipe that holds it whole plus a few pages, and
@@ -330,6 +361,12 @@ def _read_buf_enabled() -> bool:
     """Whether reads are answered through ``read_buf`` (libfuse 3 under mfusepy; ``WANLLMDB_MOUNT_READ_BUF=0``
     turns it off, for A/B measurements)."""
     return FUSE_MAJOR >= 3 and hasattr(fuse, "fuse_bufvec_p") and os.environ.get("WANLLMDB_MOUNT_READ_BUF") != "0"
+
+
+def _no_open_enabled() -> bool:
+    """Whether the mount may ask the kernel to open files itself (needs ``read_buf``, which is given the path;
+    ``WANLLMDB_MOUNT_NO_OPEN=0`` turns it off, for A/B measurements)."""
+    return _read_buf_enabled() and os.environ.get("WANLLMDB_MOUNT_NO_OPEN") != "0"
 
 
 class _FuseBuf(ctypes.Structure):
@@ -380,12 +417,17 @@ class _KernelFUSE(fuse.FUSE):  # type: ignore[misc, name-defined]
     def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         if not getattr(_callback_thread, "kept", False):
             _keep_python_thread_state()
+        self.operations.request_started()
         return super()._wrapper(func, *args, **kwargs)
 
     def read_buf(self, path: bytes | None, bufpp: Any, size: int, offset: int, fip: Any) -> int:
         """Answer a read with the cache file's descriptor: libfuse splices the bytes from it into /dev/fuse, no
         Python copy. libfuse frees the vector with ``free`` after the reply, so it comes from ``malloc``."""
-        fd, count = self.operations.read_buf(fip.contents.fh, offset, size)
+        fh = fip.contents.fh
+        if fh:
+            fd, count = self.operations.read_buf(fh, offset, size)
+        else:  # the kernel opened the file itself (no-open mode): found by path
+            fd, count = self.operations.read_buf_path(path.decode("utf-8", "surrogateescape"), offset, size)
         address = _libc.malloc(ctypes.sizeof(_FuseBufVec))
         if not address:
             return -errno.ENOMEM

@@ -102,6 +102,10 @@ SEQ_SLACK = 16 << 20
 FETCH_BYTES = 8 << 20
 #: How far ahead of a sequential reader chunks are fetched, at most.
 READ_AHEAD_BYTES = 64 << 20
+#: Longest wait of an open for a small blob another thread of the process is writing (the cache fill, which
+#: writes one in well under a millisecond once its bundle is in) before fetching it the usual way: short, so
+#: that a stalled writer costs a retried read (the kernel retries page by page) no more than this.
+LOCAL_WRITER_WAIT = 0.25
 #: A read whose wanted chunks keep being cancelled under it (never in practice) gives up after this many rounds.
 MAX_REFETCH = 3
 
@@ -261,6 +265,8 @@ class ChunkReader:
             return Handle(entry, label, None, None)
         for _attempt in range(2):
             path = self._cache.lookup(entry.sha256)
+            if path is None and not entry.is_chunked:
+                path = self._after_local_writer(entry, label)
             if path is None:
                 if entry.is_chunked and not entry.is_reference:
                     return Handle(entry, label, None, self._acquire_partial(entry, label))
@@ -435,6 +441,16 @@ class ChunkReader:
         if filled:
             self._count(blobs_fetched=filled, blob_bytes=filled_bytes)
             self._index_soon()
+
+    def _after_local_writer(self, entry: ManifestEntry, label: str) -> str | None:
+        """The blob's path once another thread of this process (the cache fill, mostly) has finished writing it;
+        None if none was, it did not admit the blob, or it took longer than ``LOCAL_WRITER_WAIT`` (the usual
+        fetch then follows, with its deadline). A reader that caught up with the fill waits for the blob it is
+        writing instead of fetching it too (a flight, a thread hop and a lock wait each); round 4 found a cold
+        walk's CPU set by how often readers fetched for themselves.
+        """
+        waited = self._cache.locks.wait_local(entry.sha256, min(self._timeout, LOCAL_WRITER_WAIT))
+        return self._cache.lookup(entry.sha256) if waited else None
 
     def _fetch_whole(self, entry: ManifestEntry, label: str) -> str:
         progress = _Progress()
