@@ -25,6 +25,12 @@ pytestmark = pytest.mark.fuse
 CHUNK = 64 * 1024
 
 
+@pytest.fixture(autouse=True)
+def _no_open_on(monkeypatch):
+    """No-open mode is off by default (readers of one file would share one read-ahead): on for these mounts."""
+    monkeypatch.setenv("WANLLMDB_MOUNT_NO_OPEN", "1")
+
+
 def cat(path: os.PathLike[str] | str) -> subprocess.CompletedProcess:
     return subprocess.run(["cat", str(path)], capture_output=True, timeout=60)
 
@@ -45,7 +51,7 @@ def test_files_are_read_without_an_open_request(registry, mounter, project, tmp_
 
 
 def test_open_and_release_still_serve_when_no_open_is_off(registry, mounter, project, tmp_path, monkeypatch):
-    monkeypatch.setenv("WANLLMDB_MOUNT_NO_OPEN", "0")
+    monkeypatch.delenv("WANLLMDB_MOUNT_NO_OPEN")  # the default
     files = {f"f{i}.txt": os.urandom(50 + i) for i in range(5)}
     log_version(registry, tmp_path, project, "a", files)
     mnt = mounter()
