@@ -65,16 +65,12 @@ def resolve(request: Request, project: str, name: str, selector: str, urls: str 
     The manifest goes out as the registry stored it: the JSON text ``Manifest.to_json`` wrote at finalize,
     from a manifest checked then, is spliced into the answer without being parsed and encoded again (for
     100,000 files that was ~0.9 CPU-s and ~0.5 KB of Python objects per file on every request). A stored text
-    not in that form (``_STORED_PREFIX``) is parsed and encoded as before.
+    not in that form (``_STORED_PREFIX``: written by other code) is parsed and written in that form first.
     """
     info, text = _registry(request).resolve_stored(project, name, selector)
     data = info.to_dict(with_manifest=False)
     if not (text.startswith(_STORED_PREFIX) and text.endswith("]}")):
-        manifest = Manifest.from_json(text)
-        if urls == "large":
-            data["blob_urls"] = _signed_urls(request, _chunked_blobs(manifest))
-        data["manifest"] = manifest.to_dict()
-        return JSONResponse(data)
+        text = Manifest.from_json(text).to_json()  # written by other code: brought to the form spliced below
     if urls == "large":
         data["blob_urls"] = _signed_urls(request, _chunked_in_text(text))
     head = json_bytes(data)[:-1] + b',"manifest":'
@@ -118,25 +114,15 @@ def _chunked_in_text(text: str) -> list[str]:
     return list(found)
 
 
-def _chunked_blobs(manifest: Manifest) -> list[str]:
-    wanted = list(dict.fromkeys(e.sha256 for e in manifest if e.is_chunked and not e.is_reference))
-    return wanted[:MAX_RESOLVE_URLS]
-
-
 def _signed_urls(request: Request, wanted: list[str]) -> dict[str, dict]:
     if not wanted:
         return {}
     state = request.app.state.server
     base = state.base_url(str(request.base_url))
     stored = state.registry.stored_sizes(wanted)
-    found: dict[str, dict] = {}
-    for sha in wanted:
-        size = stored.get(sha)
-        if size is None:  # never for a committed version; a reader then asks POST /blob-urls and gets "missing"
-            continue
-        signed = state.s3.presign_get(sha) if state.s3 is not None else state.signer.presign(base, "GET", sha, None)
-        found[sha] = {"url": signed.url, "size": size, "expires_at": signed.expires_at}
-    return found
+    # A blob not stored (never, for a committed version; a reference's digest) gets no URL: a reader then asks
+    # POST /blob-urls and gets "missing".
+    return {sha: state.download_item(base, sha, stored[sha]) for sha in wanted if sha in stored}
 
 
 @router.put(_ARTIFACT + "/aliases/{alias}", summary="Point an alias at a version", status_code=204)

@@ -270,8 +270,7 @@ def blob_urls(
     for sha, size in sizes.items():
         if sha in bundled:
             continue
-        signed = state.s3.presign_get(sha) if state.s3 is not None else state.signer.presign(base, "GET", sha, None)
-        signed_urls[sha] = {"url": signed.url, "size": size, "expires_at": signed.expires_at}
+        signed_urls[sha] = state.download_item(base, sha, size)
     return JSONResponse({"urls": signed_urls, "missing": missing, "bundles": bundles})
 
 

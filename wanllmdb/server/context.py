@@ -134,5 +134,11 @@ class ServerState:
     def base_url(self, request_base_url: str) -> str:
         return (self.config.public_url or request_base_url).rstrip("/")
 
+    def download_item(self, base: str, sha256: str, size: int) -> dict:
+        """``{url, size, expires_at}`` of a presigned GET of a stored blob: from the object store when blobs
+        live there, else from this server under ``base``."""
+        signed = self.s3.presign_get(sha256) if self.s3 is not None else self.signer.presign(base, "GET", sha256, None)
+        return {"url": signed.url, "size": size, "expires_at": signed.expires_at}
+
     def close(self) -> None:
         self.registry.close()

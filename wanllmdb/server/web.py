@@ -232,9 +232,8 @@ def _files(request: Request, state: ServerState, version: VersionInfo, limit: in
     stored = state.registry.stored_sizes({e.sha256 for e in entries if e.ref is None})
     base = state.base_url(str(request.base_url))
     urls: dict[str, str] = {}
-    for sha in stored:
-        signed = state.s3.presign_get(sha) if state.s3 is not None else state.signer.presign(base, "GET", sha, None)
-        urls[sha] = signed.url
+    for sha, size in stored.items():
+        urls[sha] = state.download_item(base, sha, size)["url"]
     files = []
     for entry in entries:
         if entry.ref is not None:
