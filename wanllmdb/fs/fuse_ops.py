@@ -420,7 +420,8 @@ class _KernelFUSE(fuse.FUSE):  # type: ignore[misc, name-defined]
     def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         if not getattr(_callback_thread, "kept", False):
             _keep_python_thread_state()
-        self.operations.request_started()
+        if self.operations.no_open:  # only by-path handles need to know when a thread's last answer went out
+            self.operations.request_started()
         return super()._wrapper(func, *args, **kwargs)
 
     def read_buf(self, path: bytes | None, bufpp: Any, size: int, offset: int, fip: Any) -> int:
