@@ -348,14 +348,20 @@ class CountingFetches:
         return self._registry.fetch_blob(*args, **kwargs)
 
 
+def _one_file_counting(registry, make_fs, project, tmp_path, name: str, size: int, **fs_options):
+    """A version ``name`` of one file ``f.txt`` of ``size`` random bytes, and a filesystem over a registry that
+    counts its whole-blob fetches: (data, sha256, counting registry, fs)."""
+    data = os.urandom(size)
+    log_version(registry, tmp_path, project, name, {"f.txt": data})
+    sha = registry.resolve(project, name, "v1").manifest.get("f.txt").sha256
+    counting = CountingFetches(registry)
+    return data, sha, counting, make_fs(counting, **fs_options)
+
+
 def test_a_read_waits_for_the_blob_another_thread_is_writing_instead_of_fetching_it(
     registry, make_fs, cache, project, tmp_path
 ):
-    data = os.urandom(700)
-    log_version(registry, tmp_path, project, "w", {"f.txt": data})
-    sha = registry.resolve(project, "w", "v1").manifest.get("f.txt").sha256
-    counting = CountingFetches(registry)
-    fs = make_fs(counting)
+    data, sha, counting, fs = _one_file_counting(registry, make_fs, project, tmp_path, "w", 700)
     held = cache.locks.acquire(sha)  # another thread of the mount (the cache fill) is writing this blob
     with ThreadPoolExecutor(1) as pool:
         reading = pool.submit(read_file, fs, f"/{project}/w/v1/f.txt")
@@ -371,11 +377,7 @@ def test_a_read_waits_for_the_blob_another_thread_is_writing_instead_of_fetching
 def test_a_writer_that_holds_the_blob_past_the_timeout_fails_the_read_and_the_blob_is_fetched_once(
     registry, make_fs, cache, project, tmp_path
 ):
-    data = os.urandom(500)
-    log_version(registry, tmp_path, project, "s", {"f.txt": data})
-    sha = registry.resolve(project, "s", "v1").manifest.get("f.txt").sha256
-    counting = CountingFetches(registry)
-    fs = make_fs(counting, timeout=0.5)
+    data, sha, counting, fs = _one_file_counting(registry, make_fs, project, tmp_path, "s", 500, timeout=0.5)
     held = cache.locks.acquire(sha)  # a stalled writer
     try:
         with pytest.raises(FetchError, match="timeout"):
