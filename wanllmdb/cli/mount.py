@@ -11,6 +11,7 @@ import argparse
 import logging
 
 from ..errors import ConfigError
+from ..fs.catalog import DEFAULT_TREE_ENTRIES
 from ..settings import load_settings, parse_size
 from .common import common_parent, out
 
@@ -44,6 +45,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--timeout", type=float, metavar="SECONDS",
         help="a read waiting this long on a stalled fetch fails with EIO (default: $WANLLMDB_TIMEOUT or 30)",
     )
+    mount.add_argument(
+        "--max-tree-entries", type=int, default=DEFAULT_TREE_ENTRIES, metavar="FILES",
+        help=f"files of versions kept in memory (default {DEFAULT_TREE_ENTRIES}); a larger version is indexed on "
+        "disk under the cache directory and read a directory at a time",
+    )
     mount.add_argument("--foreground", "-f", action="store_true", help="serve in this process; Ctrl-C unmounts")
     mount.add_argument("--allow-other", action="store_true", help="let other users read the mount")
     mount.add_argument("--log-file", help="where the mount process logs (default: under the state directory)")
@@ -64,6 +70,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _settings(args: argparse.Namespace):
     if args.metadata_ttl <= 0:
         raise ConfigError(f"--metadata-ttl must be positive, got {args.metadata_ttl:g}")
+    if args.max_tree_entries < 1:
+        raise ConfigError(f"--max-tree-entries must be at least 1, got {args.max_tree_entries}")
     if args.timeout is not None and args.timeout <= 0:
         raise ConfigError(f"--timeout must be positive, got {args.timeout:g}")
     return load_settings(
@@ -95,6 +103,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
                 settings=settings,
                 project=args.project,
                 metadata_ttl=args.metadata_ttl,
+                max_tree_entries=args.max_tree_entries,
                 allow_other=args.allow_other,
                 log_file=args.log_file,
                 ready_fd=args.ready_fd,
@@ -114,7 +123,7 @@ def _child_args(args: argparse.Namespace, mountpoint: str, settings, log_file: s
     """The foreground command the background mount runs: every choice made explicit."""
     child = ["mount", mountpoint, "--foreground", "--log-file", log_file, "--metadata-ttl", repr(args.metadata_ttl)]
     child += ["--timeout", repr(settings.timeout), "--cache-dir", settings.cache_dir]
-    child += ["--cache-size", str(settings.cache_max_bytes)]
+    child += ["--cache-size", str(settings.cache_max_bytes), "--max-tree-entries", str(args.max_tree_entries)]
     if settings.base_url:
         child += ["--base-url", settings.base_url]
     else:

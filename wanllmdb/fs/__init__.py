@@ -2,6 +2,7 @@
 
 - ``tree``: path -> node values built from manifests and listings (pure);
 - ``catalog``: registry metadata in bounded TTL/LRU caches;
+- ``index``: versions too large for memory, indexed on disk (SQLite) and read a directory at a time;
 - ``reader``: file bytes through the shared cache: verified chunks, read-ahead;
 - ``flight``: deduplicated registry calls with deadlines;
 - ``core``: ``ArtifactFS``, the filesystem logic, raising :mod:`wanllmdb.errors` types;

@@ -16,8 +16,9 @@
   instead of each starting its own after the previous one returned.
 - "Not found" answers are kept ``ttl`` seconds as well, so a shell probing names does not hammer the server.
 - Version trees never change once finalized: an LRU bounded by the total number of entries it holds keeps
-  the recently used ones (a version larger than the whole bound is still kept, alone), so memory stays flat
-  however many files a ``find`` walks.
+  the recently used ones, so memory stays flat however many files a ``find`` walks. A version larger than
+  the whole bound is indexed on disk (``fs/index.py``: parsed as it arrives, read a directory at a time),
+  so its size does not set the mount's memory either (without an index folder it is kept alone in memory).
 - A version deleted in the registry leaves the artifact's listing, so it disappears (its directory, its
   aliases) within ``ttl`` even when its tree is still in memory: :meth:`Catalog.versions` is what decides
   which ``vN`` exist.
@@ -38,9 +39,11 @@ from typing import Any, TypeVar
 from cachetools import LRUCache
 
 from ..errors import FetchError, NotFoundError, TransportError
+from ..manifest.stream import iter_entries
 from ..registry import ArtifactInfo, ArtifactSummary, Registry, VersionInfo
 from .flight import Flights
-from .tree import VersionTree
+from .index import IndexedTree, IndexFolder
+from .tree import PRESIGN_LARGE, VersionTree
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +61,6 @@ DOWN_BACKOFF = 5.0
 #: Projects, and artifacts in all, whose listings are loaded when the mount starts (:meth:`Catalog.warm`).
 WARM_PROJECTS = 16
 WARM_ARTIFACTS = 64
-#: Large (chunked) files of a newly loaded version whose downloads are prepared at once.
-PRESIGN_LARGE = 1000
 
 
 @dataclass(slots=True)
@@ -89,6 +90,8 @@ class Catalog:
         timeout: float = 30.0,
         max_tree_entries: int = DEFAULT_TREE_ENTRIES,
         max_listings: int = DEFAULT_LISTINGS,
+        index_folder: IndexFolder | None = None,
+        index_min: int | None = None,
     ) -> None:
         self.registry = registry
         self._flights = flights
@@ -98,6 +101,10 @@ class Catalog:
         self._listings: LRUCache = LRUCache(max_listings)
         self._trees: LRUCache = LRUCache(max_tree_entries, getsizeof=lambda tree: tree.weight)
         self._oversized: tuple[tuple, VersionTree] | None = None
+        self._index_folder = index_folder
+        #: Versions of at least this many files are indexed on disk (see ``fs/index.py``): by default those
+        #: the in-memory bound could not hold.
+        self._index_min = max_tree_entries + 1 if index_min is None else index_min
         self._by_number: LRUCache = LRUCache(max_listings)
         self._last_stale_warning = 0.0
         self._down_until = 0.0
@@ -268,7 +275,7 @@ class Catalog:
 
     # --- version trees ----------------------------------------------------------------------------------
 
-    def cached_tree(self, project: str, name: str, version: int) -> VersionTree | None:
+    def cached_tree(self, project: str, name: str, version: int) -> VersionTree | IndexedTree | None:
         """The tree if it is in memory (never asks the registry)."""
         key = (project, name, version)
         with self._lock:
@@ -277,7 +284,7 @@ class Catalog:
                 tree = self._oversized[1]
         return tree
 
-    def tree(self, project: str, name: str, version: int) -> VersionTree:
+    def tree(self, project: str, name: str, version: int) -> VersionTree | IndexedTree:
         """The files and directories of ``project/name:v<version>``.
 
         Raises:
@@ -306,7 +313,12 @@ class Catalog:
         self.prepare_fetch(("tree", project, name, version), large)
         return tree
 
-    def _load_tree(self, project: str, name: str, version: int) -> VersionTree:
+    def _load_tree(self, project: str, name: str, version: int) -> VersionTree | IndexedTree:
+        listed = self._listed_version(project, name, version)
+        if listed is not None and listed.file_count >= self._index_min and self._index_folder is not None:
+            open_manifest = getattr(self.registry, "open_manifest", None)
+            if open_manifest is not None:
+                return self._load_indexed(open_manifest, project, name, version, listed.created_at)
         # An HTTP registry's answer then carries the large files' download URLs too (one request fewer
         # before the first read of one); any other registry resolves as usual.
         resolve = getattr(self.registry, "resolve_for_reading", self.registry.resolve)
@@ -321,7 +333,37 @@ class Catalog:
         )
         return tree
 
-    def _keep_tree(self, key: tuple, tree: VersionTree) -> None:
+    def _listed_version(self, project: str, name: str, version: int) -> VersionInfo | None:
+        """The version as the artifact listing in memory has it (never asks the registry: a tree is loaded
+        after the lookup of its ``vN`` directory, which loaded that listing)."""
+        with self._lock:
+            listing: _Listing | None = self._listings.get(("artifact", project, name))
+        if listing is None or listing.value is None:
+            return None
+        return next((v for v in listing.value.versions if v.version == version), None)
+
+    def _load_indexed(
+        self, open_manifest: Callable[..., Any], project: str, name: str, version: int, created_at: float
+    ) -> IndexedTree:
+        assert self._index_folder is not None
+        started = time.monotonic()
+        with open_manifest(project, name, f"v{version}") as body:
+            tree = IndexedTree.build(self._index_folder.new_file(), iter_entries(body), created_at)
+        logger.info(
+            "indexed %s/%s:v%d (%d files) on disk in %.3fs", project, name, version, tree.file_count,
+            time.monotonic() - started,
+        )
+        return tree
+
+    def close(self) -> None:
+        """Remove the index files (after the FUSE loop has ended)."""
+        with self._lock:
+            self._trees.clear()
+            self._oversized = None
+        if self._index_folder is not None:
+            self._index_folder.close()
+
+    def _keep_tree(self, key: tuple, tree: VersionTree | IndexedTree) -> None:
         with self._lock:
             if tree.weight <= self._trees.maxsize:
                 self._trees[key] = tree

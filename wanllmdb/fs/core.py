@@ -50,6 +50,7 @@ from ..manifest import parse_version, validate_artifact_name, validate_project
 from ..registry import Registry, VersionInfo
 from .catalog import DEFAULT_TREE_ENTRIES, Catalog
 from .flight import Flights
+from .index import IndexFolder
 from .pathhandles import PathHandles
 from .reader import ChunkReader, Handle
 from .tree import Attr, DirNode, FileNode, LinkNode, VersionRef, artifact_listing, dir_attr, split_path
@@ -66,6 +67,8 @@ XATTR_TAGS = XATTR_PREFIX + "tags"
 XATTR_REF = XATTR_PREFIX + "ref"
 #: On the mount root: JSON counters of the read path (chunks and blobs fetched, cache hits...).
 XATTR_STATS = XATTR_PREFIX + "stats"
+#: The folder of the mounts' on-disk version indexes, under the cache root.
+INDEX_FOLDER = "mount-index"
 #: Threads answering metadata requests (listings, manifests) to the registry.
 METADATA_WORKERS = 8
 #: Uncached small files announced to the registry at once (one presign request for many downloads).
@@ -509,6 +512,7 @@ class ArtifactFS:
             self.release(fh)
         self.paths.close()
         self.reader.close()
+        self.catalog.close()
 
 
 def open_filesystem(
@@ -519,17 +523,23 @@ def open_filesystem(
     metadata_ttl: float = 5.0,
     timeout: float = 30.0,
     max_tree_entries: int = DEFAULT_TREE_ENTRIES,
+    index_min: int | None = None,
 ) -> ArtifactFS:
     """An ArtifactFS over ``registry`` and ``cache`` with its thread pools (``close()`` releases them).
 
     Args:
         metadata_ttl: seconds listings and aliases are cached.
         timeout: seconds a read or lookup waits on a registry call that makes no progress.
+        max_tree_entries: files of version trees held in memory; larger versions are indexed on disk, in
+            ``mount-index/`` under the cache root (see ``fs/index.py``).
+        index_min: versions of at least this many files are indexed on disk (default: those over
+            ``max_tree_entries``).
     """
     stop: Future[None] = Future()
     meta_pool = ThreadPoolExecutor(METADATA_WORKERS, thread_name_prefix="wanllmdb-meta")
     catalog = Catalog(
-        registry, Flights(meta_pool, stop), ttl=metadata_ttl, timeout=timeout, max_tree_entries=max_tree_entries
+        registry, Flights(meta_pool, stop), ttl=metadata_ttl, timeout=timeout, max_tree_entries=max_tree_entries,
+        index_folder=IndexFolder(os.path.join(cache.root, INDEX_FOLDER)), index_min=index_min,
     )
     fetch_range_into, fetch_blob = (_unless_down(catalog, f) for f in (registry.fetch_range_into, registry.fetch_blob))
     reader = ChunkReader(cache, fetch_range_into, fetch_blob, stop=stop, timeout=timeout, trust_chunk_digests=True)

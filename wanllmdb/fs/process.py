@@ -43,6 +43,7 @@ import platformdirs
 from ..errors import MountError, NotFoundError, WanllmdbError
 from ..settings import Settings
 from ..tmpfiles import pid_alive
+from .catalog import DEFAULT_TREE_ENTRIES
 
 logger = logging.getLogger(__name__)
 
@@ -404,6 +405,7 @@ class ServeOptions:
     settings: Settings
     project: str | None = None
     metadata_ttl: float = 5.0
+    max_tree_entries: int = DEFAULT_TREE_ENTRIES
     allow_other: bool = False
     log_file: str | None = None
     ready_fd: int | None = None
@@ -434,7 +436,8 @@ class _Daemon:
         self.registry = registry = open_registry(settings, retries=MOUNT_RETRIES)
         self.cache = cache = open_cache(settings)
         self.fs = open_filesystem(
-            registry, cache, project=options.project, metadata_ttl=options.metadata_ttl, timeout=settings.timeout
+            registry, cache, project=options.project, metadata_ttl=options.metadata_ttl, timeout=settings.timeout,
+            max_tree_entries=options.max_tree_entries,
         )
         operations = FuseOperations(self.fs, metadata_ttl=options.metadata_ttl, on_init=self._on_init)
         return lambda: self._run(operations, registry.description)

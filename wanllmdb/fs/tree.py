@@ -20,6 +20,8 @@ from ..manifest import Manifest, ManifestEntry, parse_version
 
 #: Preferred I/O size reported to readers (``st_blksize``): one FUSE request.
 BLOCK_SIZE = 1 << 20
+#: Large (chunked) files of a newly loaded version whose downloads are prepared at once.
+PRESIGN_LARGE = 1000
 DIR_MODE = stat.S_IFDIR | 0o555
 FILE_MODE = stat.S_IFREG | 0o444
 LINK_MODE = stat.S_IFLNK | 0o777

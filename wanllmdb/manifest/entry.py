@@ -338,6 +338,24 @@ def _plain_entry(item: object) -> ManifestEntry | None:
     return entry
 
 
+def trusted_entry(
+    path: str, size: int, md5: str, sha256: str, chunk_size: int, chunks: tuple[str, ...], ref: str | None,
+    etag: str | None,
+) -> ManifestEntry:
+    """An entry made without its checks, from fields read back from where this process wrote a checked entry
+    (the mount's on-disk index): ~10x cheaper than the constructor."""
+    entry = _new_entry(ManifestEntry)
+    _set_path(entry, path)
+    _set_size(entry, size)
+    _set_md5(entry, md5)
+    _set_sha256(entry, sha256)
+    _set_chunk_size(entry, chunk_size)
+    _set_chunks(entry, chunks)
+    _set_ref(entry, ref)
+    _set_etag(entry, etag)
+    return entry
+
+
 def unchecked_reference(path: str, uri: str) -> ManifestEntry:
     """The entry of a reference recorded without a checksum: size 0, digests of the URI text.
 

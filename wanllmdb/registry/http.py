@@ -24,8 +24,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from cachetools import LRUCache
@@ -328,6 +329,14 @@ class HttpRegistry:
         for sha, item in (data.get("blob_urls") or {}).items():
             self._get_urls.put(sha, item["url"], item.get("expires_at"))
         return VersionInfo.from_dict(data)
+
+    @contextmanager
+    def open_manifest(self, project: str, name: str, selector: str) -> Iterator[BinaryIO]:
+        """The manifest's canonical JSON text as it arrives (``GET …/versions/{selector}/manifest``), for a
+        reader that parses it in pieces (:func:`wanllmdb.manifest.stream.iter_entries`)."""
+        path = f"{self._artifact_path(project, name)}/versions/{_q(validate_alias(selector))}/manifest"
+        with self.transport.open_body(path) as body:
+            yield body
 
     # --- blobs ------------------------------------------------------------------------------------------
 

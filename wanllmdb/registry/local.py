@@ -13,15 +13,17 @@ never skipped or duplicated, and a draft is never visible. The server serves thi
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, BinaryIO
 
 from ..cache.store import BlobWriter
 from ..errors import (
@@ -342,6 +344,13 @@ class LocalRegistry(LifecycleOps):
         """:meth:`resolve` without parsing the manifest: the version (``manifest`` None) and its manifest's JSON
         text as stored at finalize (``Manifest.to_json`` of a checked manifest), for the server to pass on."""
         return self._resolve(project, name, selector, parse=False)
+
+    @contextmanager
+    def open_manifest(self, project: str, name: str, selector: str) -> Iterator[BinaryIO]:
+        """The manifest's JSON text as stored (the canonical form, see :meth:`resolve_stored`), as a binary file
+        object (the HTTP registry streams it; here the text is one column, read whole)."""
+        _info, text = self.resolve_stored(project, name, selector)
+        yield io.BytesIO(text.encode())
 
     def _resolve(self, project: str, name: str, selector: str, *, parse: bool) -> tuple[VersionInfo, str]:
         validate_alias(selector)

@@ -11,6 +11,7 @@ from starlette.responses import StreamingResponse
 from ..errors import InvalidRefError
 from ..manifest import Manifest, parse_version
 from ..manifest.entry import MANIFEST_FORMAT
+from ..registry import VersionInfo
 from ..registry.local import LocalRegistry
 from .models import AliasRequest
 from .responses import JSONResponse, json_bytes, no_content
@@ -67,16 +68,39 @@ def resolve(request: Request, project: str, name: str, selector: str, urls: str 
     100,000 files that was ~0.9 CPU-s and ~0.5 KB of Python objects per file on every request). A stored text
     not in that form (``_STORED_PREFIX``: written by other code) is parsed and written in that form first.
     """
-    info, text = _registry(request).resolve_stored(project, name, selector)
+    info, text = _stored(request, project, name, selector)
     data = info.to_dict(with_manifest=False)
-    if not (text.startswith(_STORED_PREFIX) and text.endswith("]}")):
-        text = Manifest.from_json(text).to_json()  # written by other code: brought to the form spliced below
     if urls == "large":
         data["blob_urls"] = _signed_urls(request, _chunked_in_text(text))
     head = json_bytes(data)[:-1] + b',"manifest":'
     if info.file_count < STREAM_MANIFEST_MIN:
         return Response(head + text.encode() + b"}", media_type="application/json")
     return StreamingResponse(_spliced(head, text), media_type="application/json")
+
+
+@router.get(
+    _ARTIFACT + "/versions/{selector}/manifest",
+    summary="The manifest of a version alone, as its canonical JSON text (for readers that parse it in pieces)",
+)
+def manifest(request: Request, project: str, name: str, selector: str) -> Response:
+    """The manifest as ``Manifest.to_json`` writes it (``{"format":1,"entries":[...]}``, entries in path order,
+    keys in a fixed order, no spaces), streamed from 1,000 entries. A reader that cannot hold a large manifest
+    whole (the mount's on-disk index) parses it as it arrives; the version itself comes from the artifact
+    listing it already has. The answer's ``X-Wanllmdb-Version`` header names the version resolved."""
+    info, text = _stored(request, project, name, selector)
+    headers = {"X-Wanllmdb-Version": str(info.version)}
+    if info.file_count < STREAM_MANIFEST_MIN:
+        return Response(text.encode(), media_type="application/json", headers=headers)
+    return StreamingResponse(_pieces(text), media_type="application/json", headers=headers)
+
+
+def _stored(request: Request, project: str, name: str, selector: str) -> tuple[VersionInfo, str]:
+    """The version and its manifest text in the canonical form (a text stored in another form, by other
+    code, is brought to it)."""
+    info, text = _registry(request).resolve_stored(project, name, selector)
+    if not (text.startswith(_STORED_PREFIX) and text.endswith("]}")):
+        text = Manifest.from_json(text).to_json()
+    return info, text
 
 
 #: How every manifest text ``Manifest.to_json`` writes begins (entries follow, each beginning with its path).
@@ -94,9 +118,13 @@ STREAM_PIECE = 1 << 20
 
 def _spliced(head: bytes, text: str) -> Iterator[bytes]:
     yield head
+    yield from _pieces(text)
+    yield b"}"
+
+
+def _pieces(text: str) -> Iterator[bytes]:
     for start in range(0, len(text), STREAM_PIECE):
         yield text[start : start + STREAM_PIECE].encode()
-    yield b"}"
 
 
 def _chunked_in_text(text: str) -> list[str]:

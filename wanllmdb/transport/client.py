@@ -12,11 +12,13 @@ import http.client
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from requests.hooks import dispatch_hook
 
 from ..cache.store import BlobWriter
@@ -150,6 +152,22 @@ class HttpTransport:
                 logger.debug("%s %s failed (%s); retrying in %.2fs", method, url, exc, delay)
                 time.sleep(delay)
         raise AssertionError("unreachable")
+
+    @contextmanager
+    def open_body(self, endpoint: str, *, read_timeout: float | None = None) -> Iterator[BinaryIO]:
+        """GET an API endpoint whose answer is read as it arrives (e.g. a manifest of a million entries):
+        yields its body as a binary file object; a body that breaks off raises :class:`TransportError` from
+        ``read`` (it is not resumed: the caller starts over).
+
+        Raises:
+            WanllmdbError: the typed error for a failed status.
+            ServerUnreachableError: no answer after the retries.
+        """
+        url = self.api_url(endpoint)
+        response = self._send("GET", url, headers=dict(self._auth), stream=True, read_timeout=read_timeout)
+        with response:
+            raise_for_status(response, server=self.server)
+            yield _BodyReader(response, self.server)
 
     def _send(self, method: str, url: str, *, read_timeout: float | None = None, **kwargs: Any) -> requests.Response:
         timeout = self.timeout if read_timeout is None else (self.timeout[0], max(self.timeout[1], read_timeout))
@@ -498,6 +516,20 @@ def _range_end(response: requests.Response, target: int | None) -> int | None:
     except (IndexError, ValueError):
         return target
     return total if target is None else min(target, total)
+
+
+class _BodyReader:
+    """A streamed answer's body as a file object (``read`` only), its transport failures typed."""
+
+    def __init__(self, response: requests.Response, server: str) -> None:
+        self._raw = response.raw
+        self._server = server
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._raw.read(None if size < 0 else size, decode_content=True) or b""
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise TransportError(f"the answer of {self._server} broke off: {exc}") from exc
 
 
 def _parse_json(response: requests.Response, server: str) -> Any:

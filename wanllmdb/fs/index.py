@@ -1,0 +1,388 @@
+"""Large versions on disk: a version's tree as a SQLite index, read a directory at a time.
+
+:class:`~.tree.VersionTree` holds every file of a version as Python objects (~0.5 KB each, ~0.9 KB at the
+peak of parsing the manifest): 900 MB for a million files. From ``INDEX_MIN`` files the mount builds an
+:class:`IndexedTree` instead, once per version (versions never change): the manifest is parsed as it arrives
+(:func:`~wanllmdb.manifest.stream.iter_entries`), each entry checked as :meth:`Manifest.from_dict` checks it,
+into a SQLite file in the mount's private index folder. Lookups and listings then read what they need:
+
+- a lookup asks for one directory or one file by (parent, name): the primary keys;
+- a listing loads the directory's children (its files with what ``stat`` and the reader need, its
+  subdirectories with their subdirectory counts) into a bounded LRU of directories, weighed by entries.
+
+So the mount's memory is bounded by that LRU and by the largest single directory being listed, whatever the
+version's size. The file is a scratch copy, private to this mount (``synchronous=OFF``, no journal): it is
+built in one transaction, and a failure (a bad entry, a broken answer) removes it whole; it is deleted when
+the tree is dropped from the catalog and when the mount ends (:class:`IndexFolder`).
+
+The checks only the whole manifest can make, done here with the index's keys: a path given twice (the
+primary key of ``files``), and a path that is both a file and a directory (one join at the end).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+from cachetools import LRUCache
+
+from ..errors import InvalidManifestError
+from ..manifest import ManifestEntry
+from ..manifest.entry import trusted_entry
+from .tree import FILE_MODE, PRESIGN_LARGE, Attr, DirNode, FileNode, Node
+
+logger = logging.getLogger(__name__)
+
+#: Versions of at least this many files get an on-disk index instead of an in-memory tree.
+INDEX_MIN = 20_000
+#: Entries (files and subdirectories) of an index's directories kept loaded, per index.
+DIR_CACHE_ENTRIES = 20_000
+#: Rows inserted per statement batch while building.
+BATCH = 5000
+#: Directory ids remembered by path while building (entries come in path order, so a few suffice).
+BUILD_DIR_CACHE = 4096
+ROOT_ID = 0
+
+_SCHEMA = """
+CREATE TABLE dirs (
+    id INTEGER PRIMARY KEY,
+    parent INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    subdirs INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (parent, name)
+);
+CREATE TABLE files (
+    dir INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    md5 TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    chunk_size INTEGER NOT NULL,
+    chunks TEXT,
+    ref TEXT,
+    etag TEXT,
+    PRIMARY KEY (dir, name)
+) WITHOUT ROWID;
+"""
+
+_FILE_COLUMNS = "name, size, md5, sha256, chunk_size, chunks, ref, etag"
+
+
+class IndexFolder:
+    """The folder of one mount's index files, under the cache root; removed when the mount ends.
+
+    A mount killed with -9 leaves its folder behind: each folder holds a lock file its mount keeps locked, so
+    the next mount removes every folder whose lock it can take.
+    """
+
+    def __init__(self, parent: str) -> None:
+        os.makedirs(parent, exist_ok=True)
+        _remove_abandoned(parent)
+        self.path = tempfile.mkdtemp(prefix="mount-index-", dir=parent)
+        self._lock = open(os.path.join(self.path, "lock"), "wb")  # noqa: SIM115 (held for the mount's life)
+        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._serial = 0
+        self._serial_lock = threading.Lock()
+
+    def new_file(self) -> str:
+        with self._serial_lock:
+            self._serial += 1
+            return os.path.join(self.path, f"v-{self._serial}.sqlite")
+
+    def close(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        self._lock.close()
+
+
+def _remove_abandoned(parent: str) -> None:
+    for name in os.listdir(parent):
+        folder = os.path.join(parent, name)
+        if not name.startswith("mount-index-") or not os.path.isdir(folder):
+            continue
+        try:
+            with open(os.path.join(folder, "lock"), "rb") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except FileNotFoundError:
+            pass  # a folder whose mount died before it made its lock: abandoned too
+        except OSError:
+            continue  # locked: a live mount's
+        logger.info("removing the index folder a stopped mount left: %s", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class IndexedDir(DirNode):
+    """A directory of an :class:`IndexedTree`: its children are loaded when asked for."""
+
+    __slots__ = ("_tree", "id")
+
+    def __init__(self, tree: IndexedTree, dir_id: int, subdirs: int) -> None:
+        # (DirNode.__init__ is not called: ``children`` is the property below, not a dict of its own)
+        self._tree = tree
+        self.id = dir_id
+        self.mtime = tree.mtime
+        self.subdirs = subdirs
+
+    @property  # type: ignore[override]
+    def children(self) -> dict[str, Node]:
+        return self._tree.children_of(self.id)
+
+
+class IndexedFile(FileNode):
+    """A file of an :class:`IndexedTree`: its name and size (all a listing needs); the entry is read from the
+    index when asked for (open, xattrs)."""
+
+    __slots__ = ("_tree", "_dir_id", "_name", "_size")
+
+    def __init__(self, tree: IndexedTree, dir_id: int, name: str, size: int, mtime: float) -> None:
+        self._tree = tree
+        self._dir_id = dir_id
+        self._name = name
+        self._size = size
+        self.mtime = mtime
+
+    @property  # type: ignore[override]
+    def entry(self) -> ManifestEntry:
+        return self._tree.file_entry(self._dir_id, self._name)
+
+    @property
+    def attr(self) -> Attr:
+        return Attr(FILE_MODE, self._size, self.mtime, 1)
+
+
+def _entry(prefix: str, row: tuple) -> ManifestEntry:
+    """The entry of a row this mount wrote from a checked entry (so not checked again)."""
+    name, size, md5, sha256, chunk_size, chunks, ref, etag = row[:8]
+    return trusted_entry(
+        prefix + name, size, md5, sha256, chunk_size, tuple(chunks.split(",")) if chunks else (), ref, etag
+    )
+
+
+class IndexedTree:
+    """The tree of one version, from an index file built by :meth:`build` (the same interface as
+    :class:`~.tree.VersionTree`: ``root``, ``lookup``, ``file_count``, ``large_entries``, ``weight``)."""
+
+    def __init__(self, path: str, mtime: float, *, dir_entries: int = DIR_CACHE_ENTRIES) -> None:
+        self.path = path
+        self.mtime = mtime
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA query_only = ON")
+        self._lock = threading.Lock()
+        self._dirs: LRUCache = LRUCache(dir_entries, getsizeof=lambda children: len(children) + 1)
+        self.file_count = self._one("SELECT count(*) FROM files")[0]
+        self.root = IndexedDir(self, ROOT_ID, self._one("SELECT subdirs FROM dirs WHERE id = ?", (ROOT_ID,))[0])
+        # The file goes when the tree is dropped by the last thread using it (not when the catalog evicts it
+        # while a read still holds it), or when the process ends.
+        self._finalizer = weakref.finalize(self, _drop, self._conn, path)
+
+    @classmethod
+    def build(cls, path: str, entries: Iterable[ManifestEntry], mtime: float, **kwargs: Any) -> IndexedTree:
+        """Write the index of ``entries`` to ``path`` (a new file) and open it.
+
+        Raises:
+            InvalidManifestError: a bad entry, a path given twice, or a path that is both a file and a
+                directory; nothing is left at ``path``.
+            whatever iterating ``entries`` raises (e.g. a broken answer): nothing is left at ``path`` either.
+        """
+        try:
+            _write_index(path, entries)
+            return cls(path, mtime, **kwargs)
+        except BaseException:
+            _unlink(path)
+            raise
+
+    def close(self) -> None:
+        self._finalizer()
+
+    # --- the VersionTree interface ----------------------------------------------------------------------
+
+    @property
+    def weight(self) -> int:
+        """What this tree may hold in memory, in entries (for the catalog's LRU of trees)."""
+        return int(self._dirs.maxsize) + 1
+
+    @property
+    def large_entries(self) -> list[ManifestEntry]:
+        """Chunked files, the first ``PRESIGN_LARGE`` the catalog prepares downloads for."""
+        rows = self._all(f"SELECT {_FILE_COLUMNS}, dir FROM files WHERE chunk_size > 0 LIMIT ?", (PRESIGN_LARGE,))
+        return [_entry(self._dir_path(row[-1]), row) for row in rows]
+
+    def lookup(self, parts: list[str] | tuple[str, ...]) -> Node | None:
+        node: Node = self.root
+        for part in parts:
+            if not isinstance(node, IndexedDir):
+                return None
+            loaded = self._loaded(node.id)
+            child = loaded.get(part) if loaded is not None else self._child(node, part)
+            if child is None:
+                return None
+            node = child
+        return node
+
+    # --- directories ------------------------------------------------------------------------------------
+
+    def children_of(self, dir_id: int) -> dict[str, Node]:
+        loaded = self._loaded(dir_id)
+        if loaded is not None:
+            return loaded
+        children: dict[str, Node] = {}
+        for child_id, name, subdirs in self._all(
+            "SELECT id, name, subdirs FROM dirs WHERE parent = ? AND id != ? ORDER BY name", (dir_id, ROOT_ID)
+        ):
+            children[name] = IndexedDir(self, child_id, subdirs)
+        mtime = self.mtime
+        for name, size in self._all("SELECT name, size FROM files WHERE dir = ? ORDER BY name", (dir_id,)):
+            children[name] = IndexedFile(self, dir_id, name, size, mtime)
+        with self._lock:
+            if len(children) + 1 <= self._dirs.maxsize:
+                self._dirs[dir_id] = children
+        return children
+
+    def loaded_entries(self) -> int:
+        """Entries of the directories held in memory (for tests and stats)."""
+        with self._lock:
+            return int(self._dirs.currsize)
+
+    def _loaded(self, dir_id: int) -> dict[str, Node] | None:
+        with self._lock:
+            return self._dirs.get(dir_id)
+
+    def _child(self, parent: IndexedDir, name: str) -> Node | None:
+        row = self._one("SELECT id, subdirs FROM dirs WHERE parent = ? AND name = ? AND id != ?",
+                        (parent.id, name, ROOT_ID))
+        if row is not None:
+            return IndexedDir(self, row[0], row[1])
+        row = self._one("SELECT size FROM files WHERE dir = ? AND name = ?", (parent.id, name))
+        if row is None:
+            return None
+        return IndexedFile(self, parent.id, name, row[0], self.mtime)
+
+    def file_entry(self, dir_id: int, name: str) -> ManifestEntry:
+        row = self._one(f"SELECT {_FILE_COLUMNS} FROM files WHERE dir = ? AND name = ?", (dir_id, name))
+        return _entry(self._dir_path(dir_id), row)
+
+    def _dir_path(self, dir_id: int) -> str:
+        """``"a/b/"`` for directory ``a/b``, ``""`` for the root (the prefix of its files' paths)."""
+        parts = []
+        while dir_id != ROOT_ID:
+            parent, name = self._one("SELECT parent, name FROM dirs WHERE id = ?", (dir_id,))
+            parts.append(name)
+            dir_id = parent
+        return "".join(f"{part}/" for part in reversed(parts))
+
+    def _one(self, sql: str, params: tuple = ()) -> Any:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchone()
+
+    def _all(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+
+def _drop(conn: sqlite3.Connection, path: str) -> None:
+    conn.close()
+    _unlink(path)
+
+
+def _unlink(path: str) -> None:
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        try:
+            os.unlink(path + suffix)
+        except FileNotFoundError:
+            pass
+
+
+def _write_index(path: str, entries: Iterable[ManifestEntry]) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = OFF")
+        conn.execute("PRAGMA synchronous = OFF")
+        conn.executescript(_SCHEMA)
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO dirs (id, parent, name) VALUES (?, ?, '')", (ROOT_ID, ROOT_ID))
+        _Builder(conn).add_all(entries)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+class _Builder:
+    """Inserts entries in batches; directories get their ids as they first appear."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._dir_ids: LRUCache = LRUCache(BUILD_DIR_CACHE)
+        self._dir_ids[""] = ROOT_ID
+        self._next_id = ROOT_ID + 1
+        self._rows: list[tuple] = []
+
+    def add_all(self, entries: Iterable[ManifestEntry]) -> None:
+        last_dir_path: str | None = None
+        dir_id = ROOT_ID
+        rows = self._rows
+        for entry in entries:
+            dir_path, _, name = entry.path.rpartition("/")
+            if dir_path != last_dir_path:
+                dir_id = self._dir_id(dir_path)
+                last_dir_path = dir_path
+            chunks = ",".join(entry.chunks) if entry.chunks else None
+            rows.append((dir_id, name, entry.size, entry.md5, entry.sha256, entry.chunk_size, chunks,
+                         entry.ref, entry.etag))
+            if len(rows) >= BATCH:
+                self._flush()
+        self._flush()
+        self._conn.execute(
+            "UPDATE dirs SET subdirs = (SELECT count(*) FROM dirs AS c WHERE c.parent = dirs.id AND c.id != ?)",
+            (ROOT_ID,),
+        )
+        clash = self._conn.execute(
+            "SELECT f.dir, f.name FROM files AS f JOIN dirs AS d ON d.parent = f.dir AND d.name = f.name "
+            "WHERE d.id != ? LIMIT 1",
+            (ROOT_ID,),
+        ).fetchone()
+        if clash is not None:
+            path = self._path_of(clash[0]) + clash[1]
+            raise InvalidManifestError(f"{path!r} is a file and also a directory holding other files")
+
+    def _dir_id(self, dir_path: str) -> int:
+        known = self._dir_ids.get(dir_path)
+        if known is not None:
+            return known
+        parent_path, _, name = dir_path.rpartition("/")
+        parent = self._dir_id(parent_path)
+        row = self._conn.execute("SELECT id FROM dirs WHERE parent = ? AND name = ?", (parent, name)).fetchone()
+        if row is not None:
+            dir_id = row[0]
+        else:
+            dir_id = self._next_id
+            self._next_id += 1
+            self._conn.execute("INSERT INTO dirs (id, parent, name) VALUES (?, ?, ?)", (dir_id, parent, name))
+        self._dir_ids[dir_path] = dir_id
+        return dir_id
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        before = self._conn.total_changes
+        try:
+            self._conn.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", self._rows)
+        except sqlite3.IntegrityError:
+            # The rows before the one refused went in: it is the one after them.
+            row = self._rows[self._conn.total_changes - before]
+            raise InvalidManifestError(f"duplicate path in manifest: {self._path_of(row[0]) + row[1]!r}") from None
+        self._rows.clear()
+
+    def _path_of(self, dir_id: int) -> str:
+        parts = []
+        while dir_id != ROOT_ID:
+            parent, name = self._conn.execute("SELECT parent, name FROM dirs WHERE id = ?", (dir_id,)).fetchone()
+            parts.append(name)
+            dir_id = parent
+        return "".join(f"{part}/" for part in reversed(parts))
