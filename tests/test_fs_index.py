@@ -62,9 +62,8 @@ def same_tree(indexed: IndexedTree, memory: VersionTree) -> None:
 def test_an_index_answers_as_the_in_memory_tree_does(tmp_path):
     large = ManifestEntry("big/model.bin", 3000, MD5, sha(99), chunk_size=1024, chunks=tuple(sha(i) for i in (1, 2, 3)))
     ref = ManifestEntry("refs/data.csv", 5, MD5, sha(7), ref="https://example.com/data.csv", etag='"e1"')
-    manifest = Manifest.from_entries(
-        [*manifest_of("train.csv", "images/a/1.png", "images/a/2.png", "images/b/3.png", "README", "ünï/çødé.txt"), large, ref]
-    )
+    plain = manifest_of("train.csv", "images/a/1.png", "images/a/2.png", "images/b/3.png", "README", "ünï/çødé.txt")
+    manifest = Manifest.from_entries([*plain, large, ref])
     indexed = build(tmp_path, iter(manifest))
     same_tree(indexed, VersionTree(manifest, 1700000000.5))
     assert [e.path for e in indexed.large_entries] == ["big/model.bin"]
@@ -180,6 +179,10 @@ def test_another_spelling_of_a_manifest_is_read_too():
     assert list(iter_entries(io.BytesIO(text.encode()))) == list(manifest)
 
 
+def _one_entry(fields: str) -> bytes:
+    return f'{{"format":1,"entries":[{{{fields},"md5":"{MD5}","sha256":"{sha(0)}"}}]}}'.encode()
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -189,8 +192,8 @@ def test_another_spelling_of_a_manifest_is_read_too():
         (b'{"format":2,"entries":[]}', "unsupported manifest format 2"),
         (b"[]", "must be an object"),
         (b"", "not valid JSON"),
-        (b'{"format":1,"entries":[{"path":"../x","size":1,"md5":"' + b"0" * 32 + b'","sha256":"' + b"0" * 64 + b'"}]}', r"\.\."),
-        (b'{"format":1,"entries":[{"path":"a","size":1.5,"md5":"' + b"0" * 32 + b'","sha256":"' + b"0" * 64 + b'"}]}', "size must be an integer"),
+        (_one_entry('"path":"../x","size":1'), r"\.\."),
+        (_one_entry('"path":"a","size":1.5'), "size must be an integer"),
     ],
 )
 def test_a_bad_manifest_text_names_what_is_wrong(text, message):

@@ -121,3 +121,45 @@ def test_chunked_entries_are_found_in_a_stored_text_without_parsing_it():
     ]
     text = Manifest.from_entries(entries).to_json()
     assert api_read._chunked_in_text(text) == ["b" * 64, "c" * 64]
+
+
+def _manifest_route(server, project: str, name: str, selector: str = "v1") -> requests.Response:
+    url = f"{server.url}/api/v1/projects/{project}/artifacts/{name}/versions/{selector}/manifest"
+    return requests.get(url, headers=server.headers, timeout=60)
+
+
+def test_the_manifest_alone_is_the_canonical_text_and_streams_to_the_logged_entries(
+    http_registry, live_server, project, tmp_path
+):
+    from wanllmdb.manifest.stream import iter_entries
+
+    files = write_files(tmp_path / "src", api_read.STREAM_MANIFEST_MIN + 3, size=8)
+    files.update(_files(tmp_path))
+    manifest, _ = manifest_of(files)
+    log_version(http_registry, project, "alone", files)
+    answer = _manifest_route(live_server, project, "alone", "latest")
+    assert answer.status_code == 200 and answer.headers["x-wanllmdb-version"] == "1"
+    assert answer.headers.get("transfer-encoding") == "chunked"
+    assert answer.text == manifest.to_json()
+    with http_registry.open_manifest(project, "alone", "v1") as body:
+        assert list(iter_entries(body)) == list(manifest)
+    missing = _manifest_route(live_server, project, "alone", "v2")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "version_not_found", missing.text
+    bad = _manifest_route(live_server, project, "alone", "bad$alias")
+    assert bad.status_code == 400 and "bad$alias" in bad.text
+
+
+def test_the_manifest_alone_of_a_stored_text_in_another_form_is_canonical(make_server, project, tmp_path):
+    server = make_server()
+    registry = server.registry()
+    try:
+        files = _files(tmp_path)
+        manifest, _ = manifest_of(files)
+        log_version(registry, project, "older", files)
+    finally:
+        registry.close()
+    data = json.loads(_stored_text(server, project, "older"))
+    other = json.dumps({"entries": data["entries"][::-1], "format": 1}, indent=1, sort_keys=True)
+    with sqlite3.connect(os.path.join(server.root, "registry.sqlite")) as conn:
+        conn.execute("UPDATE versions SET manifest = ?", (other,))
+    assert _manifest_route(server, project, "older").text == manifest.to_json()

@@ -42,7 +42,7 @@ from ..errors import FetchError, NotFoundError, TransportError
 from ..manifest.stream import iter_entries
 from ..registry import ArtifactInfo, ArtifactSummary, Registry, VersionInfo
 from .flight import Flights
-from .index import IndexedTree, IndexFolder
+from .index import DIR_CACHE_ENTRIES, IndexedTree, IndexFolder
 from .tree import PRESIGN_LARGE, VersionTree
 
 logger = logging.getLogger(__name__)
@@ -348,7 +348,11 @@ class Catalog:
         assert self._index_folder is not None
         started = time.monotonic()
         with open_manifest(project, name, f"v{version}") as body:
-            tree = IndexedTree.build(self._index_folder.new_file(), iter_entries(body), created_at)
+            tree = IndexedTree.build(
+                self._index_folder.new_file(), iter_entries(body), created_at,
+                # a few such trees fit in the bound with the in-memory ones
+                dir_entries=max(1, min(DIR_CACHE_ENTRIES, self._trees.maxsize // 5)),
+            )
         logger.info(
             "indexed %s/%s:v%d (%d files) on disk in %.3fs", project, name, version, tree.file_count,
             time.monotonic() - started,
