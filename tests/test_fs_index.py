@@ -48,7 +48,9 @@ def same_tree(indexed: IndexedTree, memory: VersionTree) -> None:
         got, want = indexed.lookup(list(parts)), memory.lookup(list(parts))
         assert isinstance(got, DirNode) and isinstance(want, DirNode)
         assert got.attr == want.attr, parts
+        assert sorted(got.listing()) == sorted(want.listing()), parts  # (from the index: not loaded yet)
         assert sorted(got.children) == sorted(want.children), parts
+        assert sorted(got.listing()) == sorted(want.listing()), parts  # (from the loaded directory)
         for name, child in want.children.items():
             mine = got.children[name]
             assert mine.attr == child.attr, (*parts, name)
@@ -199,3 +201,21 @@ def _one_entry(fields: str) -> bytes:
 def test_a_bad_manifest_text_names_what_is_wrong(text, message):
     with pytest.raises(InvalidManifestError, match=message):
         list(iter_entries(io.BytesIO(text)))
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--max-tree-entries", "0"], "--max-tree-entries must be at least 1, got 0"),
+        (["--index-min", "-3"], "--index-min must be at least 1, got -3"),
+        (["--index-min", "many"], "invalid int value: 'many'"),
+    ],
+)
+def test_bad_index_options_of_the_mount_are_refused_in_one_line(tmp_path, args, named):
+    from tests.support.mount import run_cli
+
+    (tmp_path / "mnt").mkdir()
+    result = run_cli("mount", str(tmp_path / "mnt"), *args, timeout=30)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert named in result.stderr, result.stderr
+    assert not os.path.ismount(tmp_path / "mnt")

@@ -12,6 +12,7 @@ import logging
 
 from ..errors import ConfigError
 from ..fs.catalog import DEFAULT_TREE_ENTRIES
+from ..fs.index import INDEX_MIN
 from ..settings import load_settings, parse_size
 from .common import common_parent, out
 
@@ -47,8 +48,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     mount.add_argument(
         "--max-tree-entries", type=int, default=DEFAULT_TREE_ENTRIES, metavar="FILES",
-        help=f"files of versions kept in memory (default {DEFAULT_TREE_ENTRIES}); a larger version is indexed on "
-        "disk under the cache directory and read a directory at a time",
+        help=f"files of versions kept in memory, all versions together (default {DEFAULT_TREE_ENTRIES})",
+    )
+    mount.add_argument(
+        "--index-min", type=int, default=INDEX_MIN, metavar="FILES",
+        help=f"a version of at least this many files (default {INDEX_MIN}, at most --max-tree-entries) is indexed "
+        "on disk under the cache directory and read a directory at a time instead of held in memory",
     )
     mount.add_argument("--foreground", "-f", action="store_true", help="serve in this process; Ctrl-C unmounts")
     mount.add_argument("--allow-other", action="store_true", help="let other users read the mount")
@@ -72,6 +77,8 @@ def _settings(args: argparse.Namespace):
         raise ConfigError(f"--metadata-ttl must be positive, got {args.metadata_ttl:g}")
     if args.max_tree_entries < 1:
         raise ConfigError(f"--max-tree-entries must be at least 1, got {args.max_tree_entries}")
+    if args.index_min < 1:
+        raise ConfigError(f"--index-min must be at least 1, got {args.index_min}")
     if args.timeout is not None and args.timeout <= 0:
         raise ConfigError(f"--timeout must be positive, got {args.timeout:g}")
     return load_settings(
@@ -104,6 +111,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
                 project=args.project,
                 metadata_ttl=args.metadata_ttl,
                 max_tree_entries=args.max_tree_entries,
+                index_min=args.index_min,
                 allow_other=args.allow_other,
                 log_file=args.log_file,
                 ready_fd=args.ready_fd,
@@ -124,6 +132,7 @@ def _child_args(args: argparse.Namespace, mountpoint: str, settings, log_file: s
     child = ["mount", mountpoint, "--foreground", "--log-file", log_file, "--metadata-ttl", repr(args.metadata_ttl)]
     child += ["--timeout", repr(settings.timeout), "--cache-dir", settings.cache_dir]
     child += ["--cache-size", str(settings.cache_max_bytes), "--max-tree-entries", str(args.max_tree_entries)]
+    child += ["--index-min", str(args.index_min)]
     if settings.base_url:
         child += ["--base-url", settings.base_url]
     else:

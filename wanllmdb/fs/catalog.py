@@ -42,7 +42,7 @@ from ..errors import FetchError, NotFoundError, TransportError
 from ..manifest.stream import iter_entries
 from ..registry import ArtifactInfo, ArtifactSummary, Registry, VersionInfo
 from .flight import Flights
-from .index import DIR_CACHE_ENTRIES, IndexedTree, IndexFolder
+from .index import DIR_CACHE_ENTRIES, INDEX_MIN, IndexedTree, IndexFolder
 from .tree import PRESIGN_LARGE, VersionTree
 
 logger = logging.getLogger(__name__)
@@ -102,9 +102,9 @@ class Catalog:
         self._trees: LRUCache = LRUCache(max_tree_entries, getsizeof=lambda tree: tree.weight)
         self._oversized: tuple[tuple, VersionTree] | None = None
         self._index_folder = index_folder
-        #: Versions of at least this many files are indexed on disk (see ``fs/index.py``): by default those
-        #: the in-memory bound could not hold.
-        self._index_min = max_tree_entries + 1 if index_min is None else index_min
+        #: Versions of at least this many files are indexed on disk (see ``fs/index.py``), and always those the
+        #: in-memory bound could not hold.
+        self._index_min = min(INDEX_MIN if index_min is None else index_min, max_tree_entries + 1)
         self._by_number: LRUCache = LRUCache(max_listings)
         self._last_stale_warning = 0.0
         self._down_until = 0.0

@@ -276,7 +276,7 @@ class ArtifactFS:
         elif here.kind == "dir":
             node = here.node
             assert isinstance(node, DirNode)
-            entries.extend((name, child.attr) for name, child in node.children.items())
+            entries.extend(node.listing())
         else:
             raise NotDirectoryError(f"not a directory: {path}")
         return entries
@@ -532,8 +532,8 @@ def open_filesystem(
         timeout: seconds a read or lookup waits on a registry call that makes no progress.
         max_tree_entries: files of version trees held in memory; larger versions are indexed on disk, in
             ``mount-index/`` under the cache root (see ``fs/index.py``).
-        index_min: versions of at least this many files are indexed on disk (default: those over
-            ``max_tree_entries``).
+        index_min: versions of at least this many files are indexed on disk (default ``INDEX_MIN``; those over
+            ``max_tree_entries`` always are).
     """
     stop: Future[None] = Future()
     meta_pool = ThreadPoolExecutor(METADATA_WORKERS, thread_name_prefix="wanllmdb-meta")

@@ -44,6 +44,7 @@ from ..errors import MountError, NotFoundError, WanllmdbError
 from ..settings import Settings
 from ..tmpfiles import pid_alive
 from .catalog import DEFAULT_TREE_ENTRIES
+from .index import INDEX_MIN
 
 logger = logging.getLogger(__name__)
 
@@ -406,6 +407,7 @@ class ServeOptions:
     project: str | None = None
     metadata_ttl: float = 5.0
     max_tree_entries: int = DEFAULT_TREE_ENTRIES
+    index_min: int = INDEX_MIN
     allow_other: bool = False
     log_file: str | None = None
     ready_fd: int | None = None
@@ -437,7 +439,7 @@ class _Daemon:
         self.cache = cache = open_cache(settings)
         self.fs = open_filesystem(
             registry, cache, project=options.project, metadata_ttl=options.metadata_ttl, timeout=settings.timeout,
-            max_tree_entries=options.max_tree_entries,
+            max_tree_entries=options.max_tree_entries, index_min=options.index_min,
         )
         operations = FuseOperations(self.fs, metadata_ttl=options.metadata_ttl, on_init=self._on_init)
         return lambda: self._run(operations, registry.description)

@@ -82,6 +82,10 @@ class DirNode:
     def attr(self) -> Attr:
         return dir_attr(self.mtime, self.subdirs)
 
+    def listing(self) -> list[tuple[str, Attr]]:
+        """The children's names with their attributes (what ``readdir`` answers)."""
+        return [(name, child.attr) for name, child in self.children.items()]
+
 
 class LinkNode:
     """A relative symlink, e.g. the alias ``latest -> v2``."""
