@@ -58,6 +58,8 @@ STALE_WARNING_INTERVAL = 60.0
 STALE_GRACE = 0.25
 #: Seconds a failing registry is left alone (see the module docstring).
 DOWN_BACKOFF = 5.0
+#: Added to the wait for a version's tree per file it holds (a 1M-file version: 20 s more).
+SECONDS_PER_FILE = 20e-6
 #: Projects, and artifacts in all, whose listings are loaded when the mount starts (:meth:`Catalog.warm`).
 WARM_PROJECTS = 16
 WARM_ARTIFACTS = 64
@@ -302,8 +304,11 @@ class Catalog:
         what = f"loading the manifest of '{project}/{name}:v{version}'"
         if self.registry_down():
             raise FetchError(f"{what}: {self.down_reason()}")
+        # The wait grows with the version: its answer keeps arriving, and a million files take seconds to parse.
+        listed = self._listed_version(project, name, version)
+        wait = self._timeout + (listed.file_count if listed is not None else 0) * SECONDS_PER_FILE
         try:
-            tree = self._flights.call(key, lambda: self._load_tree(project, name, version), self._timeout, what)
+            tree = self._flights.call(key, lambda: self._load_tree(project, name, version), wait, what)
         except NotFoundError as exc:
             self._store(key, _Listing(None, exc, time.monotonic()))
             raise
