@@ -50,6 +50,7 @@ def same_tree(indexed: IndexedTree, memory: VersionTree) -> None:
         assert got.attr == want.attr, parts
         assert sorted(got.listing()) == sorted(want.listing()), parts  # (from the index: not loaded yet)
         assert sorted(got.children) == sorted(want.children), parts
+        assert list(got.files()) == list(want.files()), parts
         assert sorted(got.listing()) == sorted(want.listing()), parts  # (from the loaded directory)
         for name, child in want.children.items():
             mine = got.children[name]

@@ -291,14 +291,23 @@ def _wait_until(condition, timeout: float = 10.0) -> bool:
     return condition()
 
 
-def test_opening_a_small_file_fills_the_cache_with_its_siblings_verified(registry, make_fs, cache, project, tmp_path):
+@pytest.mark.parametrize("index_min", [None, 1], ids=["in-memory", "indexed"])
+def test_opening_a_small_file_fills_the_cache_with_its_siblings_verified(
+    registry, make_fs, cache, project, tmp_path, index_min
+):
     files = {f"d/f{i:02d}.txt": os.urandom(100 + i) for i in range(20)}
+    files["d/sub/deeper.txt"] = b"not a sibling"
     log_version(registry, tmp_path, project, "many", files)
     version = registry.resolve(project, "many", "v1")
-    fs = make_fs(Switchable(registry))
+    fs = make_fs(Switchable(registry), index_min=index_min)
+    if index_min:  # (the version is indexed on disk: its directory is read from the index)
+        fs.readdir(f"/{project}/many/v1/d")
+        assert type(fs.catalog.cached_tree(project, "many", 1)).__name__ == "IndexedTree"
     assert read_file(fs, f"/{project}/many/v1/d/f00.txt") == files["d/f00.txt"]
-    assert _wait_until(lambda: all(cache.contains(e.sha256) for e in version.manifest))
-    for entry in version.manifest:
+    siblings = [e for e in version.manifest if e.path.count("/") == 1]
+    assert _wait_until(lambda: all(cache.contains(e.sha256) for e in siblings))
+    assert not cache.contains(version.manifest.get("d/sub/deeper.txt").sha256)
+    for entry in siblings:
         with open(cache.lookup(entry.sha256), "rb") as f:
             assert f.read() == files[entry.path]
     before = fs.stats()["blobs_fetched"]

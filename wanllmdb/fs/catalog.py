@@ -304,11 +304,11 @@ class Catalog:
         what = f"loading the manifest of '{project}/{name}:v{version}'"
         if self.registry_down():
             raise FetchError(f"{what}: {self.down_reason()}")
-        # The wait grows with the version: its answer keeps arriving, and a million files take seconds to parse.
         listed = self._listed_version(project, name, version)
+        # The wait grows with the version: its answer keeps arriving, and a million files take seconds to parse.
         wait = self._timeout + (listed.file_count if listed is not None else 0) * SECONDS_PER_FILE
         try:
-            tree = self._flights.call(key, lambda: self._load_tree(project, name, version), wait, what)
+            tree = self._flights.call(key, lambda: self._load_tree(project, name, version, listed), wait, what)
         except NotFoundError as exc:
             self._store(key, _Listing(None, exc, time.monotonic()))
             raise
@@ -318,8 +318,9 @@ class Catalog:
         self.prepare_fetch(("tree", project, name, version), large)
         return tree
 
-    def _load_tree(self, project: str, name: str, version: int) -> VersionTree | IndexedTree:
-        listed = self._listed_version(project, name, version)
+    def _load_tree(
+        self, project: str, name: str, version: int, listed: VersionInfo | None
+    ) -> VersionTree | IndexedTree:
         if listed is not None and listed.file_count >= self._index_min and self._index_folder is not None:
             open_manifest = getattr(self.registry, "open_manifest", None)
             if open_manifest is not None:
@@ -339,13 +340,19 @@ class Catalog:
         return tree
 
     def _listed_version(self, project: str, name: str, version: int) -> VersionInfo | None:
-        """The version as the artifact listing in memory has it (never asks the registry: a tree is loaded
-        after the lookup of its ``vN`` directory, which loaded that listing)."""
+        """The version as the artifact listing has it (its file count decides where its tree is held). The
+        kernel looks up a ``vN`` directory before anything in it, which loads the listing, so this is
+        almost always the one in memory; else it is asked for (a failure only leaves the choice unknown)."""
         with self._lock:
             listing: _Listing | None = self._listings.get(("artifact", project, name))
-        if listing is None or listing.value is None:
-            return None
-        return next((v for v in listing.value.versions if v.version == version), None)
+        if listing is not None and listing.value is not None:
+            info = listing.value
+        else:
+            try:
+                info = self.artifact(project, name)
+            except (NotFoundError, TransportError, FetchError):
+                return None
+        return next((v for v in info.versions if v.version == version), None)
 
     def _load_indexed(
         self, open_manifest: Callable[..., Any], project: str, name: str, version: int, created_at: float

@@ -46,7 +46,7 @@ from ..errors import (
     TransportError,
     WanllmdbError,
 )
-from ..manifest import parse_version, validate_artifact_name, validate_project
+from ..manifest import ManifestEntry, parse_version, validate_artifact_name, validate_project
 from ..registry import Registry, VersionInfo
 from .catalog import DEFAULT_TREE_ENTRIES, Catalog
 from .flight import Flights
@@ -456,22 +456,23 @@ class ArtifactFS:
         parent = tree.lookup(split_path(dir_rel)) if tree is not None else None
         if not isinstance(parent, DirNode):
             return
-        batch: list[FileNode] = []
+        batch: list[ManifestEntry] = []
         # Every sibling looked at counts as handled, cached or not: its own open returns at once above, so
         # reading a directory of N cached files costs N lookups, not N**2/2 (a warm read of 5,000 small
         # files took 30 s of stat calls before).
         examined: list[str] = []
         started = False
+        own_name = here.rel.rpartition("/")[2]
         cache = self.reader.cache
-        for child in parent.children.values():
-            started = started or child is node
-            if not started or not isinstance(child, FileNode) or child.entry.is_chunked or not child.entry.size:
+        for name, entry in parent.files():
+            started = started or name == own_name
+            if not started or entry.is_chunked or not entry.size:
                 continue
-            if child.entry.is_reference:  # fetched from its URI, not from the registry
+            if entry.is_reference:  # fetched from its URI, not from the registry
                 continue
-            examined.append(child.entry.sha256)
-            if not cache.contains(child.entry.sha256):
-                batch.append(child)
+            examined.append(entry.sha256)
+            if not cache.contains(entry.sha256):
+                batch.append(entry)
                 if len(batch) >= PREPARE_BATCH:
                     break
             if len(examined) >= PREPARE_SCAN:
@@ -479,8 +480,8 @@ class ArtifactFS:
         with self._prepared_lock:
             self._prepared[key] = frozenset(examined) | (done or frozenset())
         if len(batch) > 1:
-            shas = [child.entry.sha256 for child in batch]
-            entries = {child.entry.sha256: child.entry for child in batch}
+            shas = [entry.sha256 for entry in batch]
+            entries = {entry.sha256: entry for entry in batch}
             label = here.label.rpartition("/")[0]
             fill = (lambda: self.reader.fill(entries, label, FILL_LOCK_WAIT)) if len(batch) >= FILL_MIN else None
             self.catalog.prepare_fetch(key, shas, then=fill)

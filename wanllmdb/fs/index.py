@@ -30,7 +30,7 @@ import sqlite3
 import tempfile
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from cachetools import LRUCache
@@ -138,6 +138,9 @@ class IndexedDir(DirNode):
 
     def listing(self) -> list[tuple[str, Attr]]:
         return self._tree.listing_of(self.id)
+
+    def files(self) -> Iterator[tuple[str, ManifestEntry]]:
+        return iter(self._tree.files_of(self.id))
 
 
 class IndexedFile(FileNode):
@@ -297,6 +300,12 @@ class IndexedTree:
                 attr = by_size[size] = Attr(FILE_MODE, size, mtime, 1)
             listing.append((name, attr))
         return listing
+
+    def files_of(self, dir_id: int) -> list[tuple[str, ManifestEntry]]:
+        """The files of a directory with their entries, in one query."""
+        prefix = self._dir_path(dir_id)
+        rows = self._all(f"SELECT {_FILE_COLUMNS} FROM files WHERE dir = ? ORDER BY name", (dir_id,))
+        return [(row[0], _entry(prefix, row)) for row in rows]
 
     def loaded_entries(self) -> int:
         """Entries of the directories held in memory (for tests and stats)."""

@@ -86,6 +86,12 @@ class DirNode:
         """The children's names with their attributes (what ``readdir`` answers)."""
         return [(name, child.attr) for name, child in self.children.items()]
 
+    def files(self) -> Iterator[tuple[str, ManifestEntry]]:
+        """The files directly in this directory, by name, with their entries, in name order."""
+        for name, child in self.children.items():  # (a version's entries come in path order)
+            if isinstance(child, FileNode):
+                yield name, child.entry
+
 
 class LinkNode:
     """A relative symlink, e.g. the alias ``latest -> v2``."""
