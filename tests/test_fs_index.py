@@ -220,3 +220,20 @@ def test_bad_index_options_of_the_mount_are_refused_in_one_line(tmp_path, args, 
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert named in result.stderr, result.stderr
     assert not os.path.ismount(tmp_path / "mnt")
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 64, 1 << 16])
+def test_the_embedded_registry_reads_a_stored_text_as_its_bytes_a_piece_at_a_time(monkeypatch, size):
+    from wanllmdb.registry.local import _EncodedText
+
+    monkeypatch.setattr(_EncodedText, "PIECE", 5)
+    text = "plain, ünïcödé ✓, 日本語, 𝄞 and more " * 40
+    reader = _EncodedText(text)
+    assert reader.read(0) == b""
+    pieces = []
+    while piece := reader.read(size):
+        assert len(piece) <= size
+        pieces.append(piece)
+    assert b"".join(pieces) == text.encode()
+    half = _EncodedText(text)
+    assert half.read(10) + half.read(-1) == text.encode()

@@ -13,7 +13,6 @@ never skipped or duplicated, and a draft is never visible. The server serves thi
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -348,9 +347,10 @@ class LocalRegistry(LifecycleOps):
     @contextmanager
     def open_manifest(self, project: str, name: str, selector: str) -> Iterator[BinaryIO]:
         """The manifest's JSON text as stored (the canonical form, see :meth:`resolve_stored`), as a binary file
-        object (the HTTP registry streams it; here the text is one column, read whole)."""
+        object (the HTTP registry streams it; here the text is one column, read whole, and encoded a piece at a
+        time as it is read, so that it is not held twice)."""
         _info, text = self.resolve_stored(project, name, selector)
-        yield io.BytesIO(text.encode())
+        yield _EncodedText(text)
 
     def _resolve(self, project: str, name: str, selector: str, *, parse: bool) -> tuple[VersionInfo, str]:
         validate_alias(selector)
@@ -920,3 +920,31 @@ class LocalRegistry(LifecycleOps):
 
 def _dumps(value: Mapping[str, Any]) -> str:
     return json.dumps(dict(value), sort_keys=True, default=str)
+
+
+class _EncodedText:
+    """A text read as its UTF-8 bytes (``read`` only; a read may return fewer bytes than asked for, as a raw
+    stream's does), encoded a piece at a time."""
+
+    PIECE = 1 << 20
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._at = 0
+        self._pending = b""
+        self._offset = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            out = self._pending[self._offset :] + self._text[self._at :].encode()
+            self._pending, self._offset, self._at = b"", 0, len(self._text)
+            return out
+        if self._offset >= len(self._pending):
+            if self._at >= len(self._text) or size == 0:
+                return b""
+            piece = self._text[self._at : self._at + self.PIECE]
+            self._at += len(piece)
+            self._pending, self._offset = piece.encode(), 0
+        out = self._pending[self._offset : self._offset + size]
+        self._offset += len(out)
+        return out
