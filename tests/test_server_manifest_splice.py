@@ -86,7 +86,9 @@ def test_a_streamed_spliced_answer_is_whole_and_valid_json(http_registry, live_s
     assert data["manifest"] == manifest.to_dict()
 
 
-def test_a_stored_text_in_another_form_is_parsed_and_answered_right(make_server, project, tmp_path):
+def _server_with_a_version(make_server, project: str, tmp_path):
+    """A server of its own (its stored texts get rewritten) holding ``project/older:v1``; its manifest and
+    stored text, parsed."""
     server = make_server()
     registry = server.registry()
     try:
@@ -95,8 +97,12 @@ def test_a_stored_text_in_another_form_is_parsed_and_answered_right(make_server,
         log_version(registry, project, "older", files)
     finally:
         registry.close()
+    return server, manifest, json.loads(_stored_text(server, project, "older"))
+
+
+def test_a_stored_text_in_another_form_is_parsed_and_answered_right(make_server, project, tmp_path):
+    server, manifest, data = _server_with_a_version(make_server, project, tmp_path)
     # Rewrite the stored text as an older writer might have: other key order, indentation, sorted keys.
-    data = json.loads(_stored_text(server, project, "older"))
     other = json.dumps({"entries": data["entries"], "format": data["format"]}, indent=1, sort_keys=True)
     assert not other.startswith(api_read._STORED_PREFIX)
     with sqlite3.connect(os.path.join(server.root, "registry.sqlite")) as conn:
@@ -150,15 +156,7 @@ def test_the_manifest_alone_is_the_canonical_text_and_streams_to_the_logged_entr
 
 
 def test_the_manifest_alone_of_a_stored_text_in_another_form_is_canonical(make_server, project, tmp_path):
-    server = make_server()
-    registry = server.registry()
-    try:
-        files = _files(tmp_path)
-        manifest, _ = manifest_of(files)
-        log_version(registry, project, "older", files)
-    finally:
-        registry.close()
-    data = json.loads(_stored_text(server, project, "older"))
+    server, manifest, data = _server_with_a_version(make_server, project, tmp_path)
     other = json.dumps({"entries": data["entries"][::-1], "format": 1}, indent=1, sort_keys=True)
     with sqlite3.connect(os.path.join(server.root, "registry.sqlite")) as conn:
         conn.execute("UPDATE versions SET manifest = ?", (other,))
