@@ -30,7 +30,7 @@ import sqlite3
 import tempfile
 import threading
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from cachetools import LRUCache
@@ -53,6 +53,8 @@ BATCH = 5000
 #: Directory ids remembered by path while building (entries come in path order, so a few suffice).
 BUILD_DIR_CACHE = 4096
 ROOT_ID = 0
+#: The root's parent: no directory, so that the root is nobody's child.
+NO_PARENT = -1
 
 _SCHEMA = """
 CREATE TABLE dirs (
@@ -177,9 +179,8 @@ def _entry(prefix: str, row: tuple) -> ManifestEntry:
     )
 
 
-def _extra(entry: ManifestEntry) -> str | None:
-    if not entry.chunks and entry.ref is None:
-        return None
+def _extra(entry: ManifestEntry) -> str:
+    """The ``extra`` column of a chunked or reference entry."""
     more: dict[str, Any] = {}
     if entry.chunks:
         more["chunk_size"] = entry.chunk_size
@@ -237,16 +238,11 @@ class IndexedTree:
     @property
     def large_entries(self) -> list[ManifestEntry]:
         """Chunked files, the first ``PRESIGN_LARGE`` the catalog prepares downloads for."""
-        found: list[tuple] = []
-        with self._lock:
-            rows = self._conn.execute(f"SELECT {_FILE_COLUMNS}, dir FROM files WHERE extra IS NOT NULL")
-            for row in rows:  # (references too: few, and they have no chunks)
-                if '"chunks"' in row[3]:
-                    found.append(row)
-                    if len(found) >= PRESIGN_LARGE:
-                        break
-            rows.close()
-        return [_entry(self._dir_path(row[-1]), row) for row in found]
+        rows = self._all(
+            f"SELECT {_FILE_COLUMNS}, dir FROM files WHERE json_extract(extra, '$.chunks') IS NOT NULL LIMIT ?",
+            (PRESIGN_LARGE,),
+        )
+        return [_entry(self._dir_path(row[-1]), row) for row in rows]
 
     def lookup(self, parts: list[str] | tuple[str, ...]) -> Node | None:
         node: Node = self.root
@@ -266,13 +262,10 @@ class IndexedTree:
         loaded = self._loaded(dir_id)
         if loaded is not None:
             return loaded
-        children: dict[str, Node] = {}
-        for child_id, name, subdirs in self._all(
-            "SELECT id, name, subdirs FROM dirs WHERE parent = ? AND id != ? ORDER BY name", (dir_id, ROOT_ID)
-        ):
-            children[name] = IndexedDir(self, child_id, subdirs)
+        subdirs, files = self._contents(dir_id)
+        children: dict[str, Node] = {name: IndexedDir(self, child_id, count) for child_id, name, count in subdirs}
         mtime = self.mtime
-        for name, size in self._all("SELECT name, size FROM files WHERE dir = ? ORDER BY name", (dir_id,)):
+        for name, size in files:
             children[name] = IndexedFile(self, dir_id, name, size, mtime)
         with self._lock:
             if len(children) + 1 <= self._dirs.maxsize:
@@ -287,19 +280,23 @@ class IndexedTree:
         if loaded is not None:
             return [(name, child.attr) for name, child in loaded.items()]
         mtime = self.mtime
-        listing = [
-            (name, dir_attr(mtime, subdirs))
-            for name, subdirs in self._all(
-                "SELECT name, subdirs FROM dirs WHERE parent = ? AND id != ? ORDER BY name", (dir_id, ROOT_ID)
-            )
-        ]
+        subdirs, files = self._contents(dir_id)
+        listing = [(name, dir_attr(mtime, count)) for _id, name, count in subdirs]
         by_size: dict[int, Attr] = {}
-        for name, size in self._all("SELECT name, size FROM files WHERE dir = ? ORDER BY name", (dir_id,)):
+        for name, size in files:
             attr = by_size.get(size)
             if attr is None:
                 attr = by_size[size] = Attr(FILE_MODE, size, mtime, 1)
             listing.append((name, attr))
         return listing
+
+    def _contents(self, dir_id: int) -> tuple[list[tuple], list[tuple]]:
+        """(id, name, subdirectory count) of a directory's subdirectories, (name, size) of its files."""
+        with self._lock:
+            execute = self._conn.execute
+            subdirs = execute("SELECT id, name, subdirs FROM dirs WHERE parent = ? ORDER BY name", (dir_id,))
+            files = execute("SELECT name, size FROM files WHERE dir = ? ORDER BY name", (dir_id,))
+            return subdirs.fetchall(), files.fetchall()
 
     def files_of(self, dir_id: int) -> list[tuple[str, ManifestEntry]]:
         """The files of a directory with their entries, in one query."""
@@ -317,8 +314,7 @@ class IndexedTree:
             return self._dirs.get(dir_id)
 
     def _child(self, parent: IndexedDir, name: str) -> Node | None:
-        row = self._one("SELECT id, subdirs FROM dirs WHERE parent = ? AND name = ? AND id != ?",
-                        (parent.id, name, ROOT_ID))
+        row = self._one("SELECT id, subdirs FROM dirs WHERE parent = ? AND name = ?", (parent.id, name))
         if row is not None:
             return IndexedDir(self, row[0], row[1])
         row = self._one("SELECT size FROM files WHERE dir = ? AND name = ?", (parent.id, name))
@@ -331,13 +327,8 @@ class IndexedTree:
         return _entry(self._dir_path(dir_id), row)
 
     def _dir_path(self, dir_id: int) -> str:
-        """``"a/b/"`` for directory ``a/b``, ``""`` for the root (the prefix of its files' paths)."""
-        parts = []
-        while dir_id != ROOT_ID:
-            parent, name = self._one("SELECT parent, name FROM dirs WHERE id = ?", (dir_id,))
-            parts.append(name)
-            dir_id = parent
-        return "".join(f"{part}/" for part in reversed(parts))
+        with self._lock:
+            return _dir_path(self._conn.execute, dir_id)
 
     def _one(self, sql: str, params: tuple = ()) -> Any:
         with self._lock:
@@ -346,6 +337,16 @@ class IndexedTree:
     def _all(self, sql: str, params: tuple = ()) -> list[tuple]:
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
+
+
+def _dir_path(execute: Callable[..., sqlite3.Cursor], dir_id: int) -> str:
+    """``"a/b/"`` for directory ``a/b``, ``""`` for the root (the prefix of its files' paths)."""
+    parts = []
+    while dir_id != ROOT_ID:
+        parent, name = execute("SELECT parent, name FROM dirs WHERE id = ?", (dir_id,)).fetchone()
+        parts.append(name)
+        dir_id = parent
+    return "".join(f"{part}/" for part in reversed(parts))
 
 
 def _drop(conn: sqlite3.Connection, path: str) -> None:
@@ -368,7 +369,7 @@ def _write_index(path: str, entries: Iterable[ManifestEntry]) -> None:
         conn.execute("PRAGMA synchronous = OFF")
         conn.executescript(_SCHEMA)
         conn.execute("BEGIN")
-        conn.execute("INSERT INTO dirs (id, parent, name) VALUES (?, ?, '')", (ROOT_ID, ROOT_ID))
+        conn.execute("INSERT INTO dirs (id, parent, name) VALUES (?, ?, '')", (ROOT_ID, NO_PARENT))
         _Builder(conn).add_all(entries)
         conn.execute("COMMIT")
     finally:
@@ -401,17 +402,12 @@ class _Builder:
             if len(rows) >= BATCH:
                 self._flush()
         self._flush()
-        self._conn.execute(
-            "UPDATE dirs SET subdirs = (SELECT count(*) FROM dirs AS c WHERE c.parent = dirs.id AND c.id != ?)",
-            (ROOT_ID,),
-        )
+        self._conn.execute("UPDATE dirs SET subdirs = (SELECT count(*) FROM dirs AS c WHERE c.parent = dirs.id)")
         clash = self._conn.execute(
-            "SELECT f.dir, f.name FROM files AS f JOIN dirs AS d ON d.parent = f.dir AND d.name = f.name "
-            "WHERE d.id != ? LIMIT 1",
-            (ROOT_ID,),
+            "SELECT f.dir, f.name FROM files AS f JOIN dirs AS d ON d.parent = f.dir AND d.name = f.name LIMIT 1"
         ).fetchone()
         if clash is not None:
-            path = self._path_of(clash[0]) + clash[1]
+            path = _dir_path(self._conn.execute, clash[0]) + clash[1]
             raise InvalidManifestError(f"{path!r} is a file and also a directory holding other files")
 
     def _dir_id(self, dir_path: str) -> int:
@@ -439,13 +435,6 @@ class _Builder:
         except sqlite3.IntegrityError:
             # The rows before the one refused went in: it is the one after them.
             row = self._rows[self._conn.total_changes - before]
-            raise InvalidManifestError(f"duplicate path in manifest: {self._path_of(row[0]) + row[1]!r}") from None
+            path = _dir_path(self._conn.execute, row[0]) + row[1]
+            raise InvalidManifestError(f"duplicate path in manifest: {path!r}") from None
         self._rows.clear()
-
-    def _path_of(self, dir_id: int) -> str:
-        parts = []
-        while dir_id != ROOT_ID:
-            parent, name = self._conn.execute("SELECT parent, name FROM dirs WHERE id = ?", (dir_id,)).fetchone()
-            parts.append(name)
-            dir_id = parent
-        return "".join(f"{part}/" for part in reversed(parts))

@@ -29,6 +29,8 @@ from .chunkhash import CHUNK_DIGEST
 from .names import validate_path
 
 MANIFEST_FORMAT = 1
+#: How every text :meth:`Manifest.to_json` writes begins (the canonical form registries store and servers send).
+CANONICAL_PREFIX = f'{{"format":{MANIFEST_FORMAT},"entries":['
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 

@@ -15,24 +15,23 @@ from typing import BinaryIO
 import ijson
 
 from ..errors import InvalidManifestError
-from .entry import MANIFEST_FORMAT, Manifest, ManifestEntry, _plain_entry
+from .entry import CANONICAL_PREFIX, Manifest, ManifestEntry, _plain_entry
 
-#: How the canonical text begins (``Manifest.to_json``: what registries store and servers send).
-CANONICAL_PREFIX = f'{{"format":{MANIFEST_FORMAT},"entries":['.encode()
+_PREFIX = CANONICAL_PREFIX.encode()
 
 
 def iter_entries(stream: BinaryIO) -> Iterator[ManifestEntry]:
     """The entries of the manifest JSON read from ``stream`` (a binary file object), checked one by one.
 
-    A text in the canonical form (:data:`CANONICAL_PREFIX`) is parsed in pieces; any other valid manifest
+    A text in the canonical form (:data:`~.entry.CANONICAL_PREFIX`) is parsed in pieces; any other valid manifest
     text (another key order or spacing) is parsed whole, as :meth:`Manifest.from_json` does.
 
     Raises:
         InvalidManifestError: the text is not JSON, not a manifest of format 1, or an entry is invalid
             (raised when the iteration reaches it: a consumer must drop what it built from the entries before).
     """
-    head = _read_at_least(stream, len(CANONICAL_PREFIX))
-    if head != CANONICAL_PREFIX:
+    head = _read_at_least(stream, len(_PREFIX))
+    if head != _PREFIX:
         yield from Manifest.from_json(head + stream.read())
         return
     try:

@@ -10,7 +10,7 @@ from starlette.responses import StreamingResponse
 
 from ..errors import InvalidRefError
 from ..manifest import Manifest, parse_version
-from ..manifest.entry import MANIFEST_FORMAT
+from ..manifest.entry import CANONICAL_PREFIX
 from ..registry import VersionInfo
 from ..registry.local import LocalRegistry
 from .models import AliasRequest
@@ -104,7 +104,7 @@ def _stored(request: Request, project: str, name: str, selector: str) -> tuple[V
 
 
 #: How every manifest text ``Manifest.to_json`` writes begins (entries follow, each beginning with its path).
-_STORED_PREFIX = f'{{"format":{MANIFEST_FORMAT},"entries":['
+_STORED_PREFIX = CANONICAL_PREFIX
 #: A chunked entry as ``ManifestEntry.to_dict`` orders its keys: ``"sha256":"<64 hex>","chunk_size":``.
 _SHA_KEY = '"sha256":"'
 _CHUNK_KEY = '","chunk_size":'

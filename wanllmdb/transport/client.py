@@ -154,7 +154,7 @@ class HttpTransport:
         raise AssertionError("unreachable")
 
     @contextmanager
-    def open_body(self, endpoint: str, *, read_timeout: float | None = None) -> Iterator[BinaryIO]:
+    def open_body(self, endpoint: str) -> Iterator[BinaryIO]:
         """GET an API endpoint whose answer is read as it arrives (e.g. a manifest of a million entries):
         yields its body as a binary file object; a body that breaks off raises :class:`TransportError` from
         ``read`` (it is not resumed: the caller starts over).
@@ -164,7 +164,7 @@ class HttpTransport:
             ServerUnreachableError: no answer after the retries.
         """
         url = self.api_url(endpoint)
-        response = self._send("GET", url, headers=dict(self._auth), stream=True, read_timeout=read_timeout)
+        response = self._send("GET", url, headers=dict(self._auth), stream=True)
         with response:
             raise_for_status(response, server=self.server)
             yield _BodyReader(response, self.server)
