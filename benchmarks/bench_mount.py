@@ -468,6 +468,21 @@ class Bench:
                                 target=">= 2,000 files/s", met=n / best["seconds"] >= 2000, best=best,
                                 files_per_s=[round(n / r["seconds"]) for r in runs],
                                 passthrough={"seconds": pt_seconds, "cpu_s": pt_cpu}))
+        # The same files once cached, through a fresh mount (a second epoch after a remount, another job on
+        # the machine): no fetch, only the per-file requests and the cache's checks of each blob.
+        warm = []
+        for _ in range(1 if self.ctx.quick else 2):
+            with self.mount(self.ctx.path("mount", "cache-small", ""), fresh=False) as mnt:
+                top = os.path.join(mnt.mountpoint, PROJECT, "small", "v1")
+                drop_page_cache()
+                cpu0 = process_cpu_seconds(mnt.pid)
+                seconds = wall(f"find {top} -type f -print0 | xargs -0 cat > /dev/null")
+                warm.append({"seconds": seconds, "mount_cpu_s": process_cpu_seconds(mnt.pid) - cpu0,
+                             "stats": delta(mnt.stats(), {})})
+        best_warm = min(warm, key=lambda r: r["seconds"])
+        self.results.append(row(f"cat {n:,} cached small files, fresh mount", n / best_warm["seconds"], "files/s",
+                                "passthrough mount", n / pt_seconds, best=best_warm,
+                                files_per_s=[round(n / r["seconds"]) for r in warm]))
         with self.mount(self.ctx.path("mount", "cache-small", ""), fresh=False) as mnt:
             top = os.path.join(mnt.mountpoint, PROJECT, "listing", "v1")
             seconds = wall(["ls", "-lR", top])

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from wanllmdb.cache import ArtifactCache, BlobCache, Placer
+from wanllmdb.cache.store import blob_stamp
 from wanllmdb.errors import CacheError, ChecksumError, InvalidNameError, InvalidPathError
 from wanllmdb.manifest.chunkhash import chunk_hash
 
@@ -118,6 +119,76 @@ def test_index_survives_restart_and_heals_unindexed_blobs(tmp_path):
     third = BlobCache(root)
     assert third.lookup(sha) is not None
     assert third.index.get(sha) is not None and third.total_size() == size
+
+
+def test_deferred_touches_reach_the_index_at_the_next_flush_and_heal_unindexed_blobs(tmp_path):
+    root = str(tmp_path / "c")
+    data = os.urandom(1234)
+    sha, size = _blob(data)
+    first = BlobCache(root)
+    first.ensure(sha, size, _fetcher(data))
+    first.close()
+    BlobCache(root).index.touch_blobs({sha: size}, now=(old := time.time() - 3600))
+    mount = BlobCache(root)  # a fresh process that owns a flush timer, as the mount's reader
+    mount.defer_touches()
+    assert mount.lookup(sha) is not None
+    assert mount.has_pending(), "the hit's touch waits for the flush"
+    assert mount.index.get(sha).last_access == pytest.approx(old), "not written inside the hit"
+    mount.flush()
+    assert not mount.has_pending()
+    assert mount.index.get(sha).last_access > old + 3000
+    # healing: a blob present on disk but missing from the index is indexed again by the deferred touch
+    mount.index.remove([sha])
+    mount._touched.clear()
+    assert mount.lookup(sha) is not None
+    mount.flush()
+    assert mount.index.get(sha) is not None and mount.total_size() == size
+
+
+def test_a_deferred_touch_of_a_blob_evicted_meanwhile_does_not_index_it_again(tmp_path):
+    root = str(tmp_path / "c")
+    data = os.urandom(2000)
+    sha, size = _blob(data)
+    BlobCache(root).ensure(sha, size, _fetcher(data))
+    mount = BlobCache(root)
+    mount.defer_touches()
+    mount.flush()
+    assert mount.lookup(sha) is not None and mount.has_pending()
+    other = BlobCache(root)  # another process evicts it before the mount's flush
+    assert other.plan_cleanup(max_bytes=0).execute() == size
+    mount.flush()
+    assert mount.index.get(sha) is None, "no ghost entry counted against the limit"
+    assert mount.total_size() == 0
+
+
+def test_preloaded_stamps_still_catch_a_blob_changed_through_a_hard_link(tmp_path):
+    root = str(tmp_path / "c")
+    blobs = [os.urandom(3000) for _ in range(3)]
+    first = BlobCache(root)
+    for data in blobs:
+        first.ensure(*_blob(data), _fetcher(data))
+    first.close()
+    shas = [_blob(data)[0] for data in blobs]
+    changed = first.blob_path(shas[1])
+    os.chmod(changed, 0o644)
+    with open(changed, "r+b") as f:  # what a write through a download's hard link does
+        f.write(b"X")
+    fresh = BlobCache(root)
+    fresh.preload_stamps(shas)
+    assert fresh.lookup(shas[0]) is not None and fresh.lookup(shas[2]) is not None
+    assert fresh.lookup(shas[1]) is None, "a changed blob is not served on a preloaded stamp"
+    assert not os.path.exists(changed), "and it was evicted, to be fetched again"
+
+
+def test_blobs_are_created_read_only_and_stamped_as_renamed(tmp_path):
+    cache = BlobCache(str(tmp_path / "c"))
+    data = os.urandom(4096)
+    sha, size = _blob(data)
+    path = cache.ensure(sha, size, _fetcher(data))
+    assert oct(os.stat(path).st_mode & 0o777) == "0o444"
+    cache.flush()
+    fresh = BlobCache(str(tmp_path / "c"))
+    assert fresh.index.stamps([sha]) == {sha: blob_stamp(os.stat(path))}, "the stamp is the renamed file's"
 
 
 def test_evicting_a_blob_does_not_break_an_open_reader(tmp_path):

@@ -105,6 +105,26 @@ def test_sdk_downloads_are_cache_hits_for_the_mount(registry, mounter, project, 
     assert stats["cache_hits"] == 2 and stats["chunks_fetched"] == 0 and stats["blobs_fetched"] == 0
 
 
+def test_cached_reads_through_a_fresh_mount_refresh_the_cache_lru_while_it_runs(registry, mounter, project, tmp_path):
+    files = {f"d/f{i:03d}.bin": os.urandom(100 + i) for i in range(40)}
+    log_version(registry, tmp_path, project, "lru", files)
+    first = mounter()
+    top = first.path / project / "lru" / "v1"
+    assert sh("cat", *(str(top / name) for name in files)).stdout == b"".join(files.values())
+    assert first.unmount().returncode == 0
+    shas = {hashlib.sha256(data).hexdigest(): len(data) for data in files.values()}
+    old = time.time() - 3600
+    cache().index.touch_blobs(shas, now=old)
+    mnt = mounter()  # a fresh process: it knows none of the blobs' stamps, and queues its touches
+    top = mnt.path / project / "lru" / "v1"
+    assert sh("cat", *(str(top / name) for name in files)).stdout == b"".join(files.values())
+    stats = mnt.stats()
+    assert stats["cache_hits"] == len(files) and stats["blobs_fetched"] == 0
+    # written by the mount's flush a moment later, while it still runs: eviction by other processes sees them
+    wait_until(lambda: all(cache().index.get(sha).last_access > old + 3000 for sha in shas), 10,
+               "the mount's reads to reach the cache index")
+
+
 def test_head_of_a_cold_large_file_fetches_at_most_two_chunks(registry, mounter, project, tmp_path):
     big = os.urandom(40 * CHUNK)
     log_version(registry, tmp_path, project, "m", {"big.bin": big}, chunk_size=CHUNK)

@@ -257,18 +257,47 @@ class BlobCache:
         self._last_flush = time.monotonic()
         # The shared total as of this process's last transaction: only decides when to flush early.
         self._known_total = self.index.total_size()
+        # Access times waiting for the next flush (sha -> size), when an owner flushes on a timer
+        # (``defer_touches``); else each hit's due touch is written at once.
+        self._pending_touches: dict[str, int] = {}
+        self._defer_touches = False
 
     def close(self) -> None:
         self.flush()
         self.index.close()
 
+    def defer_touches(self) -> None:
+        """Queue hits' access-time updates for the next :meth:`flush` instead of writing each at once.
+
+        For an owner that flushes on a timer (the mount's reader, a moment after any hit: see
+        :meth:`has_pending`). A hit on a fresh mount otherwise costs a write transaction inside the ``open``
+        that a reader waits for; LRU order needs no such precision (a touch is already skipped for
+        ``TOUCH_INTERVAL`` after the last).
+        """
+        self._defer_touches = True
+
+    def has_pending(self) -> bool:
+        """Whether admissions or access times wait for :meth:`flush`."""
+        return bool(self._pending or self._pending_touches)
+
+    def preload_stamps(self, sha256s: Iterable[str]) -> None:
+        """Learn the recorded stamps of these blobs in one query, so that the hits that follow (a directory's
+        files opened one by one on a fresh mount) need no query each. A stamp learnt here is what a hit would
+        have read from the index: each hit still compares it with a fresh ``stat``."""
+        unknown = [sha for sha in sha256s if sha not in self._stamps]
+        if not unknown:
+            return
+        for sha, stamp in self.index.stamps(unknown).items():
+            self._remember(sha, stamp)
+
     # --- paths ------------------------------------------------------------------------------------------
 
     def blob_path(self, sha256: str) -> str:
-        return os.path.join(self.root, "blobs", sha256[:2], sha256)
+        # Formatted, not os.path.join: this runs several times per small file read or written.
+        return f"{self.root}/blobs/{sha256[:2]}/{sha256}"
 
     def _tmp_path(self, sha256: str) -> str:
-        return os.path.join(self.root, "tmp", f"{sha256}.{writer_tag()}.{secrets.token_hex(4)}.incomplete")
+        return f"{self.root}/tmp/{sha256}.{writer_tag()}.{secrets.token_hex(4)}.incomplete"
 
     # --- lookups ----------------------------------------------------------------------------------------
 
@@ -393,6 +422,8 @@ class BlobCache:
         return os.path.exists(self.blob_path(sha256))
 
     def _touch(self, sizes: dict[str, int]) -> None:
+        if not sizes:
+            return
         now = time.time()
         with self._touched_lock:
             due = {k: v for k, v in sizes.items() if now - self._touched.get(k, 0.0) > TOUCH_INTERVAL}
@@ -400,10 +431,15 @@ class BlobCache:
                 self._touched[key] = now
             if len(self._touched) > 100_000:
                 self._touched.clear()
-        if due:
-            # An upsert, not an update: a blob renamed into place by a process that died before indexing
-            # it is healed here.
-            self.index.touch_blobs(due, now)
+        if not due:
+            return
+        if self._defer_touches:
+            with self._touched_lock:
+                self._pending_touches.update(due)
+            return
+        # An upsert, not an update: a blob renamed into place by a process that died before indexing
+        # it is healed here.
+        self.index.touch_blobs(due, now)
 
     # --- fetching ---------------------------------------------------------------------------------------
 
@@ -439,7 +475,8 @@ class BlobCache:
         tmp = self._tmp_path(sha256)
         admitted = False
         try:
-            with open(tmp, "wb") as out:
+            # Created read-only (the mode binds later opens, not this descriptor): no chmod once written.
+            with open(tmp, "xb", opener=_read_only) as out:
                 kind = _PipelinedWriter if size >= PIPELINE_THRESHOLD else _VerifyingWriter
                 writer = kind(out, size, label or f"blob {sha256[:12]}")
                 try:
@@ -447,13 +484,11 @@ class BlobCache:
                 finally:
                     writer.finish()
                 _check(writer.size, writer.hexdigest(), size, sha256, label)
-                # Through the open descriptor, not the path (no second lookup of the name; per small blob
-                # the admission's syscalls are most of its cost).
                 out.flush()
-                os.fchmod(out.fileno(), 0o444)
-                written = os.fstat(out.fileno())
-            self._admit(tmp, sha256, size, written)
-            admitted = True
+                # Renamed while still open, its stamp read through the descriptor: per small blob the
+                # admission's syscalls are most of its cost.
+                self._admit(tmp, sha256, size, fd=out.fileno())
+                admitted = True
         finally:
             if not admitted:  # once renamed, the temporary name is gone: no unlink to fail
                 _unlink_quietly(tmp)
@@ -553,21 +588,24 @@ class BlobCache:
                 _unlink_quietly(tmp)
         return self.blob_path(sha256)
 
-    def _admit(self, tmp: str, sha256: str, size: int, before: os.stat_result | None = None) -> None:
-        """Rename the checked file ``tmp`` into place as the blob (``before``: its ``fstat`` once made read-only,
-        when the caller did that through its descriptor)."""
-        if before is None:
-            os.chmod(tmp, 0o444)
-            before = os.stat(tmp)
+    def _admit(self, tmp: str, sha256: str, size: int, *, fd: int | None = None) -> None:
+        """Rename the checked, read-only file ``tmp`` into place as the blob (``fd``: a descriptor of it the
+        caller holds open, to read its stamp through)."""
         path = self.blob_path(sha256)
-        os.replace(tmp, path)
         # ext4 moves the ctime of a renamed inode: the stamp is taken after the rename, or this process's
         # first hit on every blob it just admitted would hash it again (same inode: nothing else changed).
-        try:
-            after = os.stat(path)
-        except FileNotFoundError:  # evicted at once by another process: nothing to remember
-            after = before
-        stamp = blob_stamp(after if after.st_ino == before.st_ino else before)
+        if fd is not None:
+            os.replace(tmp, path)
+            stamp = blob_stamp(os.fstat(fd))
+        else:
+            os.chmod(tmp, 0o444)
+            before = os.stat(tmp)
+            os.replace(tmp, path)
+            try:
+                after = os.stat(path)
+            except FileNotFoundError:  # evicted at once by another process: nothing to remember
+                after = before
+            stamp = blob_stamp(after if after.st_ino == before.st_ino else before)
         self._remember(sha256, stamp)
         with self._touched_lock:
             self._pending[sha256] = (size, stamp)
@@ -590,7 +628,12 @@ class BlobCache:
     def _flush(self, keep: Iterable[str]) -> int:
         with self._touched_lock:
             pending, self._pending, self._pending_bytes = self._pending, {}, 0
+            touches, self._pending_touches = self._pending_touches, {}
             self._last_flush = time.monotonic()
+        # Only blobs still there: one evicted since its hit (by any process) must not come back to the index.
+        touches = {sha: size for sha, size in touches.items() if self.contains(sha)}
+        if touches:
+            self.index.touch_blobs(touches)
         victims, self._known_total = self.index.admit_blobs(pending, self.max_bytes, keep, _evictable)
         return self._evict_files(victims) if victims else 0
 
@@ -754,6 +797,7 @@ class BlobCache:
             with self._touched_lock:
                 for key in removed:
                     self._touched.pop(key, None)
+                    self._pending_touches.pop(key, None)
                     self._stamps.pop(key, None)
             logger.debug("evicted %d cache entries (%d bytes)", len(removed), freed)
         return freed
@@ -819,6 +863,11 @@ def _evictable(entry: IndexEntry) -> bool:
     if entry.kind != "partial":
         return True
     return writer_gone(entry.key.split(":", 1)[1])
+
+
+def _read_only(path: str, flags: int) -> int:
+    """``open``'s opener for a new blob: created with mode 0444."""
+    return os.open(path, flags, 0o444)
 
 
 def _check(got_size: int, got_sha: str, size: int, sha256: str, label: str | None) -> None:

@@ -479,6 +479,9 @@ class ArtifactFS:
                 break
         with self._prepared_lock:
             self._prepared[key] = frozenset(examined) | (done or frozenset())
+        if len(examined) > len(batch):  # cached siblings: their stamps in one query, not one per open
+            missing = {entry.sha256 for entry in batch}
+            cache.preload_stamps(sha for sha in examined if sha not in missing)
         if len(batch) > 1:
             shas = [entry.sha256 for entry in batch]
             entries = {entry.sha256: entry for entry in batch}

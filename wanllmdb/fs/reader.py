@@ -222,6 +222,7 @@ class ChunkReader:
         trust_chunk_digests: bool = False,
     ) -> None:
         self.cache = self._cache = cache
+        cache.defer_touches()  # written by _index_soon's timer, not inside the open that hit
         self._fetch_range_into = fetch_range_into
         self._fetch_blob = fetch_blob
         self._timeout = timeout
@@ -273,6 +274,8 @@ class ChunkReader:
                 path = self._fetch_whole(entry, label)
             else:
                 self._count(cache_hits=1)
+                if self._cache.has_pending():
+                    self._index_soon()
             try:
                 return Handle(entry, label, os.open(path, os.O_RDONLY | os.O_CLOEXEC), None)
             except FileNotFoundError:
