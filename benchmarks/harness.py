@@ -199,6 +199,8 @@ def print_table(results: list[Result], out=sys.stdout) -> None:
         if floor and not r.met:
             mark += f" (CPU floor {floor['floor_s']:.2f} s {'>' if floor['out_of_reach'] else '<='} " \
                     f"{floor['needed_s']:.2f} s needed)"
+        if (r.notes.get("floor") or {}).get("out_of_reach") and not r.met:
+            mark += " (out of reach: its floor misses too)"
         rows.append((r.group, r.name, f"{r.value:.4g} {r.unit}", base, ratio, r.target or "", mark))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for i, row in enumerate(rows):

@@ -82,8 +82,9 @@ class WanllmdbMount:
 class PassthroughMount:
     """``benchmarks/passthrough.py SOURCE MOUNTPOINT`` as a subprocess, for as long as the ``with`` lasts."""
 
-    def __init__(self, source: str, mountpoint: str) -> None:
+    def __init__(self, source: str, mountpoint: str, *, splice: bool = False) -> None:
         self.source = source
+        self.splice = splice
         self.mountpoint = os.path.realpath(mountpoint)
         self.process: subprocess.Popen | None = None
 
@@ -93,7 +94,8 @@ class PassthroughMount:
 
     def __enter__(self) -> PassthroughMount:
         os.makedirs(self.mountpoint, exist_ok=True)
-        self.process = subprocess.Popen([sys.executable, PASSTHROUGH, self.source, self.mountpoint],
+        self.process = subprocess.Popen([sys.executable, PASSTHROUGH, *(["--splice"] if self.splice else []),
+                                         self.source, self.mountpoint],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if not wait_for(lambda: _mounted(self.mountpoint) or self.process.poll() is not None, 30) or \
                 self.process.poll() is not None:

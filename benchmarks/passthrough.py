@@ -1,11 +1,16 @@
 """A minimal read-only passthrough FUSE filesystem of one directory: the baseline for ``wanllmdb mount``.
 
-    python benchmarks/passthrough.py SOURCE_DIR MOUNTPOINT      # serves in the foreground until unmounted
+    python benchmarks/passthrough.py [--splice] SOURCE_DIR MOUNTPOINT   # serves in the foreground until unmounted
 
 It is what "FUSE in Python" costs with nothing else in the way: mfusepy's stock ``read`` (``os.pread`` into a
 bytes object, copied into the kernel's buffer), on the same libfuse as the mount (libfuse 3 when installed)
 and with the kernel options the mount passes where they apply: ``ro``, ``kernel_cache``, ``max_readahead``
 8 MiB, the same worker-thread limits, entry/attribute timeouts.
+
+``--splice`` answers reads as the mount does (libfuse 3): with the source file's descriptor (``read_buf``),
+spliced into /dev/fuse with no copy through Python, in requests of up to ``SPLICE_MAX_READ``. It is the
+fastest any FUSE filesystem that keeps the kernel's page cache can serve a file it holds on local disk on
+this libfuse (FUSE's own passthrough needs libfuse 3.16+): the floor of the mount's cached reads.
 """
 
 from __future__ import annotations
@@ -72,7 +77,60 @@ class Passthrough(fuse.Operations):
                                                     "f_files", "f_ffree", "f_namemax")}
 
 
+class SplicePassthrough(Passthrough):
+    """Reads answered with the source file's descriptor, as ``wanllmdb mount`` answers them."""
+
+    def init_with_config(self, conn_info, config_3) -> None:
+        from wanllmdb.fs.fuse_ops import FUSE_CAP_SPLICE_WRITE, SPLICE_MAX_READ
+
+        super().init_with_config(conn_info, config_3)
+        if conn_info is not None:
+            conn_info.want |= FUSE_CAP_SPLICE_WRITE
+            conn_info.max_read = SPLICE_MAX_READ
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self._sizes: dict[int, int] = {}
+
+    def open(self, path: str, flags: int) -> int:
+        fh = super().open(path, flags)
+        self._sizes[fh] = os.fstat(fh).st_size
+        return fh
+
+    def read_buf(self, fh: int, offset: int, size: int) -> tuple[int, int]:
+        return fh, max(0, min(size, self._sizes[fh] - offset))
+
+    def release(self, path: str, fh: int) -> int:
+        self._sizes.pop(fh, None)
+        return super().release(path, fh)
+
+
+def _splice_fuse():
+    """mfusepy's FUSE with the mount's ``read_buf`` (the same C structures, filled the same way)."""
+    import ctypes
+
+    from wanllmdb.fs.fuse_ops import FUSE_BUF_FD_SEEK, FUSE_BUF_IS_FD, _FuseBufVec, _libc
+
+    class SpliceFUSE(fuse.FUSE):
+        def read_buf(self, path, bufpp, size, offset, fip) -> int:
+            fd, count = self.operations.read_buf(fip.contents.fh, offset, size)
+            address = _libc.malloc(ctypes.sizeof(_FuseBufVec))
+            if not address:
+                return -errno.ENOMEM
+            vec = _FuseBufVec.from_address(address)
+            vec.count, vec.idx, vec.off = 1, 0, 0
+            buf = vec.buf
+            buf.size, buf.mem, buf.fd, buf.pos = count, None, fd, offset
+            buf.flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK if count > 0 else 0
+            bufpp[0] = ctypes.cast(address, fuse.fuse_bufvec_p)
+            return 0
+
+    return SpliceFUSE
+
+
 def main(argv: list[str]) -> int:
+    splice = argv[:1] == ["--splice"]
+    argv = argv[1:] if splice else argv
     if len(argv) != 2:
         sys.stderr.write(__doc__)
         return 2
@@ -83,7 +141,14 @@ def main(argv: list[str]) -> int:
         options.update(max_threads=64, max_idle_threads=64)
     else:
         options.update(kernel_cache=True, max_read=1 << 20)
-    fuse.FUSE(Passthrough(source), mountpoint, **options)
+    if splice:
+        from wanllmdb.fs.fuse_ops import SPLICE_MAX_READ
+
+        options["max_read"] = SPLICE_MAX_READ
+        fs_class, operations = _splice_fuse(), SplicePassthrough(source)
+    else:
+        fs_class, operations = fuse.FUSE, Passthrough(source)
+    fs_class(operations, mountpoint, **options)
     return 0
 
 
