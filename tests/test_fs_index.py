@@ -153,10 +153,70 @@ def test_an_index_folder_left_by_a_dead_mount_is_removed_by_the_next(tmp_path):
     first._lock.close()  # what the kernel does when its mount dies
     third = IndexFolder(str(tmp_path))
     assert not os.path.exists(first.path)
-    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(f.path) for f in (second, third))
+    assert sorted(os.listdir(tmp_path)) == sorted([*(os.path.basename(f.path) for f in (second, third)), "kept"])
     second.close()
     third.close()
-    assert not os.listdir(tmp_path)
+    assert os.listdir(tmp_path) == ["kept"]  # the indexes kept for later mounts (none here)
+    assert not os.listdir(tmp_path / "kept")
+
+
+def test_a_kept_index_serves_later_folders_and_outlives_the_mounts_that_used_it(tmp_path):
+    entries = [entry(f"d{i % 3}/f{i}.bin", i=i) for i in range(40)]
+    first = IndexFolder(str(tmp_path / "index"))
+    built = IndexedTree.build(first.new_file(), entries, 0.0)
+    first.keep(built.path, "a" * 32)
+    second = IndexFolder(str(tmp_path / "index"))
+    path = second.kept("a" * 32)
+    assert path is not None and os.path.dirname(path) == second.path  # its own name for it
+    kept = IndexedTree(path, 0.0)
+    assert kept.file_count == 40
+    assert kept.lookup(["d1", "f4.bin"]).entry == entries[4]
+    assert sorted(kept.root.children) == ["d0", "d1", "d2"]
+    built.close()
+    kept.close()
+    first.close()
+    second.close()
+    assert os.listdir(tmp_path / "index" / "kept") == ["a" * 32 + ".s1.sqlite"]
+    third = IndexFolder(str(tmp_path / "index"))
+    assert third.kept("b" * 32) is None, "another version's id finds nothing"
+    again = IndexedTree(third.kept("a" * 32), 0.0)
+    assert again.lookup(["d2", "f5.bin"]).entry == entries[5]
+    again.close()
+    third.close()
+
+
+@pytest.mark.parametrize("version_id", ["", "short", "../../etc/x" + "0" * 20, "a/b" + "0" * 30])
+def test_an_id_that_cannot_name_a_file_keeps_nothing(tmp_path, version_id):
+    folder = IndexFolder(str(tmp_path / "index"))
+    tree = IndexedTree.build(folder.new_file(), [entry("a.bin")], 0.0)
+    folder.keep(tree.path, version_id)
+    assert folder.kept(version_id) is None
+    assert os.listdir(tmp_path / "index" / "kept") == []
+    assert not os.path.exists(tmp_path / "etc")
+    tree.close()
+    folder.close()
+
+
+def test_kept_indexes_stay_within_their_bound_least_recently_used_first(tmp_path):
+    folder = IndexFolder(str(tmp_path / "index"), kept_bytes=1)  # any index is over: room for the newest only
+    roomy = IndexFolder(str(tmp_path / "index"))
+    trees = []
+    for n, version_id in enumerate(("a" * 32, "b" * 32, "c" * 32)):
+        trees.append(IndexedTree.build(roomy.new_file(), [entry(f"f{i}") for i in range(n + 5)], 0.0))
+        roomy.keep(trees[-1].path, version_id)
+    os.utime(os.path.join(roomy.kept_dir, "a" * 32 + ".s1.sqlite"), (1, 1))  # the least recently used
+    assert roomy.kept("b" * 32) is not None  # used now
+    roomy._kept_bytes = sum(os.path.getsize(os.path.join(roomy.kept_dir, n)) for n in os.listdir(roomy.kept_dir)) - 1
+    roomy._trim()
+    assert sorted(os.listdir(roomy.kept_dir)) == ["b" * 32 + ".s1.sqlite", "c" * 32 + ".s1.sqlite"]
+    d = IndexedTree.build(folder.new_file(), [entry("x")], 0.0)
+    folder.keep(d.path, "d" * 32)
+    assert os.listdir(folder.kept_dir) == []  # nothing fits 1 byte: kept, then trimmed at once
+    assert d.lookup(["x"]) is not None, "the mount's own link stays usable"
+    for tree in (*trees, d):
+        tree.close()
+    folder.close()
+    roomy.close()
 
 
 # --- the streamed parse ----------------------------------------------------------------------------------

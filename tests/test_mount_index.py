@@ -86,6 +86,63 @@ def test_a_version_over_the_bound_reads_from_its_index_as_from_memory(
     assert index_folders(cache_dir) == []
 
 
+def kept_indexes(cache: Path) -> list[Path]:
+    return sorted((cache / "mount-index" / "kept").glob("*.sqlite"))
+
+
+def test_the_next_mount_reads_the_index_an_earlier_mount_kept_and_rebuilds_a_damaged_one(
+    registry, mounter, project, tmp_path, cache_dir
+):
+    files = version_files()
+    log_version(registry, tmp_path, project, "big", files, chunk_size=CHUNK)
+    expected = {rel for rel in files}
+
+    def listed(mnt) -> set[str]:
+        top = mnt.path / "big" / "v1"
+        return {str(p.relative_to(top)) for p in top.rglob("*") if p.is_file()}
+
+    first = mounter("--max-tree-entries", BOUND, project=project)
+    assert listed(first) == expected
+    assert first.unmount().returncode == 0
+    (kept,) = kept_indexes(cache_dir)
+    assert "indexed " in first.log()
+
+    second = mounter("--max-tree-entries", BOUND, project=project)
+    assert listed(second) == expected
+    assert (second.path / "big" / "v1" / "top2.csv").read_bytes() == files["top2.csv"]
+    assert "the index a previous mount kept" in second.log(), second.log()[-2000:]
+    assert "indexed " not in second.log(), "no manifest fetched and parsed again"
+    assert second.unmount().returncode == 0
+
+    kept.write_bytes(b"not an index at all " * 100)  # damaged on disk
+    third = mounter("--max-tree-entries", BOUND, project=project)
+    assert listed(third) == expected
+    assert "unreadable" in third.log() and "indexed " in third.log()
+    assert third.unmount().returncode == 0
+    (rebuilt,) = kept_indexes(cache_dir)
+    assert rebuilt.read_bytes()[:16] == b"SQLite format 3\x00"
+
+
+def test_a_kept_index_of_another_size_than_listed_is_not_served(local_registry, mounter, project, tmp_path, cache_dir):
+    files = version_files()
+    other = {f"o/{i}.txt": b"o" for i in range(70)}
+    log_version(local_registry, tmp_path, project, "big", files, chunk_size=CHUNK)
+    log_version(local_registry, tmp_path, project, "other", other)
+    first = mounter("--max-tree-entries", BOUND, project=project)
+    assert len(list((first.path / "big" / "v1").rglob("*.txt"))) > 50
+    assert len(list((first.path / "other" / "v1").rglob("*.txt"))) == 70
+    assert first.unmount().returncode == 0
+    ids = {name: local_registry.resolve(project, name, "v1").id for name in ("big", "other")}
+    kept = {name: cache_dir / "mount-index" / "kept" / f"{ids[name]}.s1.sqlite" for name in ids}
+    kept["big"].unlink()
+    os.link(kept["other"], kept["big"])  # a valid index, of another version
+
+    second = mounter("--max-tree-entries", BOUND, project=project)
+    top = second.path / "big" / "v1"
+    assert {str(p.relative_to(top)) for p in top.rglob("*") if p.is_file()} == set(files)
+    assert f"holds 70 files, not {len(files)}" in second.log(), second.log()[-2000:]
+
+
 def test_an_index_folder_left_by_a_killed_mount_goes_with_the_next_mount(
     local_registry, mounter, project, tmp_path, cache_dir
 ):

@@ -29,7 +29,10 @@ one request, each wait is bounded by the timeout, and all waits end when the fil
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -324,7 +327,7 @@ class Catalog:
         if listed is not None and listed.file_count >= self._index_min and self._index_folder is not None:
             open_manifest = getattr(self.registry, "open_manifest", None)
             if open_manifest is not None:
-                return self._load_indexed(open_manifest, project, name, version, listed.created_at)
+                return self._load_indexed(open_manifest, project, name, version, listed)
         # An HTTP registry's answer then carries the large files' download URLs too (one request fewer
         # before the first read of one); any other registry resolves as usual.
         resolve = getattr(self.registry, "resolve_for_reading", self.registry.resolve)
@@ -355,21 +358,49 @@ class Catalog:
         return next((v for v in info.versions if v.version == version), None)
 
     def _load_indexed(
-        self, open_manifest: Callable[..., Any], project: str, name: str, version: int, created_at: float
+        self, open_manifest: Callable[..., Any], project: str, name: str, version: int, listed: VersionInfo
     ) -> IndexedTree:
-        assert self._index_folder is not None
+        folder = self._index_folder
+        assert folder is not None
+        # a few such trees fit in the bound with the in-memory ones
+        dir_entries = max(1, min(DIR_CACHE_ENTRIES, self._trees.maxsize // 5))
+        kept = self._kept_tree(listed, dir_entries)
+        if kept is not None:
+            return kept
         started = time.monotonic()
         with open_manifest(project, name, f"v{version}") as body:
-            tree = IndexedTree.build(
-                self._index_folder.new_file(), iter_entries(body), created_at,
-                # a few such trees fit in the bound with the in-memory ones
-                dir_entries=max(1, min(DIR_CACHE_ENTRIES, self._trees.maxsize // 5)),
-            )
+            tree = IndexedTree.build(folder.new_file(), iter_entries(body), listed.created_at, dir_entries=dir_entries)
         logger.info(
             "indexed %s/%s:v%d (%d files) on disk in %.3fs", project, name, version, tree.file_count,
             time.monotonic() - started,
         )
+        folder.keep(tree.path, listed.id)
         return tree
+
+    def _kept_tree(self, listed: VersionInfo, dir_entries: int) -> IndexedTree | None:
+        """The index an earlier mount kept for this version, if it opens as one of as many files as listed."""
+        folder = self._index_folder
+        assert folder is not None
+        path = folder.kept(listed.id)
+        if path is None:
+            return None
+        try:
+            tree = IndexedTree(path, listed.created_at, dir_entries=dir_entries)
+        except sqlite3.DatabaseError as exc:
+            logger.warning("the kept index of %s is unreadable (%s); building it again", _label(listed), exc)
+        else:
+            if tree.file_count == listed.file_count:
+                logger.info("%s (%d files): the index a previous mount kept", _label(listed), tree.file_count)
+                return tree
+            logger.warning(
+                "the kept index of %s holds %d files, not %d; building it again",
+                _label(listed), tree.file_count, listed.file_count,
+            )
+            tree.close()
+        folder.forget(listed.id)
+        with contextlib.suppress(FileNotFoundError):  # (closing the tree removed it already)
+            os.unlink(path)
+        return None
 
     def close(self) -> None:
         """Remove the index files (after the FUSE loop has ended)."""
@@ -466,3 +497,7 @@ class Catalog:
 def _log_prepare_failure(future: Any) -> None:
     if not future.cancelled() and future.exception() is not None:
         logger.debug("preparing downloads failed (each file will ask on its own): %s", future.exception())
+
+
+def _label(info: VersionInfo) -> str:
+    return f"{info.project}/{info.name}:v{info.version}"
