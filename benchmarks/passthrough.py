@@ -106,24 +106,13 @@ class SplicePassthrough(Passthrough):
 
 
 def _splice_fuse():
-    """mfusepy's FUSE with the mount's ``read_buf`` (the same C structures, filled the same way)."""
-    import ctypes
-
-    from wanllmdb.fs.fuse_ops import FUSE_BUF_FD_SEEK, FUSE_BUF_IS_FD, _FuseBufVec, _libc
+    """mfusepy's FUSE with the mount's ``read_buf`` answer (``wanllmdb.fs.fuse_ops.reply_with_fd``)."""
+    from wanllmdb.fs.fuse_ops import reply_with_fd
 
     class SpliceFUSE(fuse.FUSE):
         def read_buf(self, path, bufpp, size, offset, fip) -> int:
             fd, count = self.operations.read_buf(fip.contents.fh, offset, size)
-            address = _libc.malloc(ctypes.sizeof(_FuseBufVec))
-            if not address:
-                return -errno.ENOMEM
-            vec = _FuseBufVec.from_address(address)
-            vec.count, vec.idx, vec.off = 1, 0, 0
-            buf = vec.buf
-            buf.size, buf.mem, buf.fd, buf.pos = count, None, fd, offset
-            buf.flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK if count > 0 else 0
-            bufpp[0] = ctypes.cast(address, fuse.fuse_bufvec_p)
-            return 0
+            return reply_with_fd(bufpp, fd, offset, count)
 
     return SpliceFUSE
 

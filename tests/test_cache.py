@@ -106,13 +106,19 @@ def test_cleanup_plan_then_execute_and_dry_run_removes_nothing(tmp_path):
     assert cache.plan_cleanup(max_bytes=0).freed_bytes == 200
 
 
-def test_index_survives_restart_and_heals_unindexed_blobs(tmp_path):
-    root = str(tmp_path / "c")
-    data = os.urandom(1234)
+def _cached_by_another_process(root: str, size: int = 1234) -> tuple[str, int]:
+    """A blob of ``size`` random bytes cached (and indexed) by a cache that is then closed."""
+    data = os.urandom(size)
     sha, size = _blob(data)
     first = BlobCache(root)
     first.ensure(sha, size, _fetcher(data))
     first.close()
+    return sha, size
+
+
+def test_index_survives_restart_and_heals_unindexed_blobs(tmp_path):
+    root = str(tmp_path / "c")
+    sha, size = _cached_by_another_process(root)
     reopened = BlobCache(root)
     assert reopened.total_size() == size and reopened.lookup(sha)
     reopened.index.remove([sha])  # as if a process died between rename and indexing
@@ -123,11 +129,7 @@ def test_index_survives_restart_and_heals_unindexed_blobs(tmp_path):
 
 def test_deferred_touches_reach_the_index_at_the_next_flush_and_heal_unindexed_blobs(tmp_path):
     root = str(tmp_path / "c")
-    data = os.urandom(1234)
-    sha, size = _blob(data)
-    first = BlobCache(root)
-    first.ensure(sha, size, _fetcher(data))
-    first.close()
+    sha, size = _cached_by_another_process(root)
     BlobCache(root).index.touch_blobs({sha: size}, now=(old := time.time() - 3600))
     mount = BlobCache(root)  # a fresh process that owns a flush timer, as the mount's reader
     mount.defer_touches()
@@ -147,9 +149,7 @@ def test_deferred_touches_reach_the_index_at_the_next_flush_and_heal_unindexed_b
 
 def test_a_deferred_touch_of_a_blob_evicted_meanwhile_does_not_index_it_again(tmp_path):
     root = str(tmp_path / "c")
-    data = os.urandom(2000)
-    sha, size = _blob(data)
-    BlobCache(root).ensure(sha, size, _fetcher(data))
+    sha, size = _cached_by_another_process(root, 2000)
     mount = BlobCache(root)
     mount.defer_touches()
     mount.flush()

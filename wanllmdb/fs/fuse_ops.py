@@ -414,6 +414,22 @@ def _keep_python_thread_state() -> None:
     _callback_thread.kept = True
 
 
+def reply_with_fd(bufpp: Any, fd: int, offset: int, count: int) -> int:
+    """Fill ``read_buf``'s answer: ``count`` bytes of ``fd`` from ``offset`` (none when ``count`` <= 0), which
+    libfuse splices into /dev/fuse. libfuse frees the vector with ``free`` after the reply, so it comes from
+    ``malloc``. Returns 0, or -ENOMEM."""
+    address = _libc.malloc(ctypes.sizeof(_FuseBufVec))
+    if not address:
+        return -errno.ENOMEM
+    vec = _FuseBufVec.from_address(address)
+    vec.count, vec.idx, vec.off = 1, 0, 0
+    buf = vec.buf
+    buf.size, buf.mem, buf.fd, buf.pos = max(count, 0), None, fd, offset
+    buf.flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK if count > 0 else 0
+    bufpp[0] = ctypes.cast(address, fuse.fuse_bufvec_p)
+    return 0
+
+
 class _KernelFUSE(fuse.FUSE):  # type: ignore[misc, name-defined]
     """mfusepy's FUSE with the zero-copy read and the READDIRPLUS listing described in the module docstring."""
 
@@ -426,22 +442,13 @@ class _KernelFUSE(fuse.FUSE):  # type: ignore[misc, name-defined]
 
     def read_buf(self, path: bytes | None, bufpp: Any, size: int, offset: int, fip: Any) -> int:
         """Answer a read with the cache file's descriptor: libfuse splices the bytes from it into /dev/fuse, no
-        Python copy. libfuse frees the vector with ``free`` after the reply, so it comes from ``malloc``."""
+        Python copy."""
         fh = fip.contents.fh
         if fh:
             fd, count = self.operations.read_buf(fh, offset, size)
         else:  # the kernel opened the file itself (no-open mode): found by path
             fd, count = self.operations.read_buf_path(path.decode("utf-8", "surrogateescape"), offset, size)
-        address = _libc.malloc(ctypes.sizeof(_FuseBufVec))
-        if not address:
-            return -errno.ENOMEM
-        vec = _FuseBufVec.from_address(address)
-        vec.count, vec.idx, vec.off = 1, 0, 0
-        buf = vec.buf
-        buf.size, buf.mem, buf.fd, buf.pos = max(count, 0), None, fd, offset
-        buf.flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK if count > 0 else 0
-        bufpp[0] = ctypes.cast(address, fuse.fuse_bufvec_p)
-        return 0
+        return reply_with_fd(bufpp, fd, offset, count)
 
     def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         if size == 0:
