@@ -26,6 +26,7 @@ from .context import ServerState
 from .responses import error_payload
 from .web import login_redirect
 from .web_auth import cookie_from_header
+from .zerocopy import EXTENSION as ZERO_COPY
 
 access_log = logging.getLogger("wanllmdb.server.access")
 
@@ -61,6 +62,8 @@ class GatewayMiddleware:
                 outcome["status"] = message["status"]
             elif message["type"] == "http.response.body":
                 outcome["bytes"] += len(message.get("body", b""))
+            elif message["type"] == ZERO_COPY:
+                outcome["bytes"] += message["count"]
             await send(message)
 
         try:

@@ -78,6 +78,7 @@ def serve(config: ServerConfig, host: str = "127.0.0.1", port: int = 8080, *, po
     import uvicorn
 
     from .app import create_app
+    from .zerocopy import ZeroCopySend
 
     check_exposure(host, config)
     app = create_app(config)
@@ -91,7 +92,7 @@ def serve(config: ServerConfig, host: str = "127.0.0.1", port: int = 8080, *, po
     shown = f"[{host}]" if ":" in host else host
     logger.info("wanllmdb server on http://%s:%d (root %s), API docs at /docs", shown, bound_port, config.root)
     uv_config = uvicorn.Config(
-        app,
+        ZeroCopySend(app),
         access_log=False,  # the gateway middleware logs one line per request
         log_config=None,
         timeout_keep_alive=KEEP_ALIVE,
