@@ -285,14 +285,14 @@ class Bench:
             write_cpus.append(cpu_of(lambda: write_new_file(cache, size)))
         t_cold, t_pt_cold, t_get = (min(r["seconds"] for r in runs) for runs in (mount_runs, pt_runs, get_runs))
         best = min(mount_runs, key=lambda r: r["seconds"])
-        base = max(t_get, t_pt_cold)  # the slower of the two baselines: 0.7 x min(GET MB/s, passthrough MB/s)
+        base = max(t_get, t_pt_cold)  # the slower of the two baselines: 0.9 x min(GET MB/s, passthrough MB/s)
         # The least a verified, cached read through FUSE can cost, each part the cheapest measured in this run:
         # receiving the bytes and the server sending them (the plain GET), one pass of the chunk digests
         # (each chunk is checked; no whole-file pass), writing them into the cache, serving them through FUSE
         # (the passthrough mount) and the reader itself.
         fastest_pt = min(pt_runs, key=lambda r: r["seconds"])["cpu"]
         fastest_get = min(get_runs, key=lambda r: r["seconds"])["cpu"]
-        floor = cpu_floor(base / 0.7, {
+        floor = cpu_floor(base / 0.9, {  # (until round 6: base / 0.7, issue 5's target, beside this 0.9x one)
             "GET client (receive)": fastest_get["client_cpu_s"], "GET server": fastest_get["server_cpu_s"],
             f"chunk digests ({chunk_hash().name})": chunk_check_cpu(blob),
             "write into the cache": min(write_cpus), "FUSE (passthrough mount)": fastest_pt["passthrough_cpu_s"],
