@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -120,6 +121,31 @@ def test_cache_ls_cleanup_dry_run_and_verify(project, data_dir, tmp_path):
     assert "checked 2 blob(s): 0 corrupt" in cli("cache", "verify").stdout
     assert "freed 9 B" in cli("cache", "cleanup", "--max-size", "0").stdout
     assert "0 blob(s)" in cli("cache", "ls").stdout
+
+
+def test_cache_ls_and_cleanup_show_and_remove_the_mounts_kept_indexes(project, data_dir, tmp_path):
+    from wanllmdb.fs.index import IndexedTree, IndexFolder
+    from wanllmdb.manifest import ManifestEntry
+
+    folder = IndexFolder(os.path.join(os.environ["WANLLMDB_CACHE_DIR"], "mount-index"))
+    for version_id, age in (("a" * 32, 0), ("b" * 32, 90 * 86400)):
+        tree = IndexedTree.build(folder.new_file(), [ManifestEntry("x.bin", 1, "0" * 32, "1" * 64)], 0.0)
+        folder.keep(tree.path, version_id)
+        tree.close()
+        kept = os.path.join(folder.kept_dir, f"{version_id}.s1.sqlite")
+        os.utime(kept, (time.time() - age, time.time() - age))
+    folder.close()
+    assert "2 version index(es) kept for the mount" in cli("cache", "ls").stdout
+    listed = json.loads(cli("cache", "ls", "--json").stdout)["mount_indexes"]
+    assert listed["count"] == 2 and listed["bytes"] > 0
+    dry = cli("cache", "cleanup", "--max-age", "30d", "--dry-run").stdout
+    assert "mount-index:" + "b" * 8 in dry and "mount-index:" + "a" * 8 not in dry, dry
+    assert len(os.listdir(folder.kept_dir)) == 2, "a dry run removes nothing"
+    cli("cache", "cleanup", "--max-age", "30d")
+    assert os.listdir(folder.kept_dir) == ["a" * 32 + ".s1.sqlite"], "the one unused for 90 days went"
+    freed = json.loads(cli("cache", "cleanup", "--max-size", "0", "--json").stdout)
+    assert [e["key"] for e in freed["entries"]] == ["mount-index:" + "a" * 32 + ".s1.sqlite"]
+    assert os.listdir(folder.kept_dir) == [] and "version index" not in cli("cache", "ls").stdout
 
 
 def test_cache_verify_fails_on_a_corrupt_blob(project, data_dir, tmp_path):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import os
 
+from ..fs.index import kept_indexes, plan_kept_cleanup
 from ..settings import format_size, load_settings, parse_duration, parse_size
 from .common import common_parent, dump_json, out
 
@@ -52,6 +55,7 @@ def _open(args: argparse.Namespace):
 def cmd_ls(args: argparse.Namespace) -> int:
     cache, settings = _open(args)
     rows = cache.list()
+    indexes = kept_indexes(cache.root)
     if args.json:
         dump_json(
             {
@@ -60,6 +64,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 "blobs": len(cache.blobs.entries()),
                 "bytes": cache.blobs.total_size(),
                 "max_bytes": settings.cache_max_bytes,
+                "mount_indexes": {"count": len(indexes), "bytes": sum(k.size for k in indexes)},
             }
         )
         return 0
@@ -74,6 +79,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
         f"{cache.root}: {len(entries)} blob(s), {format_size(cache.blobs.total_size())} "
         f"of {format_size(settings.cache_max_bytes)}"
     )
+    if indexes:
+        out(f"and {len(indexes)} version index(es) kept for the mount, {format_size(sum(k.size for k in indexes))}")
     return 0
 
 
@@ -82,29 +89,38 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     max_bytes = parse_size(args.max_size) if args.max_size else settings.cache_max_bytes
     max_age = parse_duration(args.max_age) if args.max_age else None
     plan = cache.blobs.plan_cleanup(max_bytes=max_bytes, max_age=max_age)
+    # The mount's kept version indexes: those unused for max_age, and past their share of max_bytes.
+    indexes = plan_kept_cleanup(cache.root, max_bytes=max_bytes, max_age=max_age)
+    entries = [(e.key, e.size, e.last_access) for e in plan.entries]
+    entries += [(f"mount-index:{k.name}", k.size, k.last_used) for k in indexes]
+    count, planned = len(entries), plan.freed_bytes + sum(k.size for k in indexes)
+
+    def execute() -> int:
+        freed = plan.execute()
+        for kept in indexes:  # (a mount reading one keeps its own link to it)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(kept.path)
+                freed += kept.size
+        return freed
+
     if args.json:
-        freed = plan.freed_bytes if args.dry_run else plan.execute()
+        freed = planned if args.dry_run else execute()
         dump_json(
             {
                 "dry_run": args.dry_run,
-                "entries": [
-                    {"key": e.key, "size": e.size, "last_access": e.last_access} for e in plan.entries
-                ],
+                "entries": [{"key": key, "size": size, "last_access": last} for key, size, last in entries],
                 "freed_bytes": freed,
             }
         )
         return 0
-    for entry in plan.entries:
-        last = dt.datetime.fromtimestamp(entry.last_access).strftime("%Y-%m-%d %H:%M")
-        out(
-            f"{'would remove' if args.dry_run else 'remove'} {entry.key[:16]:<16} {format_size(entry.size):>10}  "
-            f"last used {last}"
-        )
+    for key, size, last_access in entries:
+        last = dt.datetime.fromtimestamp(last_access).strftime("%Y-%m-%d %H:%M")
+        out(f"{'would remove' if args.dry_run else 'remove'} {key[:24]:<24} {format_size(size):>10}  last used {last}")
     if args.dry_run:
-        out(f"would free {format_size(plan.freed_bytes)} ({len(plan.entries)} entries)")
+        out(f"would free {format_size(planned)} ({count} entries)")
         return 0
-    freed = plan.execute()
-    out(f"freed {format_size(freed)} ({len(plan.entries)} entries)")
+    freed = execute()
+    out(f"freed {format_size(freed)} ({count} entries)")
     return 0
 
 

@@ -50,7 +50,7 @@ from ..manifest import ManifestEntry, parse_version, validate_artifact_name, val
 from ..registry import Registry, VersionInfo
 from .catalog import DEFAULT_TREE_ENTRIES, Catalog
 from .flight import Flights
-from .index import KEPT_BYTES, KEPT_SHARE, IndexFolder
+from .index import INDEX_FOLDER, KEPT_BYTES, KEPT_SHARE, IndexFolder
 from .pathhandles import PathHandles
 from .reader import ChunkReader, Handle
 from .tree import Attr, DirNode, FileNode, LinkNode, VersionRef, artifact_listing, dir_attr, split_path
@@ -67,8 +67,6 @@ XATTR_TAGS = XATTR_PREFIX + "tags"
 XATTR_REF = XATTR_PREFIX + "ref"
 #: On the mount root: JSON counters of the read path (chunks and blobs fetched, cache hits...).
 XATTR_STATS = XATTR_PREFIX + "stats"
-#: The folder of the mounts' on-disk version indexes, under the cache root.
-INDEX_FOLDER = "mount-index"
 #: Threads answering metadata requests (listings, manifests) to the registry.
 METADATA_WORKERS = 8
 #: Uncached small files announced to the registry at once (one presign request for many downloads).

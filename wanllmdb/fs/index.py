@@ -36,8 +36,10 @@ import shutil
 import sqlite3
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from cachetools import LRUCache
@@ -92,6 +94,54 @@ CREATE TABLE files (
 #: file, else the JSON of what a chunked or reference entry adds. Five columns rather than one per field:
 #: binding parameters is most of an insert (300,000 rows, interleaved: 0.8-1.2 against 1.4-1.6 CPU-s).
 _FILE_COLUMNS = "name, size, digests, extra"
+
+
+#: The folder under the cache root holding the mounts' index folders and ``kept/``.
+INDEX_FOLDER = "mount-index"
+
+
+@dataclass(frozen=True)
+class KeptIndex:
+    """One kept index file (for ``wanllmdb cache ls`` and ``cleanup``)."""
+
+    path: str
+    size: int
+    last_used: float
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+
+def kept_indexes(cache_root: str) -> list[KeptIndex]:
+    """The indexes kept under the cache at ``cache_root``, least recently used first."""
+    folder = os.path.join(cache_root, INDEX_FOLDER, "kept")
+    found = []
+    for name in os.listdir(folder) if os.path.isdir(folder) else ():
+        path = os.path.join(folder, name)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue
+        found.append(KeptIndex(path, st.st_size, st.st_mtime))
+    return sorted(found, key=lambda kept: (kept.last_used, kept.name))
+
+
+def plan_kept_cleanup(cache_root: str, *, max_bytes: int | None, max_age: float | None) -> list[KeptIndex]:
+    """The kept indexes a cache cleanup removes: those unused for ``max_age`` seconds, then the least recently
+    used until the rest fit the share of ``max_bytes`` a mount would keep (``max_bytes // KEPT_SHARE``)."""
+    kept = kept_indexes(cache_root)
+    cutoff = None if max_age is None else time.time() - max_age
+    doomed = [k for k in kept if cutoff is not None and k.last_used < cutoff]
+    left = [k for k in kept if k not in doomed]
+    if max_bytes is not None:
+        total = sum(k.size for k in left)
+        for k in left:
+            if total <= min(KEPT_BYTES, max_bytes // KEPT_SHARE):
+                break
+            doomed.append(k)
+            total -= k.size
+    return doomed
 
 
 class IndexFolder:
