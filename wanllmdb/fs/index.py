@@ -115,7 +115,10 @@ class KeptIndex:
 
 def kept_indexes(cache_root: str) -> list[KeptIndex]:
     """The indexes kept under the cache at ``cache_root``, least recently used first."""
-    folder = os.path.join(cache_root, INDEX_FOLDER, "kept")
+    return _kept_in(os.path.join(cache_root, INDEX_FOLDER, "kept"))
+
+
+def _kept_in(folder: str) -> list[KeptIndex]:
     found = []
     for name in os.listdir(folder) if os.path.isdir(folder) else ():
         path = os.path.join(folder, name)
@@ -211,20 +214,13 @@ class IndexFolder:
     def _trim(self) -> None:
         """Remove the least recently used kept indexes until the rest fit ``kept_bytes`` (a mount still using
         one keeps its own link: nothing breaks under it)."""
-        found = []
-        for name in os.listdir(self.kept_dir):
-            path = os.path.join(self.kept_dir, name)
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                continue
-            found.append((st.st_mtime, st.st_size, path))
-        total = sum(size for _, size, _ in found)
-        for _, size, path in sorted(found):
+        kept = _kept_in(self.kept_dir)
+        total = sum(k.size for k in kept)
+        for k in kept:
             if total <= self._kept_bytes:
                 break
-            _unlink(path)
-            total -= size
+            _unlink(k.path)
+            total -= k.size
 
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
