@@ -47,7 +47,7 @@ def test_mismatched_bytes_raise_and_leave_nothing_behind(tmp_path, corrupt):
     cache = BlobCache(str(tmp_path / "c"))
     data = os.urandom(3000)
     sha, size = _blob(data)
-    bad = {"flip": b"X" + data[1:], "short": data[:-1], "long": data + b"!"}[corrupt]
+    bad = {"flip": bytes([data[0] ^ 0xFF]) + data[1:], "short": data[:-1], "long": data + b"!"}[corrupt]
     with pytest.raises(ChecksumError) as info:
         cache.ensure(sha, size, _fetcher(bad), label="proj/art:v1/train.csv")
     assert isinstance(info.value, ValueError)

@@ -326,7 +326,7 @@ def test_unreachable_server_raises_server_unreachable_naming_it():
 def test_api_client_download_checks_the_digest_and_leaves_no_partial_file(tmp_path, blob):
     data, sha = blob
     url = _blob_url(sha)
-    responses.add(responses.GET, url, body=data[:-1] + b"!")
+    responses.add(responses.GET, url, body=data[:-1] + bytes([data[-1] ^ 0xFF]))  # always differs
     responses.add(responses.GET, url, body=data)
     client = ApiClient(BASE, api_key="k")
     target = tmp_path / "out" / "model.bin"
