@@ -172,7 +172,7 @@ def test_preloaded_stamps_still_catch_a_blob_changed_through_a_hard_link(tmp_pat
     changed = first.blob_path(shas[1])
     os.chmod(changed, 0o644)
     with open(changed, "r+b") as f:  # what a write through a download's hard link does
-        f.write(b"X")
+        f.write(bytes([blobs[1][0] ^ 0xFF]))
     fresh = BlobCache(root)
     fresh.preload_stamps(shas)
     assert fresh.lookup(shas[0]) is not None and fresh.lookup(shas[2]) is not None
