@@ -27,12 +27,20 @@ from benchmarks.harness import machine_info, print_table, write_json  # noqa: E4
 GROUPS = ("local", "http", "mount", "s3", "gc", "fsspec", "scale")
 
 
+def _clear(workdir: str) -> None:
+    """Remove everything in ``workdir`` but the generated inputs."""
+    for name in os.listdir(workdir):
+        if name != "inputs":
+            shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
     parser.add_argument("--only", help=f"comma-separated groups to run (of {', '.join(GROUPS)})")
     parser.add_argument("--workdir", help="where inputs and registries go (default: a temp dir, removed after); "
-                        "reused inputs are kept, everything else in it is removed first")
+                        "reused inputs are kept, everything else in it is removed first, and after each group "
+                        "that succeeded")
     parser.add_argument("--out", help="JSON output (default benchmarks/results/<date>[-quick].json)")
     args = parser.parse_args(argv)
 
@@ -43,10 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or tempfile.mkdtemp(prefix="wanllmdb-bench-", dir="/var/tmp")
     if args.workdir:  # keep the generated inputs, never a registry or cache: every run starts cold
         os.makedirs(workdir, exist_ok=True)
-        for name in os.listdir(workdir):
-            if name != "inputs":
-                shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
+        _clear(workdir)
     ctx = Context(workdir=workdir, sizes=QUICK if args.quick else FULL, quick=args.quick)
+    free_at_start = shutil.disk_usage(workdir).free
     results = []
     failed: dict[str, str] = {}
     started = time.time()
@@ -61,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stderr.write(f"[{group}] FAILED:\n{failed[group]}")
                 continue
             sys.stderr.write(f"[{group}] done in {time.time() - t0:.0f}s\n")
+            # A group's registries and caches go once it is done (a failed group's stay, to be looked at):
+            # left in place they filled a 40 GB disk before the mount group's 4 GB read had finished.
+            _clear(workdir)
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -69,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"{stamp}.json")
     meta = {**machine_info(), "mode": "quick" if args.quick else "full", "seconds": round(time.time() - started),
             "sizes": ctx.sizes.__dict__, "date": dt.datetime.now().isoformat(timespec="seconds"),
+            "workdir_free_bytes_at_start": free_at_start,
             "failed_groups": failed}
     write_json(out, results, meta)
     sys.stderr.write(f"wrote {out}\n")
