@@ -431,15 +431,13 @@ class BlobCache:
                 self._touched[key] = now
             if len(self._touched) > 100_000:
                 self._touched.clear()
-        if not due:
-            return
-        if self._defer_touches:
-            with self._touched_lock:
+            if self._defer_touches:
                 self._pending_touches.update(due)
-            return
-        # An upsert, not an update: a blob renamed into place by a process that died before indexing
-        # it is healed here.
-        self.index.touch_blobs(due, now)
+                return
+        if due:
+            # An upsert, not an update: a blob renamed into place by a process that died before indexing
+            # it is healed here.
+            self.index.touch_blobs(due, now)
 
     # --- fetching ---------------------------------------------------------------------------------------
 

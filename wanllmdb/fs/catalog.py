@@ -29,9 +29,7 @@ one request, each wait is bounded by the timeout, and all waits end when the fil
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -387,19 +385,17 @@ class Catalog:
         try:
             tree = IndexedTree(path, listed.created_at, dir_entries=dir_entries)
         except sqlite3.DatabaseError as exc:
-            logger.warning("the kept index of %s is unreadable (%s); building it again", _label(listed), exc)
+            logger.warning("the kept index of %s is unreadable (%s); building it again", listed.qualified_name, exc)
         else:
             if tree.file_count == listed.file_count:
-                logger.info("%s (%d files): the index a previous mount kept", _label(listed), tree.file_count)
+                logger.info("%s (%d files): the index a previous mount kept", listed.qualified_name, tree.file_count)
                 return tree
             logger.warning(
                 "the kept index of %s holds %d files, not %d; building it again",
-                _label(listed), tree.file_count, listed.file_count,
+                listed.qualified_name, tree.file_count, listed.file_count,
             )
             tree.close()
-        folder.forget(listed.id)
-        with contextlib.suppress(FileNotFoundError):  # (closing the tree removed it already)
-            os.unlink(path)
+        folder.forget(listed.id, path)
         return None
 
     def close(self) -> None:
@@ -497,7 +493,3 @@ class Catalog:
 def _log_prepare_failure(future: Any) -> None:
     if not future.cancelled() and future.exception() is not None:
         logger.debug("preparing downloads failed (each file will ask on its own): %s", future.exception())
-
-
-def _label(info: VersionInfo) -> str:
-    return f"{info.project}/{info.name}:v{info.version}"

@@ -50,7 +50,7 @@ from ..manifest import ManifestEntry, parse_version, validate_artifact_name, val
 from ..registry import Registry, VersionInfo
 from .catalog import DEFAULT_TREE_ENTRIES, Catalog
 from .flight import Flights
-from .index import INDEX_FOLDER, KEPT_BYTES, KEPT_SHARE, IndexFolder
+from .index import INDEX_FOLDER, IndexFolder, kept_budget
 from .pathhandles import PathHandles
 from .reader import ChunkReader, Handle
 from .tree import Attr, DirNode, FileNode, LinkNode, VersionRef, artifact_listing, dir_attr, split_path
@@ -541,9 +541,7 @@ def open_filesystem(
     meta_pool = ThreadPoolExecutor(METADATA_WORKERS, thread_name_prefix="wanllmdb-meta")
     catalog = Catalog(
         registry, Flights(meta_pool, stop), ttl=metadata_ttl, timeout=timeout, max_tree_entries=max_tree_entries,
-        index_folder=IndexFolder(
-            os.path.join(cache.root, INDEX_FOLDER), kept_bytes=min(KEPT_BYTES, cache.max_bytes // KEPT_SHARE)
-        ),
+        index_folder=IndexFolder(os.path.join(cache.root, INDEX_FOLDER), kept_bytes=kept_budget(cache.max_bytes)),
         index_min=index_min,
     )
     fetch_range_into, fetch_blob = (_unless_down(catalog, f) for f in (registry.fetch_range_into, registry.fetch_blob))

@@ -130,21 +130,34 @@ def _kept_in(folder: str) -> list[KeptIndex]:
     return sorted(found, key=lambda kept: (kept.last_used, kept.name))
 
 
+def kept_budget(cache_max_bytes: int) -> int:
+    """Bytes of kept indexes a cache of ``cache_max_bytes`` holds: its share, at most ``KEPT_BYTES``."""
+    return min(KEPT_BYTES, cache_max_bytes // KEPT_SHARE)
+
+
 def plan_kept_cleanup(cache_root: str, *, max_bytes: int | None, max_age: float | None) -> list[KeptIndex]:
     """The kept indexes a cache cleanup removes: those unused for ``max_age`` seconds, then the least recently
-    used until the rest fit the share of ``max_bytes`` a mount would keep (``max_bytes // KEPT_SHARE``)."""
-    kept = kept_indexes(cache_root)
+    used until the rest fit the share of ``max_bytes`` a mount would keep (:func:`kept_budget`)."""
     cutoff = None if max_age is None else time.time() - max_age
-    doomed = [k for k in kept if cutoff is not None and k.last_used < cutoff]
-    left = [k for k in kept if k not in doomed]
+    doomed: list[KeptIndex] = []
+    left: list[KeptIndex] = []
+    for kept in kept_indexes(cache_root):
+        (doomed if cutoff is not None and kept.last_used < cutoff else left).append(kept)
     if max_bytes is not None:
-        total = sum(k.size for k in left)
-        for k in left:
-            if total <= min(KEPT_BYTES, max_bytes // KEPT_SHARE):
-                break
-            doomed.append(k)
-            total -= k.size
+        doomed += _over_budget(left, kept_budget(max_bytes))
     return doomed
+
+
+def _over_budget(kept: list[KeptIndex], budget: int) -> list[KeptIndex]:
+    """The least recently used of ``kept`` (listed in that order) whose removal leaves at most ``budget`` bytes."""
+    total = sum(k.size for k in kept)
+    over = []
+    for k in kept:
+        if total <= budget:
+            break
+        over.append(k)
+        total -= k.size
+    return over
 
 
 class IndexFolder:
@@ -200,11 +213,13 @@ class IndexFolder:
             return
         self._trim()
 
-    def forget(self, version_id: str) -> None:
-        """Drop the kept index of ``version_id`` (one that did not open as it should)."""
+    def forget(self, version_id: str, link: str) -> None:
+        """Drop the kept index of ``version_id`` (one that did not open as it should) and ``link``, this folder's
+        name for it (:meth:`kept`)."""
         kept = self._kept_path(version_id)
         if kept is not None:
             _unlink(kept)
+        _unlink(link)
 
     def _kept_path(self, version_id: str) -> str | None:
         if not _KEPT_ID.fullmatch(version_id or ""):
@@ -214,13 +229,8 @@ class IndexFolder:
     def _trim(self) -> None:
         """Remove the least recently used kept indexes until the rest fit ``kept_bytes`` (a mount still using
         one keeps its own link: nothing breaks under it)."""
-        kept = _kept_in(self.kept_dir)
-        total = sum(k.size for k in kept)
-        for k in kept:
-            if total <= self._kept_bytes:
-                break
-            _unlink(k.path)
-            total -= k.size
+        for kept in _over_budget(_kept_in(self.kept_dir), self._kept_bytes):
+            _unlink(kept.path)
 
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
