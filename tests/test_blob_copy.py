@@ -86,3 +86,35 @@ def test_the_copy_uses_pieces_the_md5_thread_takes():
     from wanllmdb.manifest.digest import THREAD_MIN_PIECE
 
     assert blobstore.COPY_PIECE >= THREAD_MIN_PIECE
+
+
+def test_a_batch_received_with_md5_on_a_worker_is_checked_as_written_one_by_one(tmp_path):
+    """``IncomingBlob.write_many`` (the server's receive: MD5 on a worker beside SHA-256, chunk digests and the
+    write) stores exactly what one ``write`` per piece would, refuses a wrong MD5 or a body over its size,
+    and leaves nothing behind when it refuses."""
+    from wanllmdb.manifest.digest import ChunkDigester, hash_bytes
+
+    store = BlobStore(str(tmp_path / "store"), compute_md5=True)
+    data = os.urandom(5 * MiB + 333)
+    pieces = [data[i : i + 256 * 1024] for i in range(0, len(data), 256 * 1024)]
+    expected = hash_bytes(data)
+    incoming = store.begin(None, len(data), chunks=ChunkDigester())
+    for start in range(0, len(pieces), 7):
+        incoming.write_many(pieces[start : start + 7])
+    assert incoming.commit() is True
+    assert (incoming.sha256, incoming.md5) == (expected.sha256, expected.md5)
+    assert incoming.chunks.digests() == expected.chunks
+    assert open(store.path(expected.sha256), "rb").read() == data
+
+    wrong_md5 = hashlib.md5(b"other").hexdigest()
+    other = os.urandom(3 * MiB)
+    incoming = store.begin(hashlib.sha256(other).hexdigest(), len(other), wrong_md5)
+    incoming.write_many([other[:MiB], other[MiB:]])
+    with pytest.raises(ChecksumError, match="MD5 mismatch"):
+        incoming.commit()
+    incoming = store.begin(None, 2 * MiB)
+    with pytest.raises(ChecksumError, match="more than the declared"):
+        incoming.write_many([other[:MiB], other[MiB:]])
+    incoming.abort()
+    assert not os.path.exists(store.path(hashlib.sha256(other).hexdigest()))
+    assert os.listdir(os.path.join(store.root, "tmp")) == []

@@ -189,12 +189,19 @@ def _log(project: str, files: dict[str, bytes], tmp_path) -> tuple[object, float
 
 #: Stands for the path of the big file's upload URL, known once the test has made the file.
 BIG_PUT = "<big upload>"
+#: The big file's unaddressed upload (``PUT /blobs/new``: sent in the read that hashes it, the server answering
+#: MD5 and SHA-256 and the client comparing chunk digests).
+NEW_PUT = "/blobs/new"
 #: (fault, whether the log must succeed): uploads broken on the way in, and answers lost on the way back.
 LOG_CASES = {
     "upload-reset-once": (Fault("reset", after=MIB, side="request", method="PUT", path=BIG_PUT, times=1), True),
     "upload-flip-always": (Fault("flip", after=MIB + 9, side="request", method="PUT", path=BIG_PUT), False),
     "upload-stall-once": (Fault("stall", after=MIB, side="request", method="PUT", path=BIG_PUT, times=1), True),
     "upload-trickle": (Fault("trickle", rate=8 * MIB, side="request", method="PUT", path=BIG_PUT), True),
+    "unaddressed-flip-always": (Fault("flip", after=2 * MIB + 3, side="request", method="PUT", path=NEW_PUT), False),
+    "unaddressed-flip-last-chunk": (Fault("flip", after=3 * MIB + 1, side="request", method="PUT", path=NEW_PUT),
+                                    False),
+    "unaddressed-reset-once": (Fault("reset", after=MIB, side="request", method="PUT", path=NEW_PUT, times=1), True),
     "finalize-answer-reset": (Fault("reset", path="/finalize", times=1), None),
     "draft-answer-truncated": (Fault("truncate", after=3, path="/drafts", method="POST", times=1), None),
     "draft-answer-stalled-once": (Fault("stall", path="/drafts", method="POST", times=1), True),
@@ -205,9 +212,13 @@ if LONG:  # every retry waits out the timeout: ~7 s and ~20 s (the draft is retr
 
 
 @pytest.mark.parametrize("case", LOG_CASES, ids=str)
-def test_log_through_a_faulty_link_makes_a_whole_version_or_none(fault_server, proxy, project, tmp_path, case):
+def test_log_through_a_faulty_link_makes_a_whole_version_or_none(fault_server, proxy, project, tmp_path, case,
+                                                                  monkeypatch):
     fault, must_succeed = LOG_CASES[case]
     files = {"w/big.bin": os.urandom(3 * MIB + 5), "w/small.txt": uuid.uuid4().bytes}
+    if fault.path == NEW_PUT:  # a size no stored blob has, so that the file goes up in the read that hashes it
+        monkeypatch.setenv("WANLLMDB_SINGLE_PASS_MIN", "1MiB")
+        files["w/big.bin"] = os.urandom(3 * MIB + 1000 + random.randrange(1 << 16))
     if fault.path == BIG_PUT:
         fault = dataclasses.replace(fault, path="/blobs/" + hashlib.sha256(files["w/big.bin"]).hexdigest())
     proxy.set_fault(fault)
@@ -218,6 +229,8 @@ def test_log_through_a_faulty_link_makes_a_whole_version_or_none(fault_server, p
         assert outcome == "v1", f"{case}: {outcome!r}"
     elif must_succeed is False:
         assert isinstance(outcome, WanllmdbError), f"{case}: {outcome!r}"
+        if fault.path == NEW_PUT:  # caught by the client's chunk digests against the server's
+            assert isinstance(outcome, ChecksumError) and "other bytes" in str(outcome), f"{case}: {outcome!r}"
     else:
         assert outcome == "v1" or isinstance(outcome, WanllmdbError), f"{case}: {outcome!r}"
 

@@ -3,11 +3,13 @@ hashes it, and an unchanged file is never read again (its digest is remembered).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
 
 import pytest
+import requests
 
 import wanllmdb
 import wanllmdb.sdk.hashing as sdk_hashing
@@ -182,8 +184,9 @@ def test_known_sizes_and_store_unhashed_contract(registry, tmp_path):
     assert read_range(registry, digest.sha256, 10, 20) == open(path, "rb").read()[10:30]
 
 
-def test_a_folder_of_unchanged_files_is_not_read_again_and_a_changed_or_racy_one_is(backend, project, tmp_path,
-                                                                                   hash_calls):
+def test_a_folder_of_unchanged_files_is_not_read_again_and_a_changed_or_racy_one_is(
+    backend, project, tmp_path, hash_calls
+):
     """add_dir looks its files' digests up and remembers them in batches: the same rules as one file at a
     time (an unchanged file is read once, a changed one again, one modified just now is never remembered)."""
     folder = tmp_path / "many"
@@ -211,16 +214,27 @@ def test_a_folder_of_unchanged_files_is_not_read_again_and_a_changed_or_racy_one
 
 @pytest.mark.parametrize("pieces", [[1], [300_000, 1 << 20, 5, (1 << 20) + 7, 2 << 20, 12_345]])
 def test_pipelined_digester_gives_the_digests_of_one_pass(pieces):
-    from wanllmdb.manifest.digest import PipelinedDigester, hash_bytes
+    from wanllmdb.manifest.chunkhash import chunk_hash
+    from wanllmdb.manifest.digest import ChunkDigester, Digester, Pipelined, chunk_list_digest, hash_bytes
 
     data = os.urandom(sum(pieces))
-    digester = PipelinedDigester(depth=2)
+    digester, chunks = Pipelined(Digester(), depth=2), Pipelined(ChunkDigester(), depth=2)
     offset = 0
     for n in pieces:
         digester.update(data[offset : offset + n])
+        chunks.update(data[offset : offset + n])
         offset += n
-    assert digester.result() == hash_bytes(data)
-    digester.close()  # idempotent after result()
+    digester.finish()
+    chunks.finish()
+    expected = hash_bytes(data)
+    assert digester.digester.result() == expected
+    # The chunk digests alone cover every byte, the last partial chunk (or the only one) included.
+    listed = chunks.digester.digests()
+    mib = 1 << 20
+    assert listed == tuple(chunk_hash().of(data[i : i + mib]) for i in range(0, len(data), mib))
+    assert expected.chunks == (listed if len(data) > mib else ())
+    assert chunk_list_digest(listed) != chunk_list_digest(listed[:-1])
+    digester.close()  # idempotent after finish()
 
 
 @pytest.mark.parametrize("reuse", [False, True])
@@ -248,3 +262,73 @@ def test_a_drain_fed_from_one_reused_buffer_consumes_every_piece_as_it_was(reuse
     drain.close()
     drain.check()
     assert seen.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def _new_upload_url(server, size: int) -> dict:
+    answer = requests.post(f"{server.url}/api/v1/uploads", json={"size": size}, headers=server.headers, timeout=30)
+    answer.raise_for_status()
+    return answer.json()
+
+
+def test_the_server_answers_the_digests_of_an_unaddressed_upload(live_server):
+    """``PUT /blobs/new`` answers MD5 and SHA-256 of what arrived and, when asked, one digest of its chunk
+    digests; a malformed request for them is refused before a byte is stored."""
+    from wanllmdb.manifest.chunkhash import chunk_hash
+    from wanllmdb.manifest.digest import CHUNKS_HEADER, chunk_list_digest, hash_bytes
+
+    data = os.urandom(2 * 1024 * 1024 + 4321)
+    offer = _new_upload_url(live_server, len(data))
+    assert offer["server_digests"] is True
+    mib = 1 << 20
+    for algorithm in ("blake3", "sha256"):
+        offer = _new_upload_url(live_server, len(data))
+        answer = requests.put(offer["url"], data=data, headers={CHUNKS_HEADER: f"{algorithm} {mib}"}, timeout=60)
+        assert answer.status_code == 201, answer.text
+        body, expected = answer.json(), hash_bytes(data)
+        assert (body["sha256"], body["md5"], body["size"]) == (expected.sha256, expected.md5, len(data))
+        listed = [chunk_hash(algorithm).of(data[i : i + mib]) for i in range(0, len(data), mib)]
+        assert body["chunks"] == {"algorithm": algorithm, "size": mib, "count": 3, "digest": chunk_list_digest(listed)}
+    plain = requests.put(_new_upload_url(live_server, len(data))["url"], data=data, timeout=60).json()
+    assert "chunks" not in plain and plain["md5"] == hash_bytes(data).md5
+
+    other = os.urandom(70_000)
+    sha = hashlib.sha256(other).hexdigest()
+    for bad in ("md5 1048576", "blake3", "blake3 12", "blake3 1MiB", "blake3 99999999999"):
+        answer = requests.put(
+            _new_upload_url(live_server, len(other))["url"], data=other, headers={CHUNKS_HEADER: bad}, timeout=60
+        )
+        assert answer.status_code == 400, (bad, answer.text)
+        assert CHUNKS_HEADER in answer.json()["error"]["message"], bad
+    assert not os.path.exists(os.path.join(live_server.root, "blobs", sha[:2], sha)), "a refused upload stored a blob"
+
+
+@pytest.mark.parametrize("offered", [True, False], ids=["server-digests", "old-server"])
+def test_an_unaddressed_upload_hashes_md5_and_sha256_once(live_server, tmp_path, monkeypatch, offered):
+    """With a server that answers the digests, the client computes only the chunk digests of what it sends
+    (no MD5 or SHA-256 of its own); a server that does not offer them (an older one) gets all three computed
+    here. Either way the digest is the file's, exactly."""
+    import wanllmdb.registry.http as http_registry
+
+    path = _aged_file(tmp_path / "w.bin", 3 * 1024 * 1024 + int.from_bytes(os.urandom(2), "little") + 11)
+    registry = live_server.registry()
+    real_call = registry._call
+
+    def call(method, route, *args, **kwargs):
+        answer = real_call(method, route, *args, **kwargs)
+        if route == "/uploads" and not offered:
+            answer.pop("server_digests")
+        return answer
+
+    made: list[str] = []
+    for name in ("Digester", "ChunkDigester"):
+        real = getattr(http_registry, name)
+        monkeypatch.setattr(
+            http_registry, name, lambda *a, _real=real, _name=name, **k: made.append(_name) or _real(*a, **k)
+        )
+    monkeypatch.setattr(registry, "_call", call)
+    try:
+        digest = registry.store_unhashed(path, os.path.getsize(path))
+    finally:
+        registry.close()
+    assert digest == hash_file(path)
+    assert made == (["ChunkDigester"] if offered else ["Digester"])

@@ -36,7 +36,7 @@ from ..cache.store import BlobWriter
 from ..errors import BlobNotFoundError, ChecksumError, InvalidInputError
 from ..iobuf import buffer_for, pwrite_all, read_full
 from ..killpoints import kill_point
-from ..manifest.digest import Digester, FileDigest, hash_file
+from ..manifest.digest import THREAD_MIN_PIECE, ChunkDigester, Digester, FileDigest, hash_file, md5_pool
 from ..settings import CHUNK_SIZE
 from ..tmpfiles import reclaim_dead, writer_tag
 
@@ -76,7 +76,9 @@ class IncomingBlob:
     (and sets :attr:`sha256`).
     """
 
-    def __init__(self, store: BlobStore, sha256: str | None, size: int, md5_hex: str | None) -> None:
+    def __init__(
+        self, store: BlobStore, sha256: str | None, size: int, md5_hex: str | None, chunks: ChunkDigester | None = None
+    ) -> None:
         self.store = store
         self.sha256 = sha256
         self.size = size
@@ -88,6 +90,8 @@ class IncomingBlob:
         self.received = 0
         self._sha = hashlib.sha256()
         self._md5 = hashlib.md5(usedforsecurity=False) if md5_hex or store.compute_md5 else None
+        #: The chunk digests of what was received, when the uploader asked for them (see ``ChunkDigester``).
+        self.chunks = chunks
         name = sha256 or "unaddressed"
         self.tmp = os.path.join(store.root, "tmp", f"{name}.{writer_tag()}.{secrets.token_hex(6)}")
         self._file = open(self.tmp, "wb")
@@ -104,9 +108,34 @@ class IncomingBlob:
         self._sha.update(data)
         if self._md5 is not None:
             self._md5.update(data)
+        if self.chunks is not None:
+            self.chunks.update(data)
         self._file.write(data)
         kill_point("blob.write")
         return n
+
+    def write_many(self, pieces: Sequence[bytes]) -> None:
+        """``write`` of each piece in turn, with their MD5 on a worker thread beside the rest (hashlib releases
+        the GIL on large buffers): a big upload then costs the server about its slowest pass, not the sum of
+        MD5, SHA-256, chunk digests and the write. Pieces must not change until this returns."""
+        total = sum(len(piece) for piece in pieces)
+        if self._md5 is None or total < THREAD_MIN_PIECE:
+            for piece in pieces:
+                self.write(piece)
+            return
+        if self.received + total > self.size:
+            raise ChecksumError(f"{self.label}: more than the declared {self.size} bytes", expected=str(self.size))
+        md5 = md5_pool().submit(_update_all, self._md5, pieces)
+        try:
+            for piece in pieces:
+                self._sha.update(piece)
+                if self.chunks is not None:
+                    self.chunks.update(piece)
+                self._file.write(piece)
+            self.received += total
+        finally:
+            md5.result()  # never leave the worker hashing into a blob being committed or aborted
+        kill_point("blob.write")
 
     def commit(self, *, notify: bool = True) -> bool:
         """Check and store; returns False when the blob was already stored (the copy is dropped).
@@ -152,6 +181,11 @@ class IncomingBlob:
             os.unlink(self.tmp)
         except FileNotFoundError:
             pass
+
+
+def _update_all(hasher: hashlib._Hash, pieces: Sequence[bytes]) -> None:
+    for piece in pieces:
+        hasher.update(piece)
 
 
 class BlobStore:
@@ -207,13 +241,16 @@ class BlobStore:
         """MD5 (hex) of a stored blob, read once (for blobs stored before MD5s were recorded)."""
         return md5_file(self.path(sha256))
 
-    def begin(self, sha256: str | None, size: int, md5: str | None = None) -> IncomingBlob:
-        """Start receiving a blob (``sha256=None``: unaddressed); ``md5`` may be hex or a Content-MD5 header."""
+    def begin(
+        self, sha256: str | None, size: int, md5: str | None = None, chunks: ChunkDigester | None = None
+    ) -> IncomingBlob:
+        """Start receiving a blob (``sha256=None``: unaddressed); ``md5`` may be hex or a Content-MD5 header;
+        ``chunks`` computes the chunk digests of what arrives, for the uploader to compare with its own."""
         if sha256 is not None:
             _check_sha(sha256)
         if size < 0:
             raise InvalidInputError(f"blob size must not be negative: {size}")
-        return IncomingBlob(self, sha256, size, _md5_hex(md5) if md5 else None)
+        return IncomingBlob(self, sha256, size, _md5_hex(md5) if md5 else None, chunks)
 
     def put_file(self, sha256: str, size: int, src: str, md5: str | None = None) -> bool:
         """Copy a local file in as blob ``sha256`` after checking it; False if it was already stored.

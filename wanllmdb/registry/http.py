@@ -22,6 +22,7 @@ import base64
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -35,7 +36,16 @@ from ..cache.store import BlobWriter
 from ..errors import BlobNotFoundError, ChecksumError, ForbiddenError, WanllmdbError
 from ..killpoints import kill_point
 from ..manifest import validate_alias, validate_artifact_name, validate_project
-from ..manifest.digest import FileDigest, PipelinedDigester
+from ..manifest.digest import (
+    CHUNKS_HEADER,
+    ChunkDigester,
+    Digester,
+    FileDigest,
+    Pipelined,
+    chunk_list_digest,
+    chunks_request,
+    file_digest,
+)
 from ..transport import HttpTransport
 from ..transport.session import DEFAULT_BACKOFF, DEFAULT_RETRIES
 from .base import (
@@ -461,22 +471,35 @@ class HttpRegistry:
 
     def store_unhashed(self, path: str, size: int, progress: Progress | None = None) -> FileDigest:
         """Upload through an unaddressed URL while hashing the file in the same read; the server names the
-        blob by the SHA-256 it computes, which must equal ours."""
+        blob by the SHA-256 it computes.
+
+        A server that says so (``server_digests``) answers the MD5 and SHA-256 of what it received and the
+        digest of its chunk digests: the client then computes only the chunk digests (which the manifest
+        needs) and compares them, so that each byte is hashed once per digest instead of twice (~2.4 CPU-s
+        per GiB less on this machine). Otherwise the client computes all three and compares the SHA-256.
+        """
         for attempt in range(2):
-            url = self._call("POST", "/uploads", {"size": int(size)}, repeatable=True)["url"]
-            # Hashing runs on its own thread (MD5 on another) while this one reads and sends.
-            digester = PipelinedDigester()
+            offer = self._call("POST", "/uploads", {"size": int(size)}, repeatable=True)
+            trusted = offer.get("server_digests") is True
+            # Hashing runs on its own thread while this one reads and sends (MD5, if computed, on another).
+            hasher = Pipelined(ChunkDigester() if trusted else Digester())
+            headers = {CHUNKS_HEADER: chunks_request(hasher.digester)} if trusted else None
             try:
-                answer = self.transport.put_file(url, path, size, progress=progress, observer=digester.update)
+                answer = self.transport.put_file(
+                    offer["url"], path, size, progress=progress, observer=hasher.update, headers=headers
+                )
+                hasher.finish()
             except ForbiddenError:
-                digester.close()
+                hasher.close()
                 if attempt:
                     raise
                 continue
             except BaseException:
-                digester.close()
+                hasher.close()
                 raise
-            digest = digester.result()
+            if trusted:
+                return _received_digest(path, size, hasher.digester, answer)  # type: ignore[arg-type]
+            digest = hasher.digester.result()  # type: ignore[union-attr]
             if digest.size != size or answer["sha256"] != digest.sha256:
                 raise ChecksumError(
                     f"{path}: changed while it was uploaded (sent {digest.size} bytes hashing to "
@@ -493,7 +516,10 @@ class HttpRegistry:
         listing = upload_listing([(t.sha256, t.size) for t in bundle.targets])
         try:
             self.transport.post_bundle(
-                bundle.url, listing, [paths[t.sha256] for t in bundle.targets], [t.size for t in bundle.targets],
+                bundle.url,
+                listing,
+                [paths[t.sha256] for t in bundle.targets],
+                [t.size for t in bundle.targets],
                 progress=progress,
             )
         except ForbiddenError:  # expired: the blobs go one by one, each with a fresh URL
@@ -754,3 +780,30 @@ class HttpRegistry:
     def used_by(self, project: str, name: str, version: int) -> list[RunInfo]:
         data = self._call("GET", f"{self._artifact_path(project, name)}/versions/v{int(version)}/used-by")
         return [RunInfo.from_dict(item) for item in data["runs"]]
+
+
+_HEX32, _HEX64 = re.compile("[0-9a-f]{32}"), re.compile("[0-9a-f]{64}")
+
+
+def _received_digest(path: str, size: int, sent: ChunkDigester, answer: Any) -> FileDigest:
+    """The digests of an unaddressed upload: MD5 and SHA-256 as the server computed them, once the digest of
+    the server's chunk digests equals that of the chunks sent (so the bytes it hashed are the bytes read here).
+
+    Raises:
+        ChecksumError: the server received other bytes, or answered without the digests it offered.
+    """
+    listed = sent.digests()
+    received = answer.get("chunks") if isinstance(answer, dict) else None
+    md5, sha256 = (answer.get("md5"), answer.get("sha256")) if isinstance(answer, dict) else (None, None)
+    if not (isinstance(received, dict) and _HEX32.fullmatch(str(md5)) and _HEX64.fullmatch(str(sha256))):
+        raise ChecksumError(f"{path}: the server's upload answer lacks the digests it offered: {answer!r:.200}")
+    mine = chunk_list_digest(listed)
+    if sent.size != size or received.get("digest") != mine or received.get("count") != len(listed):
+        raise ChecksumError(
+            f"{path}: the server received other bytes than were read here ({sent.size} bytes sent in "
+            f"{len(listed)} chunks, the server hashed {received.get('count')} chunks to another list); "
+            "the file changed while it was uploaded, or its bytes were damaged on the way",
+            expected=mine,
+            actual=str(received.get("digest")),
+        )
+    return file_digest(size, md5, sha256, sent)

@@ -13,8 +13,10 @@ A blob that is already stored is not written again: its body is drained and drop
 usable.
 
 ``PUT /api/v1/blobs/new?size=&nonce=&expires=&sig=`` uploads a blob whose SHA-256 the client does not know
-yet (it is hashing the file in the same read that sends it): the server names the blob by the SHA-256 of the
-bytes received and answers it, and the client compares it with its own digest.
+yet: the server names the blob by the SHA-256 of the bytes received and answers it with their MD5. With an
+``X-Wanllmdb-Chunks: <algorithm> <chunk size>`` header it also computes their chunk digests and answers one
+digest of that list: the client computes only the chunk digests (it needs them for the manifest) while it
+sends, and compares, instead of computing MD5 and SHA-256 a second time (``HttpRegistry.store_unhashed``).
 
 ``POST /api/v1/blobs/bundle-upload?listing=&expires=&sig=`` uploads several small blobs in one request: the
 body is a listing of ``<sha256> <size>`` lines (``listing`` bytes, covered by the signature) followed by the
@@ -46,6 +48,7 @@ from ..errors import (
     RequestTooLargeError,
     WanllmdbError,
 )
+from ..manifest.digest import CHUNKS_HEADER, chunk_list_digest, digester_for
 from ..registry.blobstore import IncomingBlob, check_sha256
 from .context import ServerState
 from .responses import (
@@ -288,7 +291,6 @@ class BlobEndpoint:
             incoming.abort()  # removes the temporary file unless commit renamed it (a no-op then)
         return JSONResponse({"sha256": sha256, "size": size, "stored": stored}, status_code=201 if stored else 200)
 
-
     async def _upload_new(self, query: dict[str, str], headers: dict[bytes, bytes], body: _Body) -> Response:
         size = _int(query, "size")
         self.state.signer.verify("PUT-NEW", query.get("nonce", ""), size, _int(query, "expires"), query.get("sig"))
@@ -298,7 +300,9 @@ class BlobEndpoint:
             raise RequestTooLargeError(f"body of {declared} bytes exceeds the {size} bytes this URL was signed for")
         if declared < size:
             raise ChecksumError(f"upload: Content-Length {declared} differs from the signed size {size}")
-        incoming = self.state.registry.blobs.begin(None, size)
+        wanted = headers.get(CHUNKS_HEADER.lower().encode())
+        chunks = digester_for(wanted.decode("latin-1")) if wanted is not None else None
+        incoming = self.state.registry.blobs.begin(None, size, chunks=chunks)
         try:
             await body.read_into(incoming)
             stored = await _commit(incoming)
@@ -307,7 +311,18 @@ class BlobEndpoint:
             raise
         finally:
             incoming.abort()
-        return JSONResponse({"sha256": incoming.sha256, "size": size, "stored": stored}, status_code=201)
+        # The digests of what arrived: the uploader takes MD5 and SHA-256 from here and checks its bytes
+        # arrived unchanged by comparing the chunk digests, so that each byte is hashed once per digest.
+        answer: dict[str, object] = {"sha256": incoming.sha256, "size": size, "stored": stored, "md5": incoming.md5}
+        if chunks is not None:
+            listed = chunks.digests()
+            answer["chunks"] = {
+                "algorithm": chunks.algorithm,
+                "size": chunks.chunk_size,
+                "count": len(listed),
+                "digest": chunk_list_digest(listed),
+            }
+        return JSONResponse(answer, status_code=201)
 
     async def _bundle_upload(self, query: dict[str, str], headers: dict[bytes, bytes], body: _Body) -> Response:
         expires, sig, listing_size = _int(query, "expires"), query.get("sig"), _int(query, "listing")
@@ -352,8 +367,7 @@ async def _commit(incoming: IncomingBlob, *, notify: bool = True) -> bool:
 
 
 def _write_all(incoming: IncomingBlob, pieces: list[bytes]) -> None:
-    for piece in pieces:
-        incoming.write(piece)
+    incoming.write_many(pieces)
 
 
 def _open_blob(path: str, sha256: str) -> int:
