@@ -157,17 +157,21 @@ def run(ctx: Context) -> list[Result]:
         put = min(runs, key=lambda r: r["put_s"])
         put_seconds = put["put_s"]
         logged = min(runs, key=lambda r: r["total"])
-        # The least any log can cost: the digests (client), plus what the plain PUT costs client and server
-        # (the server's SHA-256 and MD5 of what it receives included). Hashing on its own thread while the
-        # sender sends (PipelinedDigester) overlaps these parts; it removes none of them.
+        # The least any log can cost: what the plain PUT costs client and server (the server's SHA-256 and MD5
+        # of what it receives included), plus the chunk digests twice: the client's (the manifest needs them)
+        # and the server's of what arrived, which the client compares with its own instead of computing MD5
+        # and SHA-256 again. Hashing on threads of their own overlaps these parts; it removes none of them.
+        chunk_cpu = chunk_check_cpu(big)
         floor = cpu_floor(max(put_seconds, hashing) / 0.9, {
-            f"md5+sha256+chunk digests ({chunk_hash().name})": hash_cpu, "PUT client": put["plain_put"]["client_cpu_s"],
-            "PUT server": put["plain_put"]["server_cpu_s"]})
+            f"chunk digests ({chunk_hash().name}), client": chunk_cpu,
+            f"chunk digests ({chunk_hash().name}), server": chunk_cpu,
+            "PUT client": put["plain_put"]["client_cpu_s"], "PUT server": put["plain_put"]["server_cpu_s"]})
         results.append(Result("http log", "log_artifact big file", mbps(ctx.sizes.big, logged["total"]), "MB/s",
                               "plain requests PUT", mbps(ctx.sizes.big, put_seconds),
                               target=">= 0.9x min(PUT, hashing)",
                               met=logged["total"] <= max(put_seconds, hashing) / 0.9,
-                              notes={"best": logged, "hashing_s": hashing, "cpu_floor": floor,
+                              notes={"best": logged, "hashing_s": hashing, "hashing_cpu_s": hash_cpu,
+                                     "cpu_floor": floor,
                                      "runs": [{k: r[k] for k in ("total", "put_s", "cpu_s", "server_cpu_s")}
                                               for r in runs]}))
         results.append(Result("http log", "log_artifact big file vs hashing alone",
