@@ -30,6 +30,7 @@ one request, each wait is bounded by the timeout, and all waits end when the fil
 from __future__ import annotations
 
 import logging
+import shutil
 import sqlite3
 import threading
 import time
@@ -39,14 +40,17 @@ from typing import Any, TypeVar
 
 from cachetools import LRUCache
 
-from ..errors import FetchError, NotFoundError, TransportError
+from ..errors import FetchError, NotFoundError, TransportError, WanllmdbError
 from ..manifest.stream import iter_entries
 from ..registry import ArtifactInfo, ArtifactSummary, Registry, VersionInfo
 from .flight import Flights
-from .index import DIR_CACHE_ENTRIES, INDEX_MIN, IndexedTree, IndexFolder
+from .index import DIR_CACHE_ENTRIES, INDEX_MIN, INDEX_SCHEMA, IndexedTree, IndexFolder, check_index
 from .tree import PRESIGN_LARGE, VersionTree
 
 logger = logging.getLogger(__name__)
+
+#: Bytes read at a time while a server-built index arrives.
+INDEX_PIECE = 1 << 20
 
 T = TypeVar("T")
 
@@ -365,11 +369,52 @@ class Catalog:
         kept = self._kept_tree(listed, dir_entries)
         if kept is not None:
             return kept
+        open_index = getattr(self.registry, "open_index", None)
+        if open_index is not None:
+            fetched = self._fetched_tree(open_index, listed, dir_entries)
+            if fetched is not None:
+                return fetched
         started = time.monotonic()
         with open_manifest(project, name, f"v{version}") as body:
             tree = IndexedTree.build(folder.new_file(), iter_entries(body), listed.created_at, dir_entries=dir_entries)
         logger.info(
             "indexed %s/%s:v%d (%d files) on disk in %.3fs", project, name, version, tree.file_count,
+            time.monotonic() - started,
+        )
+        folder.keep(tree.path, listed.id)
+        return tree
+
+    def _fetched_tree(
+        self, open_index: Callable[..., Any], listed: VersionInfo, dir_entries: int
+    ) -> IndexedTree | None:
+        """The index the server built for this version (``server/indexes.py``), once it passed ``check_index``
+        and holds as many files as listed; None (the mount builds it from the manifest) if the server has none
+        in this schema or sent one that fails a check."""
+        folder = self._index_folder
+        assert folder is not None
+        path = folder.new_file()
+        started = time.monotonic()
+        try:
+            with open_index(listed.project, listed.name, listed.version, INDEX_SCHEMA) as body, open(path, "wb") as out:
+                shutil.copyfileobj(body, out, INDEX_PIECE)
+            count = check_index(path)
+            if count != listed.file_count:
+                raise sqlite3.DatabaseError(f"it holds {count} files, not {listed.file_count}")
+            tree = IndexedTree(path, listed.created_at, dir_entries=dir_entries)
+        except NotFoundError as exc:
+            folder.discard(path)
+            logger.info("no server-built index of %s (%s); building it from the manifest", listed.qualified_name, exc)
+            return None
+        except (WanllmdbError, sqlite3.DatabaseError, OSError) as exc:
+            folder.discard(path)
+            logger.warning(
+                "the server's index of %s is unusable (%s); building it from the manifest", listed.qualified_name, exc
+            )
+            return None
+        logger.info(
+            "%s (%d files): the server's index, fetched and checked in %.3fs",
+            listed.qualified_name,
+            tree.file_count,
             time.monotonic() - started,
         )
         folder.keep(tree.path, listed.id)
@@ -392,7 +437,9 @@ class Catalog:
                 return tree
             logger.warning(
                 "the kept index of %s holds %d files, not %d; building it again",
-                listed.qualified_name, tree.file_count, listed.file_count,
+                listed.qualified_name,
+                tree.file_count,
+                listed.file_count,
             )
             tree.close()
         folder.forget(listed.id, path)

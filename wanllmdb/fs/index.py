@@ -60,8 +60,9 @@ DIR_CACHE_ENTRIES = 20_000
 #: Bytes of finished indexes kept for later mounts (each at most ``cache limit / KEPT_SHARE``).
 KEPT_BYTES = 1 << 30
 KEPT_SHARE = 8
-#: In a kept index's name: a change of the schema below leaves the old ones unused (trimmed in time).
-KEPT_SCHEMA = "s1"
+#: The index file's format, in a kept index's name and in a request for a server-built one: a change of
+#: the schema below must change it, leaving the old files unused (trimmed in time).
+INDEX_SCHEMA = "s1"
 #: What a version id must look like to name a kept index (the registries' ids are 32 hex digits).
 _KEPT_ID = re.compile(r"[0-9A-Za-z_-]{8,128}")
 #: Rows inserted per statement batch while building.
@@ -89,6 +90,19 @@ CREATE TABLE files (
     PRIMARY KEY (dir, name)
 ) WITHOUT ROWID;
 """
+
+
+def _schema_tables() -> dict[str, str]:
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.executescript(_SCHEMA)
+        return {row[0]: row[1] for row in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        conn.close()
+
+
+#: The tables of an index, as ``sqlite_master`` holds their definitions (what ``check_index`` compares).
+_SCHEMA_TABLES = _schema_tables()
 
 #: A file's row: ``digests`` is its MD5 and SHA-256 in hex, one after the other; ``extra`` is null for a plain
 #: file, else the JSON of what a chunked or reference entry adds. Five columns rather than one per field:
@@ -213,6 +227,10 @@ class IndexFolder:
             return
         self._trim()
 
+    def discard(self, path: str) -> None:
+        """Remove a file of this folder that did not become an index (a download that failed its checks)."""
+        _unlink(path)
+
     def forget(self, version_id: str, link: str) -> None:
         """Drop the kept index of ``version_id`` (one that did not open as it should) and ``link``, this folder's
         name for it (:meth:`kept`)."""
@@ -224,7 +242,7 @@ class IndexFolder:
     def _kept_path(self, version_id: str) -> str | None:
         if not _KEPT_ID.fullmatch(version_id or ""):
             return None
-        return os.path.join(self.kept_dir, f"{version_id}.{KEPT_SCHEMA}.sqlite")
+        return os.path.join(self.kept_dir, f"{version_id}.{INDEX_SCHEMA}.sqlite")
 
     def _trim(self) -> None:
         """Remove the least recently used kept indexes until the rest fit ``kept_bytes`` (a mount still using
@@ -493,7 +511,42 @@ def _unlink(path: str) -> None:
             pass
 
 
-def _write_index(path: str, entries: Iterable[ManifestEntry]) -> None:
+def write_index(path: str, entries: Iterable[ManifestEntry]) -> int:
+    """Write the index of ``entries`` to ``path`` (a new file) for :class:`IndexedTree` to open (the server
+    builds one per large version for the mounts, see ``server/indexes.py``); returns the files indexed.
+
+    Raises:
+        InvalidManifestError: as :meth:`IndexedTree.build`; nothing is left at ``path``.
+    """
+    try:
+        return _write_index(path, entries)
+    except BaseException:
+        _unlink(path)
+        raise
+
+
+def check_index(path: str) -> int:
+    """The number of files the index at ``path`` holds, once SQLite's ``quick_check`` passed and its tables
+    are the ones :class:`IndexedTree` reads (an index that came over the network is checked before use).
+
+    Raises:
+        sqlite3.DatabaseError: not an index of this schema, or damaged.
+    """
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    try:
+        conn.execute("PRAGMA cell_size_check = ON")
+        verdict = conn.execute("PRAGMA quick_check").fetchall()
+        if verdict != [("ok",)]:
+            raise sqlite3.DatabaseError(f"quick_check: {'; '.join(str(row[0]) for row in verdict[:3])}")
+        tables = {row[0]: row[1] for row in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'")}
+        if tables != _SCHEMA_TABLES:
+            raise sqlite3.DatabaseError(f"not an index of schema {INDEX_SCHEMA}: tables {sorted(tables)}")
+        return conn.execute("SELECT count(*) FROM files").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def _write_index(path: str, entries: Iterable[ManifestEntry]) -> int:
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode = OFF")
@@ -501,8 +554,10 @@ def _write_index(path: str, entries: Iterable[ManifestEntry]) -> None:
         conn.executescript(_SCHEMA)
         conn.execute("BEGIN")
         conn.execute("INSERT INTO dirs (id, parent, name) VALUES (?, ?, '')", (ROOT_ID, NO_PARENT))
-        _Builder(conn).add_all(entries)
+        builder = _Builder(conn)
+        builder.add_all(entries)
         conn.execute("COMMIT")
+        return builder.count
     finally:
         conn.close()
 
@@ -516,6 +571,8 @@ class _Builder:
         self._dir_ids[""] = ROOT_ID
         self._next_id = ROOT_ID + 1
         self._rows: list[tuple] = []
+        #: Files inserted so far.
+        self.count = 0
 
     def add_all(self, entries: Iterable[ManifestEntry]) -> None:
         # (Reading the entries on a thread of their own, beside the inserts, measured slower: 3.1-3.9 s
@@ -568,4 +625,5 @@ class _Builder:
             row = self._rows[self._conn.total_changes - before]
             path = _dir_path(self._conn.execute, row[0]) + row[1]
             raise InvalidManifestError(f"duplicate path in manifest: {path!r}") from None
+        self.count += len(self._rows)
         self._rows.clear()

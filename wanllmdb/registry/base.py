@@ -127,6 +127,10 @@ class VersionInfo:
         )
 
 
+#: The header of a server-built version index's answer (``GET …/versions/vN/index``) that carries the file's
+#: SHA-256, checked by ``HttpRegistry.open_index`` as the bytes arrive.
+INDEX_DIGEST_HEADER = "X-Wanllmdb-Sha256"
+
 _TAG = re.compile(r"[-\w]+( +[-\w]+)*")
 _MAX_TAG_LENGTH = 128
 

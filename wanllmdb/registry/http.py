@@ -49,6 +49,7 @@ from ..manifest.digest import (
 from ..transport import HttpTransport
 from ..transport.session import DEFAULT_BACKOFF, DEFAULT_RETRIES
 from .base import (
+    INDEX_DIGEST_HEADER,
     ArtifactInfo,
     ArtifactSummary,
     ArtifactTTL,
@@ -347,6 +348,19 @@ class HttpRegistry:
         path = f"{self._artifact_path(project, name)}/versions/{_q(validate_alias(selector))}/manifest"
         with self.transport.open_body(path) as body:
             yield body
+
+    @contextmanager
+    def open_index(self, project: str, name: str, version: int, schema: str) -> Iterator[BinaryIO]:
+        """The server-built SQLite index of ``vN`` in ``schema`` (``GET …/versions/vN/index``; see
+        ``server/indexes.py``) as its bytes arrive, for a mount to check and open instead of building it.
+
+        Raises:
+            NotFoundError: no such version, or a server that does not build that schema (or predates them).
+        """
+        path = f"{self._artifact_path(project, name)}/versions/v{int(version)}/index?schema={_q(schema)}"
+        with self.transport.open_body(path) as body:
+            stated = body.headers.get(INDEX_DIGEST_HEADER)
+            yield _DigestCheckedBody(body, stated, f"the index of {project}/{name}:v{version}")
 
     # --- blobs ------------------------------------------------------------------------------------------
 
@@ -783,6 +797,30 @@ class HttpRegistry:
 
 
 _HEX32, _HEX64 = re.compile("[0-9a-f]{32}"), re.compile("[0-9a-f]{64}")
+
+
+class _DigestCheckedBody:
+    """A streamed answer read to its end against the SHA-256 its server stated: the last ``read`` (the one
+    that returns b"") raises :class:`ChecksumError` if the bytes differ, or if no digest was stated."""
+
+    def __init__(self, body: BinaryIO, sha256: str | None, what: str) -> None:
+        self._body = body
+        self._expected = sha256
+        self._what = what
+        self._hash = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._body.read(size)
+        if data:
+            self._hash.update(data)
+        elif self._expected is None or self._hash.hexdigest() != self._expected:
+            raise ChecksumError(
+                f"{self._what}: the bytes received hash to {self._hash.hexdigest()[:12]}, the server stated "
+                f"{(self._expected or 'no digest')[:12]}",
+                expected=self._expected or "",
+                actual=self._hash.hexdigest(),
+            )
+        return data
 
 
 def _received_digest(path: str, size: int, sent: ChunkDigester, answer: Any) -> FileDigest:

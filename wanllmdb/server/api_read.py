@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 
 from fastapi import APIRouter, Request, Response
 from starlette.responses import StreamingResponse
 
-from ..errors import InvalidRefError
+from ..errors import InvalidRefError, NotFoundError, VersionNotFoundError
+from ..fs.index import INDEX_SCHEMA
 from ..manifest import Manifest, parse_version
 from ..manifest.entry import CANONICAL_PREFIX
 from ..registry import VersionInfo
+from ..registry.base import INDEX_DIGEST_HEADER
 from ..registry.local import LocalRegistry
 from .models import AliasRequest
-from .responses import JSONResponse, json_bytes, no_content
+from .responses import BlobResponse, JSONResponse, json_bytes, no_content
 
 router = APIRouter(tags=["artifacts"])
 
@@ -92,6 +95,33 @@ def manifest(request: Request, project: str, name: str, selector: str) -> Respon
     if info.file_count < STREAM_MANIFEST_MIN:
         return Response(text.encode(), media_type="application/json", headers=headers)
     return StreamingResponse(_pieces(text), media_type="application/json", headers=headers)
+
+
+@router.get(
+    _ARTIFACT + "/versions/{selector}/index",
+    summary="A version's SQLite index for mounts, in the schema named (built once per version, then kept)",
+    responses={200: {"content": {"application/vnd.sqlite3": {}}}},
+)
+def version_index(request: Request, project: str, name: str, selector: str, schema: str) -> Response:
+    """The file a mount opens for a version of many files (``fs/index.py``; see ``server/indexes.py``), by
+    version number. A schema this server does not build answers 404, and the mount builds the index from the
+    manifest itself. The answer's ``X-Wanllmdb-Files`` header says how many files it indexes, and
+    ``X-Wanllmdb-Sha256`` the file's SHA-256, taken when it was built."""
+    number = _version_number(selector)
+    if schema != INDEX_SCHEMA:
+        raise NotFoundError(f"this server builds version indexes of schema {INDEX_SCHEMA}, not {schema[:20]!r}")
+    state = request.app.state.server
+    info = next((v for v in state.registry.get_artifact(project, name).versions if v.version == number), None)
+    if info is None:
+        raise VersionNotFoundError(f"version v{number} of '{project}/{name}' not found")
+    path, digest = state.indexes.get(state.registry, info)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    size = os.fstat(fd).st_size
+    response = BlobResponse(fd, 0, size, size, partial=False, etag=f"{info.id}.{INDEX_SCHEMA}")
+    response.headers["content-type"] = "application/vnd.sqlite3"
+    response.headers["x-wanllmdb-files"] = str(info.file_count)
+    response.headers[INDEX_DIGEST_HEADER] = digest
+    return response
 
 
 def _stored(request: Request, project: str, name: str, selector: str) -> tuple[VersionInfo, str]:

@@ -235,7 +235,10 @@ def finalize_draft(request: Request, draft_id: str, body: FinalizeRequest) -> JS
     if body.inherit_ttl and body.ttl is not None:
         raise InvalidInputError("give ttl with inherit_ttl false (or inherit_ttl alone)")
     ttl = ArtifactTTL.INHERIT if body.inherit_ttl else body.ttl
-    result = _state(request).registry.finalize_draft(draft_id, body.aliases, tags=body.tags, ttl=ttl)
+    state = _state(request)
+    result = state.registry.finalize_draft(draft_id, body.aliases, tags=body.tags, ttl=ttl)
+    if result.created:  # a large version's index, ready before the first mount asks for it
+        state.indexes.build_soon(state.registry, result.version)
     return JSONResponse({"version": result.version.to_dict(), "created": result.created})
 
 

@@ -11,6 +11,7 @@ from ..errors import AuthenticationError
 from ..registry.local import DEFAULT_DRAFT_MAX_AGE, LocalRegistry
 from ..registry.metadata import open_metadata
 from ..registry.s3blobs import DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, S3BlobStore, open_blobstore
+from .indexes import VersionIndexes
 from .signing import DEFAULT_URL_TTL, URLSigner, load_or_create_secret
 from .web_auth import WebSessions
 
@@ -130,6 +131,8 @@ class ServerState:
         self.keys = KeyChecker(config.api_keys)
         #: Login cookies of the web pages (see .web_auth); they stand for the same keys.
         self.sessions = WebSessions(secret, config.api_keys)
+        #: Large versions' SQLite indexes, built once for the mounts (see .indexes).
+        self.indexes = VersionIndexes(root)
 
     def base_url(self, request_base_url: str) -> str:
         return (self.config.public_url or request_base_url).rstrip("/")

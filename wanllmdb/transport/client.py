@@ -524,6 +524,7 @@ class _BodyReader:
     def __init__(self, response: requests.Response, server: str) -> None:
         self._raw = response.raw
         self._server = server
+        self.headers = response.headers
 
     def read(self, size: int = -1) -> bytes:
         try:
