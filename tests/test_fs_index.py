@@ -297,3 +297,41 @@ def test_the_embedded_registry_reads_a_stored_text_as_its_bytes_a_piece_at_a_tim
     assert b"".join(pieces) == text.encode()
     half = _EncodedText(text)
     assert half.read(10) + half.read(-1) == text.encode()
+
+
+def test_an_index_from_elsewhere_is_checked_before_it_is_opened(tmp_path):
+    """``check_index`` (what a mount runs on a server-built index before opening it) passes a sound index and
+    counts its files, and refuses a file that is not SQLite, a SQLite file of other tables, one whose tables
+    differ from the schema's, and a damaged one; ``write_index`` leaves nothing behind a bad manifest."""
+    import sqlite3
+
+    from wanllmdb.fs.index import check_index, write_index
+
+    entries = [ManifestEntry(f"d{i % 3}/f{i}.txt", i, "a" * 32, "b" * 64) for i in range(500)]
+    sound = str(tmp_path / "sound.sqlite")
+    assert write_index(sound, entries) == 500
+    assert check_index(sound) == 500
+
+    not_sqlite = tmp_path / "text.sqlite"
+    not_sqlite.write_bytes(b"SQLite format 2\x00" + b"x" * 5000)
+    other = str(tmp_path / "other.sqlite")
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE files (a, b)")
+    altered = str(tmp_path / "altered.sqlite")
+    write_index(altered, entries)
+    with sqlite3.connect(altered) as conn:
+        conn.execute("ALTER TABLE files ADD COLUMN planted TEXT")
+    damaged = tmp_path / "damaged.sqlite"
+    data = bytearray(open(sound, "rb").read())
+    for page in range(4096, len(data), 4096):  # every page past the first: its cell count and content start
+        data[page + 3] ^= 0xFF
+        data[page + 5] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    for bad in (str(not_sqlite), other, altered, str(damaged)):
+        with pytest.raises(sqlite3.DatabaseError):
+            check_index(bad)
+
+    twice = [*entries, entries[7]]
+    with pytest.raises(InvalidManifestError, match="duplicate path"):
+        write_index(str(tmp_path / "bad.sqlite"), twice)
+    assert not (tmp_path / "bad.sqlite").exists()
