@@ -407,16 +407,11 @@ class Catalog:
             return None
         except (WanllmdbError, sqlite3.DatabaseError, OSError) as exc:
             folder.discard(path)
-            logger.warning(
-                "the server's index of %s is unusable (%s); building it from the manifest", listed.qualified_name, exc
-            )
+            logger.warning("the server's index of %s is unusable (%s); building it from the manifest",
+                           listed.qualified_name, exc)
             return None
-        logger.info(
-            "%s (%d files): the server's index, fetched and checked in %.3fs",
-            listed.qualified_name,
-            tree.file_count,
-            time.monotonic() - started,
-        )
+        logger.info("%s (%d files): the server's index, fetched and checked in %.3fs", listed.qualified_name,
+                    tree.file_count, time.monotonic() - started)
         folder.keep(tree.path, listed.id)
         return tree
 
@@ -437,9 +432,7 @@ class Catalog:
                 return tree
             logger.warning(
                 "the kept index of %s holds %d files, not %d; building it again",
-                listed.qualified_name,
-                tree.file_count,
-                listed.file_count,
+                listed.qualified_name, tree.file_count, listed.file_count,
             )
             tree.close()
         folder.forget(listed.id, path)

@@ -129,12 +129,15 @@ class KeptIndex:
 
 def kept_indexes(cache_root: str) -> list[KeptIndex]:
     """The indexes kept under the cache at ``cache_root``, least recently used first."""
-    return _kept_in(os.path.join(cache_root, INDEX_FOLDER, "kept"))
+    return index_files(os.path.join(cache_root, INDEX_FOLDER, "kept"))
 
 
-def _kept_in(folder: str) -> list[KeptIndex]:
+def index_files(folder: str) -> list[KeptIndex]:
+    """The index files (``*.sqlite``) in ``folder``, least recently used (by mtime) first."""
     found = []
     for name in os.listdir(folder) if os.path.isdir(folder) else ():
+        if not name.endswith(".sqlite"):
+            continue
         path = os.path.join(folder, name)
         try:
             st = os.stat(path)
@@ -158,11 +161,11 @@ def plan_kept_cleanup(cache_root: str, *, max_bytes: int | None, max_age: float 
     for kept in kept_indexes(cache_root):
         (doomed if cutoff is not None and kept.last_used < cutoff else left).append(kept)
     if max_bytes is not None:
-        doomed += _over_budget(left, kept_budget(max_bytes))
+        doomed += over_budget(left, kept_budget(max_bytes))
     return doomed
 
 
-def _over_budget(kept: list[KeptIndex], budget: int) -> list[KeptIndex]:
+def over_budget(kept: list[KeptIndex], budget: int) -> list[KeptIndex]:
     """The least recently used of ``kept`` (listed in that order) whose removal leaves at most ``budget`` bytes."""
     total = sum(k.size for k in kept)
     over = []
@@ -247,7 +250,7 @@ class IndexFolder:
     def _trim(self) -> None:
         """Remove the least recently used kept indexes until the rest fit ``kept_bytes`` (a mount still using
         one keeps its own link: nothing breaks under it)."""
-        for kept in _over_budget(_kept_in(self.kept_dir), self._kept_bytes):
+        for kept in over_budget(index_files(self.kept_dir), self._kept_bytes):
             _unlink(kept.path)
 
     def close(self) -> None:
@@ -367,8 +370,8 @@ class IndexedTree:
                 directory; nothing is left at ``path``.
             whatever iterating ``entries`` raises (e.g. a broken answer): nothing is left at ``path`` either.
         """
+        write_index(path, entries)
         try:
-            _write_index(path, entries)
             return cls(path, mtime, **kwargs)
         except BaseException:
             _unlink(path)

@@ -494,10 +494,11 @@ class HttpRegistry:
         """
         for attempt in range(2):
             offer = self._call("POST", "/uploads", {"size": int(size)}, repeatable=True)
-            trusted = offer.get("server_digests") is True
+            # The chunk digests alone where the server answers MD5 and SHA-256, else all three.
+            chunks, whole = (ChunkDigester(), None) if offer.get("server_digests") is True else (None, Digester())
             # Hashing runs on its own thread while this one reads and sends (MD5, if computed, on another).
-            hasher = Pipelined(ChunkDigester() if trusted else Digester())
-            headers = {CHUNKS_HEADER: chunks_request(hasher.digester)} if trusted else None
+            hasher = Pipelined(chunks or whole)  # type: ignore[arg-type]  # exactly one is set
+            headers = {CHUNKS_HEADER: chunks_request(chunks)} if chunks is not None else None
             try:
                 answer = self.transport.put_file(
                     offer["url"], path, size, progress=progress, observer=hasher.update, headers=headers
@@ -511,9 +512,10 @@ class HttpRegistry:
             except BaseException:
                 hasher.close()
                 raise
-            if trusted:
-                return _received_digest(path, size, hasher.digester, answer)  # type: ignore[arg-type]
-            digest = hasher.digester.result()  # type: ignore[union-attr]
+            if chunks is not None:
+                return _received_digest(path, size, chunks, answer)
+            assert whole is not None
+            digest = whole.result()
             if digest.size != size or answer["sha256"] != digest.sha256:
                 raise ChecksumError(
                     f"{path}: changed while it was uploaded (sent {digest.size} bytes hashing to "
@@ -530,10 +532,7 @@ class HttpRegistry:
         listing = upload_listing([(t.sha256, t.size) for t in bundle.targets])
         try:
             self.transport.post_bundle(
-                bundle.url,
-                listing,
-                [paths[t.sha256] for t in bundle.targets],
-                [t.size for t in bundle.targets],
+                bundle.url, listing, [paths[t.sha256] for t in bundle.targets], [t.size for t in bundle.targets],
                 progress=progress,
             )
         except ForbiddenError:  # expired: the blobs go one by one, each with a fresh URL

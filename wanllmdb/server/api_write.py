@@ -116,7 +116,9 @@ async def create_draft(request: Request, urls: Literal["all", "unbundled"] = "al
         try:
             await asyncio.wait_for(turns.acquire(), LARGE_DRAFT_WAIT)
         except asyncio.TimeoutError:
-            raise ServerBusyError(f"{MAX_LARGE_DRAFTS} large drafts are being created; try again shortly") from None
+            raise ServerBusyError(
+                f"{MAX_LARGE_DRAFTS} large drafts are being created; try again shortly"
+            ) from None
     try:
         body = await request.body()
         answer = await run_in_threadpool(_create_draft, state, base, body, urls == "all")
@@ -205,7 +207,9 @@ def blob_sizes(request: Request, body: BlobSizesRequest) -> JSONResponse:
     cannot get a content-addressed PUT URL, and uploading it through the server would put its bytes in the
     server's path; clients then hash such files first."""
     state = _state(request)
-    return JSONResponse({"known": sorted(state.registry.known_sizes(body.sizes)), "unhashed_uploads": state.s3 is None})
+    return JSONResponse(
+        {"known": sorted(state.registry.known_sizes(body.sizes)), "unhashed_uploads": state.s3 is None}
+    )
 
 
 @router.post("/uploads", summary="A presigned URL to upload a file whose SHA-256 is not known yet", tags=["blobs"],
@@ -215,10 +219,8 @@ def new_upload(request: Request, body: NewUploadRequest) -> JSONResponse:
     signed = state.signer.presign_new_upload(state.base_url(str(request.base_url)), body.size)
     # ``server_digests``: the PUT's answer carries the MD5 and SHA-256 of what arrived (and, when asked, the
     # digest of its chunk digests), so the client need not compute them itself.
-    return JSONResponse(
-        {"url": signed.url, "expires_at": signed.expires_at, "server_digests": state.registry.blobs.compute_md5},
-        status_code=201,
-    )
+    return JSONResponse({"url": signed.url, "expires_at": signed.expires_at,
+                         "server_digests": state.registry.blobs.compute_md5}, status_code=201)  # fmt: skip
 
 
 @router.post("/drafts/{draft_id}/upload-urls", summary="Fresh upload URLs for the blobs a draft still lacks")
@@ -249,7 +251,9 @@ def abort_draft(request: Request, draft_id: str) -> Response:
 
 
 @router.post("/blob-urls", summary="Presigned download URLs for many blobs in one request", tags=["blobs"])
-def blob_urls(request: Request, body: BlobUrlsRequest, urls: Literal["all", "unbundled"] = "all") -> JSONResponse:
+def blob_urls(
+    request: Request, body: BlobUrlsRequest, urls: Literal["all", "unbundled"] = "all"
+) -> JSONResponse:
     """Stored blobs get ``{url, size, expires_at}``; the others are listed under ``missing``.
 
     ``urls=unbundled`` (with ``bundle: true``): the blobs a bundle carries get no URL of their own, as for
@@ -285,14 +289,8 @@ def _bundles(state: ServerState, base: str, sizes: dict[str, int]) -> list[dict]
     def flush() -> None:
         if len(group) >= 2:
             signed = state.signer.presign_bundle(base, group)
-            bundles.append(
-                {
-                    "url": signed.url,
-                    "sha256s": list(group),
-                    "sizes": [sizes[sha] for sha in group],
-                    "expires_at": signed.expires_at,
-                }
-            )
+            bundles.append({"url": signed.url, "sha256s": list(group), "sizes": [sizes[sha] for sha in group],
+                            "expires_at": signed.expires_at})
         group.clear()
 
     for sha, size in sizes.items():

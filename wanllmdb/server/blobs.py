@@ -122,13 +122,13 @@ class _Body:
                 if batch_bytes >= WRITE_BATCH or (self.done and in_flight is not None):
                     if in_flight is not None:
                         await in_flight
-                    in_flight = loop.run_in_executor(None, _write_all, incoming, batch)
+                    in_flight = loop.run_in_executor(None, incoming.write_many, batch)
                     batch, batch_bytes = [], 0
             if in_flight is not None:
                 await in_flight
                 in_flight = None
             if batch:  # a small blob: written here, a thread hop would cost more
-                _write_all(incoming, batch)
+                incoming.write_many(batch)
         finally:
             if in_flight is not None:  # never leave a thread writing into a blob being aborted
                 await asyncio.wait([in_flight])
@@ -364,10 +364,6 @@ async def _commit(incoming: IncomingBlob, *, notify: bool = True) -> bool:
     if incoming.store.lists_itself:
         return incoming.commit(notify=notify)
     return await run_in_threadpool(incoming.commit, notify=notify)
-
-
-def _write_all(incoming: IncomingBlob, pieces: list[bytes]) -> None:
-    incoming.write_many(pieces)
 
 
 def _open_blob(path: str, sha256: str) -> int:

@@ -24,7 +24,7 @@ import secrets
 import threading
 import time
 
-from ..fs.index import INDEX_MIN, INDEX_SCHEMA, write_index
+from ..fs.index import INDEX_MIN, INDEX_SCHEMA, index_files, over_budget, write_index
 from ..manifest.stream import iter_entries
 from ..registry import VersionInfo
 from ..registry.local import LocalRegistry
@@ -119,22 +119,9 @@ class VersionIndexes:
     def _trim(self) -> None:
         """Remove the least recently served indexes until the rest fit ``budget`` (a response already sending
         one keeps its open descriptor)."""
-        found = []
-        for name in os.listdir(self.folder):
-            if not name.endswith(".sqlite"):
-                continue
-            try:
-                st = os.stat(os.path.join(self.folder, name))
-            except FileNotFoundError:
-                continue
-            found.append((st.st_mtime, name, st.st_size))
-        total = sum(size for _, _, size in found)
-        for _, name, size in sorted(found):
-            if total <= self.budget:
-                break
-            _unlink(os.path.join(self.folder, name))
-            _unlink(os.path.join(self.folder, name + DIGEST_SUFFIX))
-            total -= size
+        for built in over_budget(index_files(self.folder), self.budget):
+            _unlink(built.path)
+            _unlink(built.path + DIGEST_SUFFIX)
 
     def _remove_stale(self) -> None:
         cutoff = time.time() - STALE_TMP_SECONDS
