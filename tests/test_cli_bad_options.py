@@ -30,6 +30,7 @@ def _lines(text: str) -> list[str]:
         (["--url-ttl", "-5"], "--url-ttl must be a positive duration"),
         (["--draft-max-age", "0"], "--draft-max-age must be a positive duration"),
         (["--url-ttl", "2h", "--draft-max-age", "1h"], "--draft-max-age (1h) must be at least --url-ttl"),
+        (["--index-cache", "lots"], "--index-cache: not a size: 'lots'"),
     ],
 )
 def test_bad_server_options_are_refused_in_one_line(tmp_path, args, named):

@@ -20,6 +20,7 @@ import requests
 
 from tests.support.faultproxy import Fault, FaultProxy
 from tests.support.mount import log_many_files, log_version, wait_until
+from tests.support.server import start_server
 from wanllmdb.fs.index import INDEX_MIN, INDEX_SCHEMA, check_index
 from wanllmdb.registry.base import INDEX_DIGEST_HEADER
 
@@ -162,3 +163,41 @@ def test_bad_index_requests_get_clear_errors(server_env, project, tmp_path):
         assert message in answer.json()["error"]["message"], (selector, schema, answer.text)
     unauthorized = requests.get(_index_url(server, project, "small"), timeout=30)
     assert unauthorized.status_code == 401
+
+
+def test_a_server_told_to_build_no_indexes_leaves_them_to_the_mounts(make_server, mounter, project, tmp_path,
+                                                                    monkeypatch, isolated_env):
+    server = make_server(extra_args=("--index-cache", "0"))
+    registry = server.registry()
+    try:
+        files = _files()
+        log_version(registry, tmp_path, project, "big", files)
+        info = log_many_files(registry, tmp_path, project, "wide", INDEX_MIN).version
+    finally:
+        registry.close()
+    answer = requests.get(_index_url(server, project, "big"), headers=server.headers, timeout=30)
+    assert answer.status_code == 404 and "--index-cache 0" in answer.json()["error"]["message"]
+    monkeypatch.setenv("WANLLMDB_BASE_URL", server.url)
+    monkeypatch.setenv("WANLLMDB_API_KEY", server.api_key)
+    mnt = mounter("--max-tree-entries", BOUND, project=project)
+    assert _listed(mnt.path / "big" / "v1") == files
+    assert "no server-built index" in mnt.log() and "indexed " in mnt.log(), mnt.log()[-2000:]
+    assert not _built(server, info.id).exists(), "an index was built at finalize although none may be"
+    assert list((Path(server.root) / "version-index").iterdir()) == []
+
+
+def test_a_build_left_by_a_killed_server_is_removed_at_the_next_start(tmp_path):
+    """A build's temporary file outlives a server killed with -9; the next start removes it once it is older
+    than a build can take (a younger one may be another replica's build in progress)."""
+    root = tmp_path / "root"
+    folder = root / "registry" / "version-index"  # the registry root start_server gives the server
+    folder.mkdir(parents=True)
+    old, young = folder / "0123abcd.s1.sqlite.5f5f5f.tmp", folder / "4567cdef.s1.sqlite.6e6e6e.tmp"
+    for path in (old, young):
+        path.write_bytes(b"half an index")
+    os.utime(old, (1, 1))
+    server = start_server(root)
+    try:
+        assert not old.exists() and young.exists()
+    finally:
+        server.stop()

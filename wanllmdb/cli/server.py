@@ -26,6 +26,7 @@ import os
 from ..errors import ConfigError
 from ..registry.pgdb import mask_url
 from ..server.context import ServerConfig
+from ..server.indexes import INDEX_CACHE_BYTES
 from ..settings import load_settings, parse_duration, parse_size
 from .common import common_parent, out
 from .gc import add_gc_options, parse_grace, report
@@ -74,6 +75,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--gc-grace",
         help="how long a blob stays unreferenced before it is deleted (default --url-ttl + --draft-max-age + "
         "10m; never less than --url-ttl + --draft-max-age)",
+    )
+    parser.add_argument(
+        "--index-cache",
+        default="4GiB",
+        help="bytes of large versions' mount indexes the server builds and keeps (default 4GiB; 0 builds none: "
+        "mounts then build their own from the manifest)",
     )
     parser.add_argument("--port-file", help="write the bound port to this file once listening")
     parser.add_argument("--quiet", action="store_true", help="no per-request log lines")
@@ -189,7 +196,15 @@ def build_config(args: argparse.Namespace, *, serving: bool = True) -> ServerCon
         migrate=not args.no_migrate,
         gc_interval=gc_interval,
         gc_grace=gc_grace,
+        index_cache_bytes=_index_cache(getattr(args, "index_cache", None)),
     )
+
+
+def _index_cache(text: str | None) -> int:
+    try:
+        return INDEX_CACHE_BYTES if text is None else parse_size(text)
+    except ConfigError as exc:
+        raise ConfigError(f"--index-cache: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from ..errors import AuthenticationError
 from ..registry.local import DEFAULT_DRAFT_MAX_AGE, LocalRegistry
 from ..registry.metadata import open_metadata
 from ..registry.s3blobs import DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, S3BlobStore, open_blobstore
-from .indexes import VersionIndexes
+from .indexes import INDEX_CACHE_BYTES, VersionIndexes
 from .signing import DEFAULT_URL_TTL, URLSigner, load_or_create_secret
 from .web_auth import WebSessions
 
@@ -58,6 +58,8 @@ class ServerConfig:
     #: Seconds a blob stays unreferenced before it is deleted; None: the URL lifetime plus the draft
     #: lifetime plus 10 minutes (see registry/gc.py).
     gc_grace: float | None = None
+    #: Bytes of built version indexes kept for the mounts (0: none built; see .indexes).
+    index_cache_bytes: int = INDEX_CACHE_BYTES
 
     @property
     def grace(self) -> float:
@@ -132,7 +134,7 @@ class ServerState:
         #: Login cookies of the web pages (see .web_auth); they stand for the same keys.
         self.sessions = WebSessions(secret, config.api_keys)
         #: Large versions' SQLite indexes, built once for the mounts (see .indexes).
-        self.indexes = VersionIndexes(root)
+        self.indexes = VersionIndexes(root, config.index_cache_bytes)
 
     def base_url(self, request_base_url: str) -> str:
         return (self.config.public_url or request_base_url).rstrip("/")

@@ -11,7 +11,7 @@ as many files as the listing says), and opens it.
 A version of ``INDEX_MIN`` files or more has its index built right after finalize, in the background, so that
 the first mount finds it ready; a request for one not built yet builds it, once (concurrent requests wait
 for the same build). The folder, ``<root>/version-index``, is a cache: least recently served first out past
-``budget`` bytes, and every replica of a scaled-out server keeps its own.
+``budget`` bytes (``--index-cache``; 0 builds none), and every replica of a scaled-out server keeps its own.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import secrets
 import threading
 import time
 
+from ..errors import NotFoundError
 from ..fs.index import INDEX_MIN, INDEX_SCHEMA, index_files, over_budget, write_index
 from ..manifest.stream import iter_entries
 from ..registry import VersionInfo
@@ -48,6 +49,8 @@ class VersionIndexes:
         self.folder = os.path.join(root, FOLDER)
         os.makedirs(self.folder, exist_ok=True)
         self.budget = budget
+        #: ``budget`` 0 (``--index-cache 0``): no index is built or served, the mounts build their own.
+        self.enabled = budget > 0
         self._guard = threading.Lock()
         self._building: dict[str, threading.Lock] = {}
         self._remove_stale()
@@ -61,8 +64,11 @@ class VersionIndexes:
         so that neither a damaged file here nor a damaged answer is opened as an index.
 
         Raises:
+            NotFoundError: this server builds no indexes (``--index-cache 0``).
             InvalidManifestError: the stored manifest does not index (it was checked at finalize: not expected).
         """
+        if not self.enabled:
+            raise NotFoundError("this server builds no version indexes (--index-cache 0)")
         path = self.path(info.id)
         found = _built(path)
         if found is not None:
@@ -83,7 +89,7 @@ class VersionIndexes:
     def build_soon(self, registry: LocalRegistry, info: VersionInfo) -> None:
         """Build the index of a version just finalized, if it is large enough for a mount to want one, on a
         thread of its own (a failure is logged: the first request builds it again)."""
-        if info.file_count < INDEX_MIN or not info.id:
+        if not self.enabled or info.file_count < INDEX_MIN or not info.id:
             return
 
         def build() -> None:
