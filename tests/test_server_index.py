@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ import requests
 from tests.support.faultproxy import Fault, FaultProxy
 from tests.support.mount import log_many_files, log_version, wait_until
 from tests.support.server import start_server
+from wanllmdb import tmpfiles
 from wanllmdb.fs.index import INDEX_MIN, INDEX_SCHEMA, check_index
 from wanllmdb.registry.base import INDEX_DIGEST_HEADER
 
@@ -187,15 +189,18 @@ def test_a_server_told_to_build_no_indexes_leaves_them_to_the_mounts(make_server
 
 
 def test_a_build_left_by_a_killed_server_is_removed_at_the_next_start(tmp_path):
-    """A build's temporary file outlives a server killed with -9; the next start removes it once it is older
-    than a build can take (a younger one may be another replica's build in progress)."""
+    """A build's temporary file outlives a server killed with -9; the next start removes it, named as it is by
+    its writer (``tmpfiles``), and leaves the build of a writer still running (another replica's)."""
     root = tmp_path / "root"
     folder = root / "registry" / "version-index"  # the registry root start_server gives the server
     folder.mkdir(parents=True)
-    old, young = folder / "0123abcd.s1.sqlite.5f5f5f.tmp", folder / "4567cdef.s1.sqlite.6e6e6e.tmp"
+    dead = subprocess.Popen(["true"])  # a writer that has ended
+    dead.wait()
+    ns = tmpfiles._NAMESPACE
+    old = folder / f"0123abcd.{dead.pid}-{ns}.5f5f5f.tmp"
+    young = folder / f"4567cdef.{os.getpid()}-{ns}.6e6e6e.tmp"
     for path in (old, young):
         path.write_bytes(b"half an index")
-    os.utime(old, (1, 1))
     server = start_server(root)
     try:
         assert not old.exists() and young.exists()

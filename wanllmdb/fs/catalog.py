@@ -397,10 +397,8 @@ class Catalog:
         try:
             with open_index(listed.project, listed.name, listed.version, INDEX_SCHEMA) as body, open(path, "wb") as out:
                 shutil.copyfileobj(body, out, INDEX_PIECE)
-            count = check_index(path)
-            if count != listed.file_count:
-                raise sqlite3.DatabaseError(f"it holds {count} files, not {listed.file_count}")
-            tree = IndexedTree(path, listed.created_at, dir_entries=dir_entries)
+            check_index(path)
+            tree = _open_index(path, listed, dir_entries)
         except NotFoundError as exc:
             folder.discard(path)
             logger.info("no server-built index of %s (%s); building it from the manifest", listed.qualified_name, exc)
@@ -423,20 +421,14 @@ class Catalog:
         if path is None:
             return None
         try:
-            tree = IndexedTree(path, listed.created_at, dir_entries=dir_entries)
+            tree = _open_index(path, listed, dir_entries)
         except sqlite3.DatabaseError as exc:
-            logger.warning("the kept index of %s is unreadable (%s); building it again", listed.qualified_name, exc)
-        else:
-            if tree.file_count == listed.file_count:
-                logger.info("%s (%d files): the index a previous mount kept", listed.qualified_name, tree.file_count)
-                return tree
-            logger.warning(
-                "the kept index of %s holds %d files, not %d; building it again",
-                listed.qualified_name, tree.file_count, listed.file_count,
-            )
-            tree.close()
-        folder.forget(listed.id, path)
-        return None
+            logger.warning("the kept index of %s is unreadable or another version's (%s); building it again",
+                           listed.qualified_name, exc)
+            folder.forget(listed.id, path)
+            return None
+        logger.info("%s (%d files): the index a previous mount kept", listed.qualified_name, tree.file_count)
+        return tree
 
     def close(self) -> None:
         """Remove the index files (after the FUSE loop has ended)."""
@@ -528,6 +520,20 @@ class Catalog:
             self._flights.start(("after-prepare", *key), then)
         except FetchError:  # shutting down
             return
+
+
+def _open_index(path: str, listed: VersionInfo, dir_entries: int) -> IndexedTree:
+    """``path`` opened as the index of the version ``listed``.
+
+    Raises:
+        sqlite3.DatabaseError: it does not open as an index, or holds another number of files than listed
+            (closed then: its file is gone).
+    """
+    tree = IndexedTree(path, listed.created_at, dir_entries=dir_entries)
+    if tree.file_count != listed.file_count:
+        tree.close()
+        raise sqlite3.DatabaseError(f"it holds {tree.file_count} files, not {listed.file_count}")
+    return tree
 
 
 def _log_prepare_failure(future: Any) -> None:

@@ -102,15 +102,10 @@ class IncomingBlob:
 
     def write(self, data: bytes | memoryview) -> int:
         n = len(data)
-        self.received += n
-        if self.received > self.size:
-            raise ChecksumError(f"{self.label}: more than the declared {self.size} bytes", expected=str(self.size))
-        self._sha.update(data)
+        self._claim(n)
         if self._md5 is not None:
             self._md5.update(data)
-        if self.chunks is not None:
-            self.chunks.update(data)
-        self._file.write(data)
+        self._hash_and_write(data)
         kill_point("blob.write")
         return n
 
@@ -123,19 +118,27 @@ class IncomingBlob:
             for piece in pieces:
                 self.write(piece)
             return
-        if self.received + total > self.size:
-            raise ChecksumError(f"{self.label}: more than the declared {self.size} bytes", expected=str(self.size))
+        self._claim(total)
         md5 = md5_pool().submit(_update_all, self._md5, pieces)
         try:
             for piece in pieces:
-                self._sha.update(piece)
-                if self.chunks is not None:
-                    self.chunks.update(piece)
-                self._file.write(piece)
-            self.received += total
+                self._hash_and_write(piece)
         finally:
             md5.result()  # never leave the worker hashing into a blob being committed or aborted
         kill_point("blob.write")
+
+    def _claim(self, n: int) -> None:
+        """Count ``n`` more bytes received; refused past the declared size."""
+        if self.received + n > self.size:
+            raise ChecksumError(f"{self.label}: more than the declared {self.size} bytes", expected=str(self.size))
+        self.received += n
+
+    def _hash_and_write(self, data: bytes | memoryview) -> None:
+        """Everything a received piece goes through but its MD5."""
+        self._sha.update(data)
+        if self.chunks is not None:
+            self.chunks.update(data)
+        self._file.write(data)
 
     def commit(self, *, notify: bool = True) -> bool:
         """Check and store; returns False when the blob was already stored (the copy is dropped).

@@ -16,7 +16,6 @@ for the same build). The folder, ``<root>/version-index``, is a cache: least rec
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -24,18 +23,18 @@ import secrets
 import threading
 import time
 
+from ..cache.store import sha256_file
 from ..errors import NotFoundError
 from ..fs.index import INDEX_MIN, INDEX_SCHEMA, index_files, over_budget, write_index
 from ..manifest.stream import iter_entries
 from ..registry import VersionInfo
 from ..registry.local import LocalRegistry
+from ..tmpfiles import reclaim_dead, writer_tag
 
 logger = logging.getLogger(__name__)
 
 #: Bytes of built indexes a server keeps (~130 bytes a file: 1 GiB holds about eight million files' worth).
 INDEX_CACHE_BYTES = 4 << 30
-#: A temporary file older than this is a build that died with its server.
-STALE_TMP_SECONDS = 3600.0
 FOLDER = "version-index"
 #: Beside each index: its SHA-256 (hex), taken when it was built.
 DIGEST_SUFFIX = ".sha256"
@@ -53,7 +52,7 @@ class VersionIndexes:
         self.enabled = budget > 0
         self._guard = threading.Lock()
         self._building: dict[str, threading.Lock] = {}
-        self._remove_stale()
+        reclaim_dead(self.folder)  # builds of servers killed meanwhile
 
     def path(self, version_id: str) -> str:
         return os.path.join(self.folder, f"{version_id}.{INDEX_SCHEMA}.sqlite")
@@ -102,14 +101,15 @@ class VersionIndexes:
 
     def _build(self, registry: LocalRegistry, info: VersionInfo, path: str) -> str:
         started = time.monotonic()
-        tag = secrets.token_hex(6)
-        tmp, tmp_digest = f"{path}.{tag}.tmp", f"{path}{DIGEST_SUFFIX}.{tag}.tmp"
+        # Named by their writer (``tmpfiles``): a server killed mid-build leaves them to the next start.
+        tmp = os.path.join(self.folder, f"{info.id}.{writer_tag()}.{secrets.token_hex(6)}.tmp")
+        tmp_digest = tmp + DIGEST_SUFFIX
         try:
             with registry.open_manifest(info.project, info.name, f"v{info.version}") as body:
                 count = write_index(tmp, iter_entries(body))
             if count != info.file_count:  # the manifest checked at finalize says otherwise: keep nothing
                 raise RuntimeError(f"{info.qualified_name}: indexed {count} files, the version has {info.file_count}")
-            digest = _sha256_of(tmp)
+            digest, _size = sha256_file(tmp)
             with open(tmp_digest, "w") as f:
                 f.write(digest)
             # the digest first: an index file in place always has one
@@ -129,16 +129,6 @@ class VersionIndexes:
             _unlink(built.path)
             _unlink(built.path + DIGEST_SUFFIX)
 
-    def _remove_stale(self) -> None:
-        cutoff = time.time() - STALE_TMP_SECONDS
-        for name in os.listdir(self.folder):
-            path = os.path.join(self.folder, name)
-            try:
-                if name.endswith(".tmp") and os.stat(path).st_mtime < cutoff:
-                    os.unlink(path)
-            except FileNotFoundError:
-                pass
-
 
 def _built(path: str) -> str | None:
     """The SHA-256 of the index at ``path``, marked used now (trimmed last); None if it is not there."""
@@ -149,14 +139,6 @@ def _built(path: str) -> str | None:
     except FileNotFoundError:
         return None
     return digest if _SHA256.fullmatch(digest) else None
-
-
-def _sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        while piece := f.read(1 << 20):
-            digest.update(piece)
-    return digest.hexdigest()
 
 
 def _unlink(path: str) -> None:
