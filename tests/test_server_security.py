@@ -329,3 +329,54 @@ def test_loopback_detection():
 
 def test_the_signing_secret_is_private_to_the_server_user(server):
     assert os.stat(os.path.join(server.root, SECRET_FILE)).st_mode & 0o777 == 0o600
+
+
+_CREATE_SECRET_AT = """
+import sys, time
+from wanllmdb.server.signing import load_or_create_secret
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+sys.stdout.write(load_or_create_secret(sys.argv[1]).decode())
+"""
+
+
+def test_servers_creating_the_secret_at_once_all_read_one_whole_secret(tmp_path):
+    # Servers started together on one root used to read the secret file between its creation and its write.
+    for round_ in range(8):
+        root = str(tmp_path / f"root{round_}")
+        start = time.time() + 1.0
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _CREATE_SECRET_AT, root, repr(start)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(6)
+        ]
+        outcomes = [(p.wait(60), *p.communicate()) for p in procs]
+        assert all(rc == 0 for rc, _, _ in outcomes), [err for _, _, err in outcomes]
+        with open(os.path.join(root, SECRET_FILE)) as f:
+            kept = f.read()
+        assert re.fullmatch(r"[0-9a-f]{64}", kept)
+        assert {out for _, out, _ in outcomes} == {kept}
+        assert sorted(os.listdir(root)) == [SECRET_FILE]
+        assert os.stat(os.path.join(root, SECRET_FILE)).st_mode & 0o777 == 0o600
+
+
+def test_a_secret_left_half_made_by_a_killed_server_is_removed(tmp_path):
+    from wanllmdb.server.signing import load_or_create_secret
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / f"server-secret.{dead.pid}-{os.stat('/proc/self/ns/pid').st_ino}.ab12.tmp").write_text("")
+    live = root / f"server-secret.{os.getpid()}-{os.stat('/proc/self/ns/pid').st_ino}.cd34.tmp"
+    live.write_text("")
+    (root / "server-secret.notes").write_text("not a temporary file")
+    secret = load_or_create_secret(str(root))
+    assert len(secret) == 64
+    assert sorted(os.listdir(root)) == sorted([SECRET_FILE, live.name, "server-secret.notes"])
+    assert load_or_create_secret(str(root)) == secret

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
+from .. import tmpfiles
 from ..errors import AuthenticationError, ConfigError, ForbiddenError, PresignedURLExpiredError
 from ..registry.base import upload_listing
 
@@ -126,19 +127,18 @@ class URLSigner:
 def load_or_create_secret(root: str) -> bytes:
     """The secret kept in ``<root>/server.secret``, created (mode 0600) on first use.
 
+    The file appears whole or not at all: the secret is written to a temporary file named by its writer
+    (:mod:`..tmpfiles`) and hard-linked into place, which fails if another server got there first. Servers
+    started together on one root therefore all read the one secret that won, never an empty file.
+
     Raises:
         ConfigError: the file exists but holds no usable secret.
     """
     path = os.path.join(root, SECRET_FILE)
     os.makedirs(root, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        fd = None
-    if fd is not None:
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_hex(32).encode())
-        logger.info("generated a URL signing secret in %s", path)
+    _remove_dead_writers(root)
+    if not os.path.exists(path):
+        _create_secret(path)
     elif os.stat(path).st_mode & 0o077:
         logger.warning("%s was readable by others; restricting it to its owner", path)
         os.chmod(path, 0o600)
@@ -147,3 +147,37 @@ def load_or_create_secret(root: str) -> bytes:
     if len(secret) < 16:
         raise ConfigError(f"{path} holds no usable secret: delete it to have a new one generated")
     return secret
+
+
+_TMP_PREFIX = "server-secret."  # no dot in what precedes the writer's tag (see tmpfiles.owner)
+
+
+def _temporary_name(path: str) -> str:
+    return os.path.join(os.path.dirname(path), f"{_TMP_PREFIX}{tmpfiles.writer_tag()}.{secrets.token_hex(4)}.tmp")
+
+
+def _create_secret(path: str) -> None:
+    tmp = _temporary_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_hex(32).encode())
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return  # another server's secret won; this one is dropped
+        logger.info("generated a URL signing secret in %s", path)
+    finally:
+        os.unlink(tmp)
+
+
+def _remove_dead_writers(root: str) -> None:
+    """Remove secret files left half-made by a server killed while creating one (never another file)."""
+    for name in os.listdir(root):
+        if name.startswith(_TMP_PREFIX) and name.endswith(".tmp") and tmpfiles.writer_gone(name):
+            try:
+                os.unlink(os.path.join(root, name))
+            except FileNotFoundError:
+                pass
