@@ -49,6 +49,24 @@ print(json.dumps({"hash": t1 - t0, "upload": t2 - t1, "total": t2 - t0, "stored"
 """
 
 
+#: Turns of copy and log, (full, quick).
+REPEATS = {False: 3, True: 1}
+#: Seconds to wait after writeback before a timed copy or log. Guests with free page reporting (virtio-balloon,
+#: as on the machines these runs were made on) hand memory freed by the previous turn back to the host about
+#: 2 s later, and a write into new page cache then pays the host's faults: 0.5-3 system CPU-s per GiB here,
+#: from one turn to the next. Waiting past that, and timing copy and log in turns, gives neither a better state.
+SETTLE_SECONDS = 3.0
+
+
+def _settle(big: str) -> None:
+    """Dirty pages written back, freed memory returned to the host, the input file in the page cache."""
+    os.sync()
+    time.sleep(SETTLE_SECONDS)
+    with open(big, "rb", buffering=0) as f:
+        while f.read(1 << 24):
+            pass
+
+
 def _log(ctx: Context, env_name: str, path: str, name: str, mode: str = "log", *extra: str) -> dict:
     import json
 
@@ -97,24 +115,33 @@ def run(ctx: Context) -> list[Result]:
     results.append(Result("hashing", "md5+sha256+chunks (one pass) vs sha256sum", mbps(size, ours), "MB/s",
                           "sha256sum", mbps(size, sha256sum)))
 
+    # The copy and the log are timed in turns, each from the same state (see _settle), best of each reported.
     target = ctx.path("inputs", "copy.bin")
-    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cp, _ = timed(lambda: subprocess.run(["cp", big, target], check=True))
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cp_cpu = (children.ru_utime - children0.ru_utime) + (children.ru_stime - children0.ru_stime)
-    os.unlink(target)
-    first = _log(ctx, "local-log", big, "big")
+    copies, logs = [], []
+    for _ in range(REPEATS[ctx.quick]):
+        _settle(big)
+        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cp, _ = timed(lambda: subprocess.run(["cp", big, target], check=True))
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        copies.append({"seconds": cp, "cpu_s": (children.ru_utime - children0.ru_utime)
+                       + (children.ru_stime - children0.ru_stime)})
+        os.unlink(target)
+        shutil.rmtree(ctx.path("local-log", ""), ignore_errors=True)  # the previous log's blob: a new file again
+        _settle(big)
+        logs.append(_log(ctx, "local-log", big, "big"))
+    first, cp = min(logs, key=lambda r: r["total"]), min(c["seconds"] for c in copies)
     results.append(Result("embedded", "log_artifact big file", first["total"], "s", "cp", cp,
-                          higher_is_better=False, notes=first))
+                          higher_is_better=False, notes={**first, "runs_s": [r["total"] for r in logs],
+                                                         "cp_runs": copies}))
     results.append(Result("embedded", "  log_artifact big file vs hashing alone", first["total"], "s",
                           "hashing alone", ours, higher_is_better=False, target="<= hashing alone + 0.3 s",
                           met=first["total"] <= ours + 0.3, notes={
                               "above_hashing_s": first["total"] - ours, "log_process_cpu_s": first["cpu_s"],
                               # Any store of a new file pays its digests and one copy of its bytes into new
-                              # page cache (what ``cp`` paid just before; on this VM 0.4-2 CPU-s per GiB
-                              # depending on whether the host had reclaimed the memory).
+                              # page cache: what ``cp`` paid, the least of its turns (on this VM 0.5-3 CPU-s per
+                              # GiB from one turn to the next, as the host takes memory back or not).
                               "cpu_floor": cpu_floor(ours + 0.3, {"md5+sha256+chunk digests": hash_cpu,
-                                                                  "copy (cp)": cp_cpu})}))
+                                                                  "copy (cp)": min(c["cpu_s"] for c in copies)})}))
     again = _log(ctx, "local-log", big, "big")
     results.append(Result("embedded", "re-log unchanged big file", again["total"], "s", "hashing alone", ours,
                           higher_is_better=False, target="< 1.5x hashing, 0 bytes stored",
