@@ -380,3 +380,18 @@ def test_a_secret_left_half_made_by_a_killed_server_is_removed(tmp_path):
     assert len(secret) == 64
     assert sorted(os.listdir(root)) == sorted([SECRET_FILE, live.name, "server-secret.notes"])
     assert load_or_create_secret(str(root)) == secret
+
+
+def test_a_root_on_a_filesystem_without_hard_links_still_gets_a_secret(tmp_path, monkeypatch):
+    from wanllmdb.server import signing
+
+    def no_links(src, dst, *args, **kwargs):
+        raise PermissionError(1, "Operation not permitted", src)
+
+    monkeypatch.setattr(signing.os, "link", no_links)
+    root = tmp_path / "root"
+    secret = signing.load_or_create_secret(str(root))
+    assert re.fullmatch(rb"[0-9a-f]{64}", secret)
+    assert os.listdir(root) == [SECRET_FILE]
+    assert os.stat(root / SECRET_FILE).st_mode & 0o777 == 0o600
+    assert signing.load_or_create_secret(str(root)) == secret

@@ -10,6 +10,7 @@ mode 0600 (or given by flag/environment), so URLs stay valid across restarts.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import logging
@@ -157,20 +158,35 @@ def _temporary_name(path: str) -> str:
 
 
 def _create_secret(path: str) -> None:
+    secret = secrets.token_hex(32).encode()
     tmp = _temporary_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_hex(32).encode())
+            f.write(secret)
             f.flush()
             os.fsync(f.fileno())
         try:
             os.link(tmp, path)
         except FileExistsError:
             return  # another server's secret won; this one is dropped
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            # A filesystem without hard links (some network shares): created in place, as one write.
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                return
+            with os.fdopen(fd, "wb") as f:
+                f.write(secret)
         logger.info("generated a URL signing secret in %s", path)
     finally:
         os.unlink(tmp)
+
+
+#: What ``link`` answers where the filesystem has no hard links.
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK}
 
 
 def _remove_dead_writers(root: str) -> None:
