@@ -1,7 +1,8 @@
-"""Read buffers sized to the data: a 4 KB file must not pay for zeroing an 8 MiB buffer.
+"""Read buffers sized to the data, and writes into files in pieces the kernel takes cheaply.
 
 Allocating (and zeroing) a full-size buffer per small file was the dominant cost of logging and downloading
-thousands of small files; every streaming loop takes its buffer from here.
+thousands of small files; every streaming loop takes its buffer from here. Every write of bytes into a file
+(blob store, cache) goes through :func:`pwrite_all` or :func:`write_all`, at most ``WRITE_STEP`` bytes a call.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable
+from typing import BinaryIO
 
 #: Largest buffer a streaming loop uses.
 MAX_BUFFER = 8 * 1024 * 1024
@@ -35,13 +37,29 @@ def read_full(fd: int, view: memoryview) -> int:
     return total
 
 
+#: Most bytes one ``write``/``pwrite`` call puts into a file. On the benchmark VMs (Linux 6.18, ext4, a guest
+#: whose memory the host takes back when freed) a 1 MiB write into new page cache cost 1.0-3.3 system CPU-s per
+#: GiB, the same bytes in 16 KiB calls 0.46-0.92, in every interleaved series (26 pairs; 64-256 KiB calls were
+#: as cheap in most series, not in all). The 65,536 calls per GiB cost ~0.05 CPU-s where writes are cheap anyway.
+WRITE_STEP = 16 * 1024
+
+
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    """Write all of ``data`` at ``offset`` of ``fd`` (``os.pwrite`` may write less than asked)."""
+    """Write all of ``data`` at ``offset`` of ``fd``, ``WRITE_STEP`` bytes a call (``os.pwrite`` may also write
+    less than asked)."""
     view = memoryview(data)
     while view:
-        n = os.pwrite(fd, view, offset)
+        n = os.pwrite(fd, view[:WRITE_STEP], offset)
         view = view[n:]
         offset += n
+
+
+def write_all(file: BinaryIO, data: bytes | memoryview) -> None:
+    """Write all of ``data`` to ``file`` at its position, ``WRITE_STEP`` bytes a call (see :data:`WRITE_STEP`)."""
+    view = memoryview(data)
+    while view:
+        n = file.write(view[:WRITE_STEP])
+        view = view[n:]
 
 
 class Drain:

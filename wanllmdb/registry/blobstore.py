@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from ..cache.materialize import FICLONE
 from ..cache.store import BlobWriter
 from ..errors import BlobNotFoundError, ChecksumError, InvalidInputError
-from ..iobuf import buffer_for, pwrite_all, read_full
+from ..iobuf import buffer_for, pwrite_all, read_full, write_all
 from ..killpoints import kill_point
 from ..manifest.digest import THREAD_MIN_PIECE, ChunkDigester, Digester, FileDigest, hash_file, md5_pool
 from ..settings import CHUNK_SIZE
@@ -138,7 +138,7 @@ class IncomingBlob:
         self._sha.update(data)
         if self.chunks is not None:
             self.chunks.update(data)
-        self._file.write(data)
+        write_all(self._file, data)
 
     def commit(self, *, notify: bool = True) -> bool:
         """Check and store; returns False when the blob was already stored (the copy is dropped).
