@@ -19,7 +19,7 @@ def test_pwrite_all_writes_every_byte_at_its_offset(tmp_path, size):
     path.write_bytes(b"\xff" * 10)
     fd = os.open(path, os.O_RDWR)
     try:
-        pwrite_all(fd, memoryview(data), 10)
+        pwrite_all(fd, memoryview(data), 10, WRITE_STEP)
     finally:
         os.close(fd)
     assert path.read_bytes() == b"\xff" * 10 + data
@@ -57,3 +57,13 @@ def test_write_all_goes_on_after_short_writes_and_never_asks_more_than_a_step():
     write_all(raw, data)
     assert bytes(raw.got) == data
     assert max(raw.calls) <= WRITE_STEP
+
+
+def test_pwrite_all_without_a_step_writes_in_one_call_where_it_can(tmp_path):
+    data = os.urandom(3 * WRITE_STEP)
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        pwrite_all(fd, data, 0)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == data

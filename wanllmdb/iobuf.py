@@ -1,8 +1,8 @@
 """Read buffers sized to the data, and writes into files in pieces the kernel takes cheaply.
 
 Allocating (and zeroing) a full-size buffer per small file was the dominant cost of logging and downloading
-thousands of small files; every streaming loop takes its buffer from here. Every write of bytes into a file
-(blob store, cache) goes through :func:`pwrite_all` or :func:`write_all`, at most ``WRITE_STEP`` bytes a call.
+thousands of small files; every streaming loop takes its buffer from here. The blob stores write files in
+``WRITE_STEP`` pieces (see there).
 """
 
 from __future__ import annotations
@@ -37,28 +37,33 @@ def read_full(fd: int, view: memoryview) -> int:
     return total
 
 
-#: Most bytes one ``write``/``pwrite`` call puts into a file. On the benchmark VMs (Linux 6.18, ext4, a guest
-#: whose memory the host takes back when freed) a 1 MiB write into new page cache cost 1.0-3.3 system CPU-s per
-#: GiB, the same bytes in 16 KiB calls 0.46-0.92, in every interleaved series (26 pairs; 64-256 KiB calls were
-#: as cheap in most series, not in all). The 65,536 calls per GiB cost ~0.05 CPU-s where writes are cheap anyway.
+#: Most bytes one ``write``/``pwrite`` call puts into a blob store's file (``step`` of :func:`pwrite_all`,
+#: :func:`write_all`). On the benchmark VMs (Linux 6.18, ext4, a guest whose memory the host takes back when
+#: freed) a 1 MiB write into new page cache cost 1.0-3.3 system CPU-s per GiB, the same bytes in 16 KiB calls
+#: 0.46-0.92, in every interleaved series (26 pairs; 64-256 KiB calls were as cheap in most series, not in
+#: all). The file's page cache then holds small folios, which read back slower: `cat` of it from page cache
+#: 6.8-7.5 GB/s against 8.3-8.5, and the mount's warm reads of cache files written this way up to 2x slower
+#: (numpy.load of a mmap through the mount 0.78-0.83 s -> 1.33-1.45 s). So the stores, written once and read
+#: rarely at once, write in steps; the mount's cache, read as soon as it is written, does not.
 WRITE_STEP = 16 * 1024
 
 
-def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    """Write all of ``data`` at ``offset`` of ``fd``, ``WRITE_STEP`` bytes a call (``os.pwrite`` may also write
-    less than asked)."""
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int, step: int | None = None) -> None:
+    """Write all of ``data`` at ``offset`` of ``fd`` (``os.pwrite`` may write less than asked), at most ``step``
+    bytes a call if given (see :data:`WRITE_STEP`)."""
     view = memoryview(data)
+    step = step or len(view)
     while view:
-        n = os.pwrite(fd, view[:WRITE_STEP], offset)
+        n = os.pwrite(fd, view[:step], offset)
         view = view[n:]
         offset += n
 
 
-def write_all(file: BinaryIO, data: bytes | memoryview) -> None:
-    """Write all of ``data`` to ``file`` at its position, ``WRITE_STEP`` bytes a call (see :data:`WRITE_STEP`)."""
+def write_all(file: BinaryIO, data: bytes | memoryview, step: int = WRITE_STEP) -> None:
+    """Write all of ``data`` to ``file`` at its position, at most ``step`` bytes a call (see :data:`WRITE_STEP`)."""
     view = memoryview(data)
     while view:
-        n = file.write(view[:WRITE_STEP])
+        n = file.write(view[:step])
         view = view[n:]
 
 

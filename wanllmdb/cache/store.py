@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
 from ..errors import CacheError, ChecksumError
-from ..iobuf import Drain, buffer_for, pwrite_all, write_all
+from ..iobuf import Drain, buffer_for, pwrite_all
 from ..killpoints import kill_point
 from ..manifest.chunkhash import for_digests
 from ..settings import DEFAULT_CACHE_BYTES
@@ -162,7 +162,7 @@ class _VerifyingWriter:
         if self.size > self._limit:
             raise ChecksumError(f"{self._label}: received more than the expected {self._limit} bytes")
         self._sha.update(data)
-        write_all(self._file, data)
+        self._file.write(data)
         kill_point("cache.write")
         return n
 

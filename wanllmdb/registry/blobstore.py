@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from ..cache.materialize import FICLONE
 from ..cache.store import BlobWriter
 from ..errors import BlobNotFoundError, ChecksumError, InvalidInputError
-from ..iobuf import buffer_for, pwrite_all, read_full, write_all
+from ..iobuf import WRITE_STEP, buffer_for, pwrite_all, read_full, write_all
 from ..killpoints import kill_point
 from ..manifest.digest import THREAD_MIN_PIECE, ChunkDigester, Digester, FileDigest, hash_file, md5_pool
 from ..settings import CHUNK_SIZE
@@ -390,7 +390,7 @@ def _copy_hashing(src, out, size: int, chunk_size: int, progress: Callable[[int]
     while n := read_full(src.fileno(), buffers[index % 2]):
         data = buffers[index % 2][:n]
         digester.update(data)
-        pwrite_all(fd, data, index * piece)
+        pwrite_all(fd, data, index * piece, WRITE_STEP)
         kill_point("blob.write")
         index += 1
         if progress:
