@@ -41,10 +41,10 @@ def read_full(fd: int, view: memoryview) -> int:
 #: :func:`write_all`). On the benchmark VMs (Linux 6.18, ext4, a guest whose memory the host takes back when
 #: freed) a 1 MiB write into new page cache cost 1.0-3.3 system CPU-s per GiB, the same bytes in 16 KiB calls
 #: 0.46-0.92, in every interleaved series (26 pairs; 64-256 KiB calls were as cheap in most series, not in
-#: all). The file's page cache then holds small folios, which read back slower: `cat` of it from page cache
-#: 6.8-7.5 GB/s against 8.3-8.5, and the mount's warm reads of cache files written this way up to 2x slower
-#: (numpy.load of a mmap through the mount 0.78-0.83 s -> 1.33-1.45 s). So the stores, written once and read
-#: rarely at once, write in steps; the mount's cache, read as soon as it is written, does not.
+#: all). The file's page cache then holds small folios, which read back slower (`cat` of it from page cache
+#: 6.8-7.5 GB/s against 8.3-8.5, interleaved). So the stores, written once and rarely read at once, write in
+#: steps; the mount's cache, read as soon as it is written, does not (not measured through the mount: the
+#: runs that seemed to show it were the machine's drift, see docs/ARCHITECTURE.md, round 8).
 WRITE_STEP = 16 * 1024
 
 
