@@ -103,3 +103,12 @@ def test_files_whose_writer_cannot_be_checked_here_wait_until_they_are_old(tmp_p
         (tmp_path / name).write_bytes(b"1")
     assert tmpfiles.reclaim_dead(str(tmp_path))[0] == [local]
     assert sorted(tmpfiles.reclaim_dead(str(tmp_path), foreign_min_age=0)[0]) == sorted([foreign, old_style])
+
+
+def test_a_prefix_keeps_the_other_files_of_a_shared_directory(tmp_path):
+    dead = f"{_dead_pid()}-{tmpfiles._NAMESPACE}"
+    ours, other = f"ours.{dead}.abc.tmp", f"other.{dead}.abc"
+    for name in (ours, other):
+        (tmp_path / name).write_bytes(b"1")
+    assert tmpfiles.reclaim_dead(str(tmp_path), prefix="ours.")[0] == [ours]
+    assert os.listdir(tmp_path) == [other]

@@ -73,8 +73,11 @@ def writer_gone(name: str) -> bool:
     return pid != os.getpid() and not pid_alive(pid)
 
 
-def reclaim_dead(directory: str, foreign_min_age: float | None = None) -> tuple[list[str], int]:
-    """Remove the files in ``directory`` whose writer is dead; returns the names removed and the bytes freed."""
+def reclaim_dead(directory: str, foreign_min_age: float | None = None, prefix: str = "") -> tuple[list[str], int]:
+    """Remove the files in ``directory`` whose writer is dead; returns the names removed and the bytes freed.
+
+    ``prefix``: only names starting with it (a directory shared with files that are not temporary ones).
+    """
     foreign_min_age = FOREIGN_MIN_AGE if foreign_min_age is None else foreign_min_age
     cutoff = time.time() - foreign_min_age
     removed: list[str] = []
@@ -85,6 +88,8 @@ def reclaim_dead(directory: str, foreign_min_age: float | None = None) -> tuple[
         return removed, 0
     alive: dict[int, bool] = {}
     for name in names:
+        if not name.startswith(prefix):
+            continue
         writer = owner(name)
         if writer is None:
             continue

@@ -94,7 +94,7 @@ class IncomingBlob:
         self.chunks = chunks
         name = sha256 or "unaddressed"
         self.tmp = os.path.join(store.root, "tmp", f"{name}.{writer_tag()}.{secrets.token_hex(6)}")
-        self._file = open(self.tmp, "wb")
+        self._file = open(self.tmp, "wb", buffering=0)  # written in WRITE_STEP pieces: no buffer between
 
     @property
     def label(self) -> str:

@@ -137,7 +137,7 @@ def load_or_create_secret(root: str) -> bytes:
     """
     path = os.path.join(root, SECRET_FILE)
     os.makedirs(root, exist_ok=True)
-    _remove_dead_writers(root)
+    tmpfiles.reclaim_dead(root, prefix=_TMP_PREFIX)  # left by a server killed while creating it
     if not os.path.exists(path):
         _create_secret(path)
     elif os.stat(path).st_mode & 0o077:
@@ -187,13 +187,3 @@ def _create_secret(path: str) -> None:
 
 #: What ``link`` answers where the filesystem has no hard links.
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK}
-
-
-def _remove_dead_writers(root: str) -> None:
-    """Remove secret files left half-made by a server killed while creating one (never another file)."""
-    for name in os.listdir(root):
-        if name.startswith(_TMP_PREFIX) and name.endswith(".tmp") and tmpfiles.writer_gone(name):
-            try:
-                os.unlink(os.path.join(root, name))
-            except FileNotFoundError:
-                pass
