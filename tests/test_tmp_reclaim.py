@@ -108,7 +108,9 @@ def test_files_whose_writer_cannot_be_checked_here_wait_until_they_are_old(tmp_p
 def test_a_prefix_keeps_the_other_files_of_a_shared_directory(tmp_path):
     dead = f"{_dead_pid()}-{tmpfiles._NAMESPACE}"
     ours, other = f"ours.{dead}.abc.tmp", f"other.{dead}.abc"
+    shared = tmp_path / "shared"
+    shared.mkdir()
     for name in (ours, other):
-        (tmp_path / name).write_bytes(b"1")
-    assert tmpfiles.reclaim_dead(str(tmp_path), prefix="ours.")[0] == [ours]
-    assert os.listdir(tmp_path) == [other]
+        (shared / name).write_bytes(b"1")
+    assert tmpfiles.reclaim_dead(str(shared), prefix="ours.")[0] == [ours]
+    assert os.listdir(shared) == [other]
