@@ -112,16 +112,21 @@ def test_cached_reads_through_a_fresh_mount_refresh_the_cache_lru_while_it_runs(
     top = first.path / project / "lru" / "v1"
     assert sh("cat", *(str(top / name) for name in files)).stdout == b"".join(files.values())
     assert first.unmount().returncode == 0
-    shas = {hashlib.sha256(data).hexdigest(): len(data) for data in files.values()}
+    shas = [hashlib.sha256(data).hexdigest() for data in files.values()]
+    # the LRU entries holding them: the blobs' own, or the packs the mount's fill wrote them into
+    index = cache().index
+    packed = index.packed(shas)
+    keys = {packed[sha].pack if sha in packed else sha for sha in shas}
+    assert all(index.get(key) is not None for key in keys)
     old = time.time() - 3600
-    cache().index.touch_blobs(shas, now=old)
+    index.touch(keys, now=old)
     mnt = mounter()  # a fresh process: it knows none of the blobs' stamps, and queues its touches
     top = mnt.path / project / "lru" / "v1"
     assert sh("cat", *(str(top / name) for name in files)).stdout == b"".join(files.values())
     stats = mnt.stats()
     assert stats["cache_hits"] == len(files) and stats["blobs_fetched"] == 0
     # written by the mount's flush a moment later, while it still runs: eviction by other processes sees them
-    wait_until(lambda: all(cache().index.get(sha).last_access > old + 3000 for sha in shas), 10,
+    wait_until(lambda: all(cache().index.get(key).last_access > old + 3000 for key in keys), 10,
                "the mount's reads to reach the cache index")
 
 

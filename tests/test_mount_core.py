@@ -284,6 +284,19 @@ class Corrupting(Switchable):
         writer.write(bytes(sink))
 
 
+def cached_bytes(cache, sha256: str) -> bytes:
+    """The bytes the cache holds for a blob, from its own file or from a pack."""
+    path = cache.lookup(sha256)
+    if path is not None:
+        with open(path, "rb") as f:
+            return f.read()
+    packed = cache.lookup_packed(sha256)
+    assert packed is not None, f"the cache holds no {sha256[:12]}"
+    with open(packed.path, "rb") as f:
+        f.seek(packed.offset)
+        return f.read(packed.size)
+
+
 def _wait_until(condition, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while not condition() and time.monotonic() < deadline:
@@ -305,11 +318,10 @@ def test_opening_a_small_file_fills_the_cache_with_its_siblings_verified(
         assert type(fs.catalog.cached_tree(project, "many", 1)).__name__ == "IndexedTree"
     assert read_file(fs, f"/{project}/many/v1/d/f00.txt") == files["d/f00.txt"]
     siblings = [e for e in version.manifest if e.path.count("/") == 1]
-    assert _wait_until(lambda: all(cache.contains(e.sha256) for e in siblings))
-    assert not cache.contains(version.manifest.get("d/sub/deeper.txt").sha256)
+    assert _wait_until(lambda: all(cache.holds(e.sha256) for e in siblings))
+    assert not cache.holds(version.manifest.get("d/sub/deeper.txt").sha256)
     for entry in siblings:
-        with open(cache.lookup(entry.sha256), "rb") as f:
-            assert f.read() == files[entry.path]
+        assert cached_bytes(cache, entry.sha256) == files[entry.path]
     before = fs.stats()["blobs_fetched"]
     assert read_file(fs, f"/{project}/many/v1/d/f19.txt") == files["d/f19.txt"]
     assert fs.stats()["blobs_fetched"] == before  # already cached: no fetch of its own
@@ -322,7 +334,7 @@ def test_a_few_small_siblings_are_not_filled_into_the_cache(registry, make_fs, c
     fs = make_fs(Switchable(registry))
     assert read_file(fs, f"/{project}/few/v1/d/f00.txt") == files["d/f00.txt"]
     time.sleep(0.3)
-    assert [cache.contains(e.sha256) for e in version.manifest] == [True, False, False]
+    assert [cache.holds(e.sha256) for e in version.manifest] == [True, False, False]
 
 
 def test_the_sibling_fill_keeps_no_corrupt_blob_and_the_read_still_fails(registry, make_fs, cache, project, tmp_path):
@@ -333,12 +345,12 @@ def test_the_sibling_fill_keeps_no_corrupt_blob_and_the_read_still_fails(registr
     bad = by_path["d/f05.txt"].sha256
     fs = make_fs(Corrupting(registry, {bad}))
     assert read_file(fs, f"/{project}/bad/v1/d/f00.txt") == files["d/f00.txt"]
-    assert _wait_until(lambda: cache.contains(by_path["d/f04.txt"].sha256))
+    assert _wait_until(lambda: cache.holds(by_path["d/f04.txt"].sha256))
     time.sleep(0.2)
-    assert not cache.contains(bad)  # the fill stopped at it: nothing unverified was kept
+    assert not cache.holds(bad)  # the fill stopped at it: nothing unverified was kept
     with pytest.raises(ChecksumError):
         read_file(fs, f"/{project}/bad/v1/d/f05.txt")
-    assert not cache.contains(bad)
+    assert not cache.holds(bad)
     assert read_file(fs, f"/{project}/bad/v1/d/f19.txt") == files["d/f19.txt"]  # the others read as usual
 
 

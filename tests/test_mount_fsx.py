@@ -129,7 +129,7 @@ def test_random_reads_and_mmaps_match_the_source_cold_and_warm(registry, mounter
         assert _read_sequentially(root / name, 0, CHUNK) == data, name
     cache = BlobCache(os.environ["WANLLMDB_CACHE_DIR"])
     shas = [hash_bytes(data).sha256 for data in files.values() if data]
-    wait_until(lambda: all(cache.contains(sha) for sha in shas), 30, "every blob to be in the cache")
+    wait_until(lambda: all(cache.holds(sha) for sha in shas), 30, "every blob to be in the cache")
     assert mnt.stats()["failures"] == 0
     mnt.unmount()
     again = mounter()

@@ -82,7 +82,7 @@ def test_a_corrupt_blob_fails_its_first_read_and_nothing_of_it_is_served(local_r
     assert files["big.bin"].startswith(result.stdout) and len(result.stdout) <= 2 * CHUNK  # verified chunks only
     assert cat(v1 / "good.txt").stdout == files["good.txt"]
     cache = BlobCache(os.environ["WANLLMDB_CACHE_DIR"])
-    assert not cache.contains(by_path["bad.txt"].sha256) and not cache.contains(by_path["big.bin"].sha256)
+    assert not cache.holds(by_path["bad.txt"].sha256) and not cache.holds(by_path["big.bin"].sha256)
     assert mnt.stats()["file_opens"] == 0
 
 

@@ -4,6 +4,10 @@ SQLite in WAL mode, shared by every process using the cache. The files under ``b
 what is present (a blob is renamed into place only after verification); the index adds sizes and access
 times for LRU eviction, and keeps a running total in ``stats`` through triggers so that a size check at every
 write costs one row read.
+
+Small blobs the mount fetches together live in *packs* (``packs/<name>``, see store.py): one entry of kind
+``pack`` (key ``pack:<name>``) counts and ages the whole file, and ``packed`` says where each blob lies in it.
+A trigger drops a pack's ``packed`` rows with its entry, so no row ever points into an evicted pack.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ from ..sqlitedb import SQLiteDB
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
-    key TEXT PRIMARY KEY,            -- sha256 of a complete blob, or 'partial:<file name>'
-    kind TEXT NOT NULL,              -- 'blob' | 'partial'
+    key TEXT PRIMARY KEY,            -- sha256 of a complete blob, 'partial:<file name>' or 'pack:<file name>'
+    kind TEXT NOT NULL,              -- 'blob' | 'partial' | 'pack'
     size INTEGER NOT NULL,
     created REAL NOT NULL,
     last_access REAL NOT NULL,
@@ -40,6 +44,16 @@ CREATE TABLE IF NOT EXISTS refs (
     last_access REAL NOT NULL,
     PRIMARY KEY (artifact_id, version)
 );
+CREATE TABLE IF NOT EXISTS packed (
+    sha256 TEXT NOT NULL,            -- a verified blob held in a pack
+    pack TEXT NOT NULL,              -- the pack's entry key, 'pack:<file name>'
+    offset INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (sha256, pack)
+);
+CREATE INDEX IF NOT EXISTS packed_by_pack ON packed(pack);
+CREATE TRIGGER IF NOT EXISTS entries_del_pack AFTER DELETE ON entries WHEN OLD.kind = 'pack'
+    BEGIN DELETE FROM packed WHERE pack = OLD.key; END;
 """
 
 
@@ -50,6 +64,27 @@ class IndexEntry:
     size: int
     created: float
     last_access: float
+
+
+@dataclass(frozen=True)
+class PackRecord:
+    """A pack to index: its entry key, file size, stamp, and its blobs as (sha256, offset, size)."""
+
+    key: str
+    size: int
+    stamp: str
+    members: tuple[tuple[str, int, int], ...]
+
+
+@dataclass(frozen=True)
+class PackedRow:
+    """Where a blob lies in a pack, and the pack's stamp when it was written (``packed``)."""
+
+    sha256: str
+    pack: str
+    offset: int
+    size: int
+    stamp: str | None
 
 
 @dataclass(frozen=True)
@@ -113,10 +148,11 @@ class CacheIndex:
         max_bytes: int,
         keep: Iterable[str] = (),
         evictable: Callable[[IndexEntry], bool] = lambda entry: True,
+        packs: Iterable[PackRecord] = (),
     ) -> tuple[list[IndexEntry], int]:
-        """Index verified blobs (sha -> (size, stamp)) and, in the same transaction, take the least recently
-        used entries out of the index until the total fits ``max_bytes``; returns those victims and the
-        total left.
+        """Index verified blobs (sha -> (size, stamp)) and packs and, in the same transaction, take the least
+        recently used entries out of the index until the total fits ``max_bytes``; returns those victims and
+        the total left.
 
         One ``BEGIN IMMEDIATE`` transaction reads the total every process shares and picks the victims, so
         concurrent writers never decide from stale totals, and two of them never pick the same victim.
@@ -132,6 +168,15 @@ class CacheIndex:
                     "VALUES (?, 'blob', ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
                     "size = excluded.size, last_access = excluded.last_access, stamp = excluded.stamp",
                     [(key, size, now, now, stamp) for key, (size, stamp) in blobs.items()],
+                )
+            for pack in packs:
+                conn.execute(
+                    "INSERT INTO entries (key, kind, size, created, last_access, stamp) VALUES (?, 'pack', ?, ?, ?, ?)",
+                    (pack.key, pack.size, now, now, pack.stamp),
+                )
+                conn.executemany(
+                    "INSERT OR IGNORE INTO packed (sha256, pack, offset, size) VALUES (?, ?, ?, ?)",
+                    [(sha, pack.key, offset, size) for sha, offset, size in pack.members],
                 )
             total = int(conn.execute("SELECT total FROM stats WHERE id = 0").fetchone()[0])
             excess = total - max_bytes
@@ -163,6 +208,28 @@ class CacheIndex:
             ):
                 found[key] = stamp
         return found
+
+    def packed(self, sha256s: Iterable[str]) -> dict[str, PackedRow]:
+        """Where these blobs lie in packs (one pack each, for those any pack holds)."""
+        keys = list(sha256s)
+        found: dict[str, PackedRow] = {}
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            marks = ",".join("?" * len(part))
+            for row in self._query(
+                "SELECT p.sha256, p.pack, p.offset, p.size, e.stamp FROM packed p JOIN entries e ON e.key = p.pack "
+                f"WHERE p.sha256 IN ({marks})",
+                part,
+            ):
+                found.setdefault(row[0], PackedRow(*row))
+        return found
+
+    def pack_members(self, key: str) -> list[tuple[str, int, int]]:
+        """The blobs of one pack as (sha256, offset, size), in file order."""
+        return [
+            tuple(row)
+            for row in self._query("SELECT sha256, offset, size FROM packed WHERE pack = ? ORDER BY offset", (key,))
+        ]
 
     def set_stamp(self, key: str, size: int, stamp: str) -> None:
         self.set_stamps({key: (size, stamp)})

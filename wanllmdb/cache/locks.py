@@ -134,6 +134,15 @@ class BlobLocks:
 
         return release
 
+    def try_local(self, sha256: str) -> Callable[[], None] | None:
+        """Take the in-process lock of ``sha256`` if no thread holds it; returns its release, else None. (The
+        mount's cache fill holds the locks of the blobs it gathers into a pack: readers of them wait for the
+        pack instead of fetching them too.)"""
+        try:
+            return self._acquire_local(sha256, 0.0)
+        except CacheError:
+            return None
+
     def wait_local(self, sha256: str, timeout: float) -> bool | None:
         """Wait (at most ``timeout``) until no thread of this process holds the lock of ``sha256``: True once the
         holder is done, False if it kept it past ``timeout``, None at once if no thread held it. (A reader of a

@@ -389,7 +389,7 @@ class ArtifactFS:
             raise IsDirectoryError(f"is a directory: {path}")
         return here
 
-    def ready_path(self, path: str, offset: int, size: int) -> tuple[int, int]:
+    def ready_path(self, path: str, offset: int, size: int) -> tuple[int, int, int]:
         """:meth:`ready` for a file read without an ``open`` (the kernel opened it itself): the file's handle is
         found by path, and opened here by its first read (fetched and verified as :meth:`open` would).
 
@@ -421,8 +421,9 @@ class ArtifactFS:
     def read(self, fh: int, size: int, offset: int) -> bytes:
         return self.reader.read(self._handle(fh), size, offset)
 
-    def ready(self, fh: int, offset: int, size: int) -> tuple[int, int]:
-        """The descriptor and byte count to serve ``[offset, offset + size)`` of ``fh`` from (``ChunkReader.ready``)."""
+    def ready(self, fh: int, offset: int, size: int) -> tuple[int, int, int]:
+        """The descriptor, position and byte count to serve ``[offset, offset + size)`` of ``fh`` from
+        (``ChunkReader.ready``)."""
         return self.reader.ready(self._handle(fh), offset, size)
 
     def release(self, fh: int) -> None:
@@ -462,19 +463,23 @@ class ArtifactFS:
         started = False
         own_name = here.rel.rpartition("/")[2]
         cache = self.reader.cache
+        candidates: list[ManifestEntry] = []
         for name, entry in parent.files():
             started = started or name == own_name
             if not started or entry.is_chunked or not entry.size:
                 continue
             if entry.is_reference:  # fetched from its URI, not from the registry
                 continue
+            candidates.append(entry)
+            if len(candidates) >= PREPARE_SCAN:
+                break
+        held = cache.holds_many(entry.sha256 for entry in candidates)  # files and packs: one query, not one each
+        for entry in candidates:
             examined.append(entry.sha256)
-            if not cache.contains(entry.sha256):
+            if entry.sha256 not in held:
                 batch.append(entry)
                 if len(batch) >= PREPARE_BATCH:
                     break
-            if len(examined) >= PREPARE_SCAN:
-                break
         with self._prepared_lock:
             self._prepared[key] = frozenset(examined) | (done or frozenset())
         if len(examined) > len(batch):  # cached siblings: their stamps in one query, not one per open

@@ -273,12 +273,13 @@ class FuseOperations(fuse.Operations):  # type: ignore[misc, name-defined]
         return self.fs.read_into(fh, offset, view)
 
     @_translated
-    def read_buf(self, fh: int, offset: int, size: int) -> tuple[int, int]:
-        """The descriptor and byte count libfuse serves ``[offset, offset + size)`` from (see ``_KernelFUSE``)."""
+    def read_buf(self, fh: int, offset: int, size: int) -> tuple[int, int, int]:
+        """The descriptor, position and byte count libfuse serves ``[offset, offset + size)`` from (see
+        ``_KernelFUSE``)."""
         return self.fs.ready(fh, offset, size)
 
     @_translated
-    def read_buf_path(self, path: str, offset: int, size: int) -> tuple[int, int]:
+    def read_buf_path(self, path: str, offset: int, size: int) -> tuple[int, int, int]:
         """``read_buf`` of a file the kernel opened itself (no-open mode: file handle 0)."""
         return self.fs.ready_path(path, offset, size)
 
@@ -445,10 +446,10 @@ class _KernelFUSE(fuse.FUSE):  # type: ignore[misc, name-defined]
         Python copy."""
         fh = fip.contents.fh
         if fh:
-            fd, count = self.operations.read_buf(fh, offset, size)
+            fd, pos, count = self.operations.read_buf(fh, offset, size)
         else:  # the kernel opened the file itself (no-open mode): found by path
-            fd, count = self.operations.read_buf_path(path.decode("utf-8", "surrogateescape"), offset, size)
-        return reply_with_fd(bufpp, fd, offset, count)
+            fd, pos, count = self.operations.read_buf_path(path.decode("utf-8", "surrogateescape"), offset, size)
+        return reply_with_fd(bufpp, fd, pos, count)
 
     def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         if size == 0:

@@ -9,6 +9,12 @@ caller's buffer. Eviction unlinks the file, which never disturbs an open descrip
 **Single-chunk files** (no chunk digests) are fetched whole at ``open()`` through ``BlobCache.ensure``, which
 checks size and SHA-256 before renaming the blob into place; then as above.
 
+**Packed small files.** The small files of a directory the mount announced together are fetched by
+:meth:`ChunkReader.fill` into *packs* (``BlobCache.pack_builder``: each blob checked in memory, up to
+``PACK_BLOBS`` written as one file), not a file each: creating a file costs this kernel more than reading
+4 KiB. A handle of a packed blob keeps a descriptor of the pack and the blob's offset in it (``Handle.base``);
+its pack's stamp is compared at open and the blob's bytes hashed again if it moved.
+
 **Larger files** not yet cached get a *partial*: a sparse file from ``BlobCache.new_partial``, shared by all
 handles of that blob in this process, with a bitmap of the chunks it holds (a chunk, 1 MiB for new
 manifests, is the unit of verification; a request may carry several). A read
@@ -75,7 +81,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 
-from ..cache.store import BlobCache, BlobWriter, blob_stamp, sha256_file
+from ..cache.store import PACK_MEMBER_MAX, BlobCache, BlobWriter, PackedBlob, blob_stamp, sha256_file
 from ..errors import ChecksumError, FetchError, ReferenceNotFoundError, WanllmdbError
 from ..iobuf import pwrite_all
 from ..manifest import ManifestEntry
@@ -172,13 +178,26 @@ class _Fetch:
 class Handle:
     """One open file: a descriptor of the complete blob, or a share of a partial, plus read-ahead state."""
 
-    __slots__ = ("entry", "label", "fd", "stamp", "changed", "partial", "next_offset", "window", "last_chunk")
+    __slots__ = (
+        "entry", "label", "fd", "pack", "base", "stamp", "changed", "partial", "next_offset", "window", "last_chunk"
+    )
 
-    def __init__(self, entry: ManifestEntry, label: str, fd: int | None, partial: _Partial | None) -> None:
+    def __init__(
+        self,
+        entry: ManifestEntry,
+        label: str,
+        fd: int | None,
+        partial: _Partial | None,
+        *,
+        pack: PackedBlob | None = None,
+        stamp: str | None = None,
+    ) -> None:
         self.entry = entry
         self.label = label
         self.fd = fd
-        self.stamp = None if fd is None else blob_stamp(os.fstat(fd))
+        self.pack = pack  # the file is one blob of a pack (``fd``), which holds many
+        self.base = 0 if pack is None else pack.offset  # where the file's bytes start in ``fd``
+        self.stamp = stamp if stamp is not None or fd is None else blob_stamp(os.fstat(fd))
         self.changed: ChecksumError | None = None  # the blob changed under this handle: every read fails
         self.partial = partial
         self.next_offset = 0
@@ -267,7 +286,15 @@ class ChunkReader:
         for _attempt in range(2):
             path = self._cache.lookup(entry.sha256)
             if path is None and not entry.is_chunked:
-                path = self._after_local_writer(entry, label)
+                packed = self._cache.lookup_packed(entry.sha256)
+                if packed is None and self._after_local_writer(entry):
+                    path = self._cache.lookup(entry.sha256)
+                    packed = None if path else self._cache.lookup_packed(entry.sha256)
+                if packed is not None:
+                    handle = self._open_packed(entry, label, packed)
+                    if handle is not None:
+                        return handle
+                    continue
             if path is None:
                 if entry.is_chunked and not entry.is_reference:
                     return Handle(entry, label, None, self._acquire_partial(entry, label))
@@ -281,6 +308,35 @@ class ChunkReader:
             except FileNotFoundError:
                 logger.debug("%s: cached blob evicted before it was opened; fetching again", label)
         raise FetchError(f"{label}: the cached blob keeps disappearing (cache too small?)")
+
+    def _open_packed(self, entry: ManifestEntry, label: str, packed: PackedBlob) -> Handle | None:
+        """A handle reading ``entry`` from its pack, or None if the pack is gone (evicted: forgotten here).
+
+        Raises:
+            ChecksumError: the pack changed and the blob's bytes in it with it (the pack is evicted).
+        """
+        if packed.size != entry.size:
+            raise ChecksumError(
+                f"{label}: the cache's pack holds {packed.size} bytes for it, the manifest {entry.size}",
+                expected=str(entry.size),
+                actual=str(packed.size),
+            )
+        try:
+            fd = os.open(packed.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            logger.debug("%s: its cache pack was evicted before it was opened; looking again", label)
+            self._cache.forget_pack(packed.key)
+            return None
+        try:
+            stamp = self._cache.check_packed(packed, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._count(cache_hits=1)
+        self._cache.touch_packed(packed)
+        if self._cache.has_pending():
+            self._index_soon()
+        return Handle(entry, label, fd, None, pack=packed, stamp=stamp)
 
     def release(self, handle: Handle) -> None:
         if handle.fd is not None:
@@ -299,38 +355,42 @@ class ChunkReader:
             FetchError: a chunk could not be fetched in time (or the filesystem is shutting down).
             ChecksumError: fetched bytes did not match their digest.
         """
-        fd, count = self._ready(handle, offset, len(view))
-        return os.preadv(fd, [view[:count]], offset) if count > 0 else 0
+        fd, pos, count = self._ready(handle, offset, len(view))
+        return os.preadv(fd, [view[:count]], pos) if count > 0 else 0
 
-    def ready(self, handle: Handle, offset: int, size: int) -> tuple[int, int]:
-        """The descriptor holding ``[offset, offset + size)`` of the file and the byte count there (short only at
-        EOF), once those bytes are present and verified: the caller reads them itself (the FUSE layer has
-        libfuse splice them from the descriptor). The descriptor stays valid until the handle is released.
+    def ready(self, handle: Handle, offset: int, size: int) -> tuple[int, int, int]:
+        """The descriptor holding ``[offset, offset + size)`` of the file, where those bytes start in it, and
+        their count (short only at EOF), once they are present and verified: the caller reads them itself
+        (the FUSE layer has libfuse splice them from the descriptor). The descriptor stays valid until the
+        handle is released.
 
         Raises:
             FetchError, ChecksumError: as :meth:`read_into`.
         """
         return self._ready(handle, offset, size)
 
-    def _ready(self, handle: Handle, offset: int, size: int) -> tuple[int, int]:
-        """The descriptor to read ``[offset, offset + size)`` from and the byte count there (short at EOF),
-        once those bytes are present and verified (see :meth:`read_into`)."""
+    def _ready(self, handle: Handle, offset: int, size: int) -> tuple[int, int, int]:
+        """The descriptor to read ``[offset, offset + size)`` from, the position of ``offset`` in it and the byte
+        count there (short at EOF), once those bytes are present and verified (see :meth:`read_into`)."""
         fd = handle.fd
         if fd is not None:
             if handle.changed is not None:
                 raise handle.changed
             try:
-                handle.stamp = self._unchanged(handle.entry, handle.label, fd, handle.stamp)
+                if handle.pack is not None:
+                    handle.stamp = self._unchanged_in_pack(handle, handle.pack, fd)
+                else:
+                    handle.stamp = self._unchanged(handle.entry, handle.label, fd, handle.stamp)
             except ChecksumError as exc:
                 handle.changed = exc
                 raise
-            return fd, max(0, min(size, handle.entry.size - offset))
+            return fd, handle.base + offset, max(0, min(size, handle.entry.size - offset))
         part = handle.partial
         if part is None:
-            return -1, 0  # an empty file
+            return -1, 0, 0  # an empty file
         end = min(handle.entry.size, offset + size)
         if offset >= end:
-            return -1, 0
+            return -1, 0, 0
         if part.count < part.nchunks:
             self._fill(handle, part, offset, end)
         if part.failed is not None:
@@ -341,7 +401,23 @@ class ChunkReader:
             except ChecksumError as exc:
                 self._detach(part, exc)
                 raise
-        return part.fd, end - offset
+        return part.fd, offset, end - offset
+
+    def _unchanged_in_pack(self, handle: Handle, pack: PackedBlob, fd: int) -> str:
+        """:meth:`_unchanged` for a packed blob: the pack's stamp, the blob's range hashed again if it moved.
+
+        Raises:
+            ChecksumError: the blob's bytes in the pack changed (the pack is evicted).
+        """
+        stamp = blob_stamp(os.fstat(fd))
+        if stamp == handle.stamp:
+            return stamp
+        try:
+            return self._cache.check_packed(pack, fd, stamp)
+        except ChecksumError:
+            self._count(failures=1)
+            logger.error("read of %s failed: its bytes in the cache's pack changed while it was open", handle.label)
+            raise
 
     def _unchanged(self, entry: ManifestEntry, label: str, fd: int, stamp: str | None) -> str:
         """The stamp of an open complete blob, after making sure its bytes are still the verified ones.
@@ -399,14 +475,14 @@ class ChunkReader:
 
     def read(self, handle: Handle, size: int, offset: int) -> bytes:
         """Like :meth:`read_into`, returning new bytes (one ``pread``: no zeroed buffer, no second copy)."""
-        fd, count = self._ready(handle, offset, size)
+        fd, pos, count = self._ready(handle, offset, size)
         if count <= 0:
             return b""
-        data = os.pread(fd, count, offset)
+        data = os.pread(fd, count, pos)
         if len(data) < count:  # one pread returns at most ~2 GiB
             pieces = [data]
             got = len(data)
-            while got < count and (piece := os.pread(fd, count - got, offset + got)):
+            while got < count and (piece := os.pread(fd, count - got, pos + got)):
                 pieces.append(piece)
                 got += len(piece)
             data = b"".join(pieces)
@@ -417,43 +493,77 @@ class ChunkReader:
     def fill(self, entries: dict[str, ManifestEntry], label: str, lock_timeout: float) -> None:
         """Bring the announced small files into the cache, in order, on the caller's thread.
 
-        Their bundle is fetched whole at the first of them anyway; writing each into the cache from here, one
-        after another, lets the opens that follow find it cached (no fetch, no wait, no thread hop per file)
-        instead of each open fetching its own through a flight. Every blob goes through ``cache.ensure``: the
-        same verified write (size and SHA-256) under the same per-blob lock as a read's fetch, so a file
-        opened meanwhile is fetched once, by whichever comes first. Stops at the first failure (the opens
-        then fetch as before) and at shutdown.
+        Their bundle is fetched whole at the first of them anyway; writing them into the cache from here lets
+        the opens that follow find them cached (no fetch, no wait, no thread hop per file) instead of each open
+        fetching its own through a flight. They go into packs of up to ``PACK_BLOBS`` (each blob checked,
+        size and SHA-256, before it is added): the fill holds the in-process lock of every blob of the pack it
+        is gathering, so a file opened meanwhile waits for the pack instead of being fetched again; a blob
+        another thread is fetching is left to it. Larger blobs go through ``cache.ensure`` one by one. Stops at
+        the first failure, keeping the blobs checked before it (the opens then fetch as before), and at
+        shutdown. ``lock_timeout``: how long a large blob's fetch waits for another fetcher of it.
         """
         filled = filled_bytes = 0
-        for sha, entry in entries.items():
-            if self._stop.done():
-                break
-            if self._cache.contains(sha):
-                continue
+        pack = self._cache.pack_builder()
+        held: list[Callable[[], None]] = []
 
-            def write(writer: BlobWriter, sha: str = sha, size: int = entry.size) -> None:
-                self._fetch_blob(sha, size, writer)
-
+        def commit() -> None:
+            nonlocal filled, filled_bytes
             try:
-                self._cache.ensure(sha, entry.size, write, label=f"{label}/{entry.path}", lock_timeout=lock_timeout)
+                count, nbytes = len(pack), pack.nbytes
+                pack.commit()
+                filled += count
+                filled_bytes += nbytes
+            finally:
+                for release in held:
+                    release()
+                held.clear()
+
+        try:
+            held_already = self._cache.holds_many(entries)
+            for entry in entries.values():
+                sha = entry.sha256
+                if self._stop.done():
+                    break
+                if sha in held_already:
+                    continue
+
+                def write(writer: BlobWriter, sha: str = sha, size: int = entry.size) -> None:
+                    self._fetch_blob(sha, size, writer)
+
+                what = f"{label}/{entry.path}"
+                try:
+                    if entry.size > PACK_MEMBER_MAX:
+                        self._cache.ensure(sha, entry.size, write, label=what, lock_timeout=lock_timeout)
+                        filled += 1
+                        filled_bytes += entry.size
+                        continue
+                    release = self._cache.locks.try_local(sha)
+                    if release is None:  # another thread is fetching it
+                        continue
+                    held.append(release)
+                    pack.add(sha, entry.size, write, label=what)
+                    if pack.full():
+                        commit()
+                except (WanllmdbError, OSError) as exc:
+                    logger.debug("filling the cache with the announced small files stopped: %s", exc)
+                    break
+        finally:
+            try:
+                commit()
             except (WanllmdbError, OSError) as exc:
-                logger.debug("filling the cache with the announced small files stopped: %s", exc)
-                break
-            filled += 1
-            filled_bytes += entry.size
+                logger.warning("could not write a pack of %d small files into the cache: %s", len(pack), exc)
         if filled:
             self._count(blobs_fetched=filled, blob_bytes=filled_bytes)
             self._index_soon()
 
-    def _after_local_writer(self, entry: ManifestEntry, label: str) -> str | None:
-        """The blob's path once another thread of this process (the cache fill, mostly) has finished writing it;
-        None if none was, it did not admit the blob, or it took longer than ``LOCAL_WRITER_WAIT`` (the usual
-        fetch then follows, with its deadline). A reader that caught up with the fill waits for the blob it is
-        writing instead of fetching it too (a flight, a thread hop and a lock wait each); round 4 found a cold
-        walk's CPU set by how often readers fetched for themselves.
+    def _after_local_writer(self, entry: ManifestEntry) -> bool:
+        """Whether another thread of this process (the cache fill, mostly) was writing the blob and is done
+        (the caller looks it up again); False if none was or it took longer than ``LOCAL_WRITER_WAIT`` (the
+        usual fetch then follows, with its deadline). A reader that caught up with the fill waits for the blob
+        it is writing instead of fetching it too (a flight, a thread hop and a lock wait each); round 4 found
+        a cold walk's CPU set by how often readers fetched for themselves.
         """
-        waited = self._cache.locks.wait_local(entry.sha256, min(self._timeout, LOCAL_WRITER_WAIT))
-        return self._cache.lookup(entry.sha256) if waited else None
+        return bool(self._cache.locks.wait_local(entry.sha256, min(self._timeout, LOCAL_WRITER_WAIT)))
 
     def _fetch_whole(self, entry: ManifestEntry, label: str) -> str:
         progress = _Progress()
