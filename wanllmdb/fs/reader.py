@@ -329,6 +329,11 @@ class ChunkReader:
             return None
         try:
             stamp = self._cache.check_packed(packed, fd)
+        except ChecksumError as exc:
+            os.close(fd)
+            self._count(failures=1)
+            logger.error("open of %s failed: %s", label, exc)
+            raise
         except BaseException:
             os.close(fd)
             raise
