@@ -8,7 +8,9 @@ Steps: ``log.draft`` (draft created), ``log.upload`` (one blob or bundle uploade
 multipart upload sent to the object store), ``log.finalize``
 (about to finalize), ``blob.write`` (a piece of an incoming blob written to the store's ``tmp/``),
 ``finalize.commit`` (new version inserted, transaction not committed), ``cache.write`` (a piece of a
-fetched blob written to the cache's ``tmp/``), ``download.place`` (one downloaded file placed).
+fetched blob written to the cache's ``tmp/``), ``cache.pack_written`` (a pack of small blobs written to the
+cache's ``tmp/``), ``cache.pack_renamed`` (that pack renamed into ``packs/``, not indexed yet),
+``download.place`` (one downloaded file placed).
 """
 
 from __future__ import annotations
