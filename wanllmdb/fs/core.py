@@ -460,26 +460,29 @@ class ArtifactFS:
         # reading a directory of N cached files costs N lookups, not N**2/2 (a warm read of 5,000 small
         # files took 30 s of stat calls before).
         examined: list[str] = []
-        started = False
         own_name = here.rel.rpartition("/")[2]
         cache = self.reader.cache
-        candidates: list[ManifestEntry] = []
-        for name, entry in parent.files():
-            started = started or name == own_name
-            if not started or entry.is_chunked or not entry.size:
-                continue
-            if entry.is_reference:  # fetched from its URI, not from the registry
-                continue
-            candidates.append(entry)
-            if len(candidates) >= PREPARE_SCAN:
+
+        def eligible() -> Iterator[ManifestEntry]:
+            started = False
+            for name, entry in parent.files():
+                started = started or name == own_name
+                # references are fetched from their URI, not from the registry
+                if started and not entry.is_chunked and entry.size and not entry.is_reference:
+                    yield entry
+
+        siblings = eligible()
+        # In slices no longer than what the batch still lacks, each sorted into cached and not with one
+        # query (files and packs): the scan stops where the batch is full, as a look at each would.
+        while len(batch) < PREPARE_BATCH and len(examined) < PREPARE_SCAN:
+            part = list(itertools.islice(siblings, min(PREPARE_BATCH - len(batch), PREPARE_SCAN - len(examined))))
+            if not part:
                 break
-        held = cache.holds_many(entry.sha256 for entry in candidates)  # files and packs: one query, not one each
-        for entry in candidates:
-            examined.append(entry.sha256)
-            if entry.sha256 not in held:
-                batch.append(entry)
-                if len(batch) >= PREPARE_BATCH:
-                    break
+            held = cache.holds_many(entry.sha256 for entry in part)
+            for entry in part:
+                examined.append(entry.sha256)
+                if entry.sha256 not in held:
+                    batch.append(entry)
         with self._prepared_lock:
             self._prepared[key] = frozenset(examined) | (done or frozenset())
         if len(examined) > len(batch):  # cached siblings: their stamps in one query, not one per open
