@@ -224,6 +224,16 @@ class CacheIndex:
                 found.setdefault(row[0], PackedRow(*row))
         return found
 
+    def present(self, keys: Iterable[str]) -> set[str]:
+        """The keys among ``keys`` that have an entry (blobs: indexed as present)."""
+        keys = list(keys)
+        found: set[str] = set()
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            marks = ",".join("?" * len(part))
+            found.update(row[0] for row in self._query(f"SELECT key FROM entries WHERE key IN ({marks})", part))
+        return found
+
     def pack_members(self, key: str) -> list[tuple[str, int, int]]:
         """The blobs of one pack as (sha256, offset, size), in file order."""
         return [

@@ -534,6 +534,24 @@ class BlobCache:
             held.update(found)
         return held
 
+    def likely_held(self, sha256s: Iterable[str]) -> set[str]:
+        """The blobs among ``sha256s`` the cache probably holds, by its index and what this process knows: no
+        ``stat`` each. A hint for deciding what to fetch ahead (the mount's sibling scan); a blob named wrongly
+        either way is fetched again or fetched by its own open, as before. :meth:`holds_many` is exact."""
+        held: set[str] = set()
+        ask: list[str] = []
+        with self._touched_lock:
+            pending = set(self._pending)
+        for sha in sha256s:
+            if sha in self._packed or sha in self._stamps or sha in pending:
+                held.add(sha)
+            else:
+                ask.append(sha)
+        if ask:
+            held.update(self.index.present(ask))
+            held.update(self._learn_packed([sha for sha in ask if sha not in held]))
+        return held
+
     # --- packs ------------------------------------------------------------------------------------------
 
     def _learn_packed(self, sha256s: Sequence[str]) -> dict[str, PackedBlob]:

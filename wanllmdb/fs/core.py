@@ -472,13 +472,14 @@ class ArtifactFS:
                     yield entry
 
         siblings = eligible()
-        # In slices no longer than what the batch still lacks, each sorted into cached and not with one
-        # query (files and packs): the scan stops where the batch is full, as a look at each would.
+        # In slices no longer than what the batch still lacks, each sorted into cached and not by the cache's
+        # index (files and packs, one query a slice; a stat of each uncached blob's name cost ~70 µs on a
+        # cold walk): the scan stops where the batch is full, as a look at each would.
         while len(batch) < PREPARE_BATCH and len(examined) < PREPARE_SCAN:
             part = list(itertools.islice(siblings, min(PREPARE_BATCH - len(batch), PREPARE_SCAN - len(examined))))
             if not part:
                 break
-            held = cache.holds_many(entry.sha256 for entry in part)
+            held = cache.likely_held(entry.sha256 for entry in part)
             for entry in part:
                 examined.append(entry.sha256)
                 if entry.sha256 not in held:

@@ -524,7 +524,7 @@ class ChunkReader:
                 held.clear()
 
         try:
-            held_already = self._cache.holds_many(entries)
+            held_already = self._cache.likely_held(entries)
             for entry in entries.values():
                 sha = entry.sha256
                 if self._stop.done():
