@@ -7,13 +7,14 @@ mount shares with the SDK (``WANLLMDB_CACHE_DIR``).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 
 import pytest
 
 import wanllmdb
-from tests.support.mount import log_version, wait_until
+from tests.support.mount import log_version, run_cli, wait_until
 from wanllmdb.cache import BlobCache
 
 pytestmark = pytest.mark.fuse
@@ -54,6 +55,13 @@ def test_a_cold_directory_lands_in_packs_and_the_next_mount_reads_only_them(regi
     assert read_all(second.path / project / "small" / "v1", files) == b"".join(files.values())
     stats = second.stats()
     assert stats["cache_hits"] == COUNT and stats["blobs_fetched"] == 0, stats
+
+    listing = json.loads(run_cli("cache", "ls", "--json").stdout)
+    assert listing["packs"] >= 1 and listing["bytes"] >= sum(len(d) for d in files.values())
+    assert "pack(s) of small files" in run_cli("cache", "ls").stdout
+    verified = run_cli("cache", "verify")
+    assert verified.returncode == 0 and ": 0 corrupt" in verified.stdout
+    assert int(verified.stdout.split("checked ")[1].split()[0]) >= COUNT  # every packed blob hashed
 
 
 def test_a_damaged_pack_serves_no_byte_of_it_and_the_files_are_fetched_again(registry, mounter, project, tmp_path):

@@ -251,7 +251,9 @@ class PackBuilder:
         return len(self._members)
 
     def full(self) -> bool:
-        return len(self._members) >= PACK_BLOBS or self.nbytes >= PACK_BYTES
+        """Whether the pack has reached ``PACK_BLOBS`` blobs or its byte size: ``PACK_BYTES``, or a 64th of
+        the cache's limit if that is smaller (a pack is evicted whole, and never by its own admission)."""
+        return len(self._members) >= PACK_BLOBS or self.nbytes >= min(PACK_BYTES, self._cache.max_bytes // 64)
 
     def add(self, sha256: str, size: int, fetch: Fetcher, label: str | None = None) -> None:
         """Fetch one blob into memory through ``fetch`` and check it.

@@ -61,7 +61,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
             {
                 "cache_dir": cache.root,
                 "versions": rows,
-                "blobs": len(cache.blobs.entries()),
+                "blobs": sum(e.kind != "pack" for e in cache.blobs.entries()),
+                "packs": sum(e.kind == "pack" for e in cache.blobs.entries()),
                 "bytes": cache.blobs.total_size(),
                 "max_bytes": settings.cache_max_bytes,
                 "mount_indexes": {"count": len(indexes), "bytes": sum(k.size for k in indexes)},
@@ -75,10 +76,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
             f"{state:<20} last used {row['last_accessed']}"
         )
     entries = cache.blobs.entries()
-    out(
-        f"{cache.root}: {len(entries)} blob(s), {format_size(cache.blobs.total_size())} "
-        f"of {format_size(settings.cache_max_bytes)}"
-    )
+    packs = sum(e.kind == "pack" for e in entries)
+    held = f"{len(entries) - packs} blob(s)" + (f" and {packs} pack(s) of small files" if packs else "")
+    out(f"{cache.root}: {held}, {format_size(cache.blobs.total_size())} of {format_size(settings.cache_max_bytes)}")
     if indexes:
         out(f"and {len(indexes)} version index(es) kept for the mount, {format_size(sum(k.size for k in indexes))}")
     return 0
