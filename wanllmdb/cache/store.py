@@ -353,6 +353,7 @@ class BlobCache:
         self._packed: dict[str, PackedBlob] = {}
         self._pack_shas: dict[str, set[str]] = {}  # pack key -> its blobs in _packed
         self._pack_touches: set[str] = set()
+        self._packs_seen = (-1, False)  # (mtime of packs/, whether it held a file then): see _may_hold_packs
         self._reclaim_packs()
 
     def close(self) -> None:
@@ -556,7 +557,21 @@ class BlobCache:
 
     # --- packs ------------------------------------------------------------------------------------------
 
+    def _may_hold_packs(self) -> bool:
+        """Whether ``packs/`` holds any file: a ``stat`` of the folder, and a look inside when it changed. So a
+        cache no mount ever packed into (a download's, mostly) asks its index nothing about packs."""
+        try:
+            mtime = os.stat(f"{self.root}/packs").st_mtime_ns
+        except FileNotFoundError:
+            return False
+        if mtime != self._packs_seen[0]:
+            with os.scandir(f"{self.root}/packs") as found:
+                self._packs_seen = (mtime, next(found, None) is not None)
+        return self._packs_seen[1]
+
     def _learn_packed(self, sha256s: Sequence[str]) -> dict[str, PackedBlob]:
+        if not sha256s or not self._may_hold_packs():
+            return {}
         found = {sha: self._packed_blob(row) for sha, row in self.index.packed(sha256s).items()}
         self._know_packed(found.values())
         return found
