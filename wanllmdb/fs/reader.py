@@ -112,6 +112,9 @@ READ_AHEAD_BYTES = 64 << 20
 #: writes one in well under a millisecond once its bundle is in) before fetching it the usual way: short, so
 #: that a stalled writer costs a retried read (the kernel retries page by page) no more than this.
 LOCAL_WRITER_WAIT = 0.25
+#: The cache fill writes the pack it is gathering once it has gathered for this long, full or not: readers
+#: waiting for one of its blobs (at most LOCAL_WRITER_WAIT) get it soon even where the bundles come slowly.
+PACK_GATHER_SECONDS = 0.05
 #: A read whose wanted chunks keep being cancelled under it (never in practice) gives up after this many rounds.
 MAX_REFETCH = 3
 
@@ -505,11 +508,13 @@ class ChunkReader:
         is gathering, so a file opened meanwhile waits for the pack instead of being fetched again; a blob
         another thread is fetching is left to it. Larger blobs go through ``cache.ensure`` one by one. Stops at
         the first failure, keeping the blobs checked before it (the opens then fetch as before), and at
-        shutdown. ``lock_timeout``: how long a large blob's fetch waits for another fetcher of it.
+        shutdown. A pack is written when full or after ``PACK_GATHER_SECONDS`` of gathering. ``lock_timeout``:
+        how long a large blob's fetch waits for another fetcher of it.
         """
         filled = filled_bytes = 0
         pack = self._cache.pack_builder()
         held: list[Callable[[], None]] = []
+        started = time.monotonic()
 
         def commit() -> None:
             nonlocal filled, filled_bytes
@@ -546,8 +551,10 @@ class ChunkReader:
                     if release is None:  # another thread is fetching it
                         continue
                     held.append(release)
+                    if not len(pack):
+                        started = time.monotonic()
                     pack.add(sha, entry.size, write, label=what)
-                    if pack.full():
+                    if pack.full() or time.monotonic() - started >= PACK_GATHER_SECONDS:
                         commit()
                 except (WanllmdbError, OSError) as exc:
                     logger.debug("filling the cache with the announced small files stopped: %s", exc)
