@@ -354,7 +354,7 @@ class BlobCache:
         self._pack_shas: dict[str, set[str]] = {}  # pack key -> its blobs in _packed
         self._pack_touches: set[str] = set()
         self._packs_seen = (-1, False)  # (mtime of packs/, whether it held a file then): see _may_hold_packs
-        self._reclaim_packs()
+        self._packs_reclaimed = False
 
     def close(self) -> None:
         self.flush()
@@ -588,6 +588,10 @@ class BlobCache:
     def _packed_blob(self, row: PackedRow) -> PackedBlob:
         return PackedBlob(row.sha256, self.pack_path(row.pack), row.offset, row.size, row.pack, row.stamp)
 
+    def known_packed(self, sha256: str) -> PackedBlob | None:
+        """:meth:`lookup_packed` from what this process already knows: no query."""
+        return self._packed.get(sha256)
+
     def lookup_packed(self, sha256: str) -> PackedBlob | None:
         """Where a pack holds the blob, or None. The pack may be evicted by the time it is opened: a caller that
         finds it gone calls :meth:`forget_pack` and looks again."""
@@ -646,13 +650,17 @@ class BlobCache:
         self.forget_pack(key)
 
     def pack_builder(self) -> PackBuilder:
-        """A :class:`PackBuilder` writing into this cache."""
+        """A :class:`PackBuilder` writing into this cache (the first of a process first removes the packs that
+        dead writers renamed into place but never indexed)."""
+        if not self._packs_reclaimed:
+            self._packs_reclaimed = True
+            self._reclaim_packs()
         return PackBuilder(self)
 
     def _admit_pack(self, pieces: Sequence[bytes], members: Sequence[tuple[str, int, int]]) -> None:
         """Write checked blobs as one pack (under ``tmp/``, renamed into ``packs/``), index it and enforce the
         limit in one transaction. A writer killed before the index names the pack leaves an unindexed file,
-        which the next cache of this root removes (:meth:`_reclaim_packs`)."""
+        which the next pack writer on this root removes (:meth:`_reclaim_packs`)."""
         name = f"pack.{writer_tag()}.{secrets.token_hex(6)}"
         key = f"pack:{name}"
         tmp = f"{self.root}/tmp/{name}.incomplete"
@@ -680,17 +688,18 @@ class BlobCache:
             self._evict_files(victims)
 
     def _reclaim_packs(self) -> None:
-        """Remove pack files no index entry names whose writer is dead (killed between rename and index)."""
+        """Remove pack files no index entry names whose writer is dead (killed between rename and index).
+
+        Run by the first pack writer of a process, ``verify`` and ``plan_cleanup``: only a pack writer leaves
+        such a file, and the next one finds it (not every process that opens the cache lists ``packs/``)."""
         directory = os.path.join(self.root, "packs")
         try:
-            names = [name for name in os.listdir(directory) if writer_gone(name)]
+            names = os.listdir(directory)
         except FileNotFoundError:
             return
-        if not names:
-            return
-        indexed = {row.key for row in self.index.entries_lru() if row.kind == "pack"}
+        indexed = self.index.present(f"pack:{name}" for name in names)
         for name in names:
-            if f"pack:{name}" not in indexed:
+            if f"pack:{name}" not in indexed and writer_gone(name):
                 _unlink_quietly(os.path.join(directory, name))
                 logger.info("removed cache pack %s: its writer died before indexing it", name)
 
@@ -1040,6 +1049,7 @@ class BlobCache:
     ) -> CleanupPlan:
         """Plan removing entries older than ``max_age`` seconds, then LRU entries past ``max_bytes``."""
         self.flush()
+        self._reclaim_packs()
         keep = set(keep)
         now = time.time()
         chosen: list[IndexEntry] = []

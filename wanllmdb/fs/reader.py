@@ -287,9 +287,12 @@ class ChunkReader:
         if entry.size == 0:
             return Handle(entry, label, None, None)
         for _attempt in range(2):
-            path = self._cache.lookup(entry.sha256)
+            # A pack this process knows of first: no failing stat of the blob's own name (~70 µs each on a
+            # cold walk), and the pack's descriptor is as good as the file's.
+            packed = None if entry.is_chunked else self._cache.known_packed(entry.sha256)
+            path = None if packed is not None else self._cache.lookup(entry.sha256)
             if path is None and not entry.is_chunked:
-                packed = self._cache.lookup_packed(entry.sha256)
+                packed = packed or self._cache.lookup_packed(entry.sha256)
                 if packed is None and self._after_local_writer(entry):
                     path = self._cache.lookup(entry.sha256)
                     packed = None if path else self._cache.lookup_packed(entry.sha256)
