@@ -13,7 +13,7 @@ A trigger drops a pack's ``packed`` rows with its entry, so no row ever points i
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from ..sqlitedb import SQLiteDB
@@ -196,43 +196,33 @@ class CacheIndex:
                 conn.executemany("DELETE FROM entries WHERE key = ?", [(e.key,) for e in victims])
             return victims, total - sum(e.size for e in victims)
 
-    def stamps(self, keys: Iterable[str]) -> dict[str, str]:
-        """The recorded stamps of these blobs (those that have one)."""
+    def _rows_in(self, sql: str, keys: Iterable[str]) -> Iterator[tuple]:
+        """The rows of ``sql`` (its ``{marks}`` an ``IN`` list) for ``keys``, 500 at a time (SQLite's bound on
+        variables is 999 on older builds)."""
         keys = list(keys)
-        found: dict[str, str] = {}
         for i in range(0, len(keys), 500):
             part = keys[i : i + 500]
-            marks = ",".join("?" * len(part))
-            for key, stamp in self._query(
-                f"SELECT key, stamp FROM entries WHERE stamp IS NOT NULL AND key IN ({marks})", part
-            ):
-                found[key] = stamp
-        return found
+            yield from self._query(sql.format(marks=",".join("?" * len(part))), part)
+
+    def stamps(self, keys: Iterable[str]) -> dict[str, str]:
+        """The recorded stamps of these blobs (those that have one)."""
+        sql = "SELECT key, stamp FROM entries WHERE stamp IS NOT NULL AND key IN ({marks})"
+        return {key: stamp for key, stamp in self._rows_in(sql, keys)}
 
     def packed(self, sha256s: Iterable[str]) -> dict[str, PackedRow]:
         """Where these blobs lie in packs (one pack each, for those any pack holds)."""
-        keys = list(sha256s)
+        sql = (
+            "SELECT p.sha256, p.pack, p.offset, p.size, e.stamp FROM packed p JOIN entries e ON e.key = p.pack "
+            "WHERE p.sha256 IN ({marks})"
+        )
         found: dict[str, PackedRow] = {}
-        for i in range(0, len(keys), 500):
-            part = keys[i : i + 500]
-            marks = ",".join("?" * len(part))
-            for row in self._query(
-                "SELECT p.sha256, p.pack, p.offset, p.size, e.stamp FROM packed p JOIN entries e ON e.key = p.pack "
-                f"WHERE p.sha256 IN ({marks})",
-                part,
-            ):
-                found.setdefault(row[0], PackedRow(*row))
+        for row in self._rows_in(sql, sha256s):
+            found.setdefault(row[0], PackedRow(*row))
         return found
 
     def present(self, keys: Iterable[str]) -> set[str]:
         """The keys among ``keys`` that have an entry (blobs: indexed as present)."""
-        keys = list(keys)
-        found: set[str] = set()
-        for i in range(0, len(keys), 500):
-            part = keys[i : i + 500]
-            marks = ",".join("?" * len(part))
-            found.update(row[0] for row in self._query(f"SELECT key FROM entries WHERE key IN ({marks})", part))
-        return found
+        return {row[0] for row in self._rows_in("SELECT key FROM entries WHERE key IN ({marks})", keys)}
 
     def pack_members(self, key: str) -> list[tuple[str, int, int]]:
         """The blobs of one pack as (sha256, offset, size), in file order."""

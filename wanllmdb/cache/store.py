@@ -267,12 +267,7 @@ class PackBuilder:
         if sha256 in self._shas:
             return
         out = io.BytesIO()
-        writer = _VerifyingWriter(out, size, label or f"blob {sha256[:12]}")
-        try:
-            fetch(writer)
-        finally:
-            writer.finish()
-        _check(writer.size, writer.hexdigest(), size, sha256, label)
+        _fetch_checked(_VerifyingWriter(out, size, label or f"blob {sha256[:12]}"), fetch, size, sha256, label)
         self._pieces.append(out.getvalue())
         self._members.append((sha256, self.nbytes, size))
         self._shas.add(sha256)
@@ -781,12 +776,7 @@ class BlobCache:
             # Created read-only (the mode binds later opens, not this descriptor): no chmod once written.
             with open(tmp, "xb", opener=_read_only) as out:
                 kind = _PipelinedWriter if size >= PIPELINE_THRESHOLD else _VerifyingWriter
-                writer = kind(out, size, label or f"blob {sha256[:12]}")
-                try:
-                    fetch(writer)
-                finally:
-                    writer.finish()
-                _check(writer.size, writer.hexdigest(), size, sha256, label)
+                _fetch_checked(kind(out, size, label or f"blob {sha256[:12]}"), fetch, size, sha256, label)
                 out.flush()
                 # Renamed while still open, its stamp read through the descriptor: per small blob the
                 # admission's syscalls are most of its cost.
@@ -1211,6 +1201,21 @@ def _evictable(entry: IndexEntry) -> bool:
 def _read_only(path: str, flags: int) -> int:
     """``open``'s opener for a new blob: created with mode 0444."""
     return os.open(path, flags, 0o444)
+
+
+def _fetch_checked(
+    writer: _VerifyingWriter, fetch: Fetcher, size: int, sha256: str, label: str | None
+) -> None:
+    """Run ``fetch`` into ``writer`` and check what it wrote.
+
+    Raises:
+        ChecksumError: the bytes differ in size or SHA-256.
+    """
+    try:
+        fetch(writer)
+    finally:
+        writer.finish()
+    _check(writer.size, writer.hexdigest(), size, sha256, label)
 
 
 def _check(got_size: int, got_sha: str, size: int, sha256: str, label: str | None) -> None:
