@@ -14,22 +14,14 @@ import hashlib
 import os
 from collections import Counter
 
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
+from tests.support.hypothesis_settings import state_machine_settings
 from wanllmdb.cache import BlobCache
 from wanllmdb.errors import ChecksumError
 
-LONG = os.environ.get("WANLLMDB_LONG_TESTS") == "1"
-SETTINGS = settings(
-    max_examples=150 if LONG else 12,
-    stateful_step_count=50 if LONG else 25,
-    deadline=None,
-    derandomize=not LONG,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+SETTINGS = state_machine_settings(examples=12, steps=25, long_examples=150, long_steps=50)
 LIMIT = 6000
 POOL = [bytes([i]) * (150 + 97 * i) for i in range(24)]  # 150..2,381 bytes: a pack fills a few of them
 SHAS = [hashlib.sha256(data).hexdigest() for data in POOL]

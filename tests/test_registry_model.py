@@ -22,7 +22,6 @@ import uuid
 from dataclasses import dataclass, field
 
 import pytest
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -35,6 +34,7 @@ from hypothesis.stateful import (
 
 from tests.conftest import WITH_POSTGRES, select_backend
 from tests.support.data import log_files
+from tests.support.hypothesis_settings import state_machine_settings
 from wanllmdb.errors import (
     AliasError,
     AliasProtectedError,
@@ -50,15 +50,7 @@ def backend(request, monkeypatch) -> str:
     return select_backend(request, monkeypatch)
 
 
-LONG = os.environ.get("WANLLMDB_LONG_TESTS") == "1"
-SETTINGS = settings(
-    max_examples=200 if LONG else 15,
-    stateful_step_count=40 if LONG else 15,
-    deadline=None,
-    derandomize=not LONG,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+SETTINGS = state_machine_settings(examples=15, steps=15, long_examples=200, long_steps=40)
 
 NAMES = ("alpha", "beta")
 PATHS = ("a.txt", "b.bin", "dir/c.bin", "dir/sub/d")

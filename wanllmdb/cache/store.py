@@ -608,9 +608,8 @@ class BlobCache:
         """Record a hit on a packed blob: its pack's access time (written at most every ``TOUCH_INTERVAL``)."""
         now = time.time()
         with self._touched_lock:
-            if now - self._touched.get(blob.key, 0.0) <= TOUCH_INTERVAL:
+            if not self._due_touches([blob.key], now):
                 return
-            self._touched[blob.key] = now
             if self._defer_touches:
                 self._pack_touches.add(blob.key)
                 return
@@ -703,11 +702,7 @@ class BlobCache:
             return
         now = time.time()
         with self._touched_lock:
-            due = {k: v for k, v in sizes.items() if now - self._touched.get(k, 0.0) > TOUCH_INTERVAL}
-            for key in due:
-                self._touched[key] = now
-            if len(self._touched) > 100_000:
-                self._touched.clear()
+            due = {key: sizes[key] for key in self._due_touches(sizes, now)}
             if self._defer_touches:
                 self._pending_touches.update(due)
                 return
@@ -715,6 +710,16 @@ class BlobCache:
             # An upsert, not an update: a blob renamed into place by a process that died before indexing
             # it is healed here.
             self.index.touch_blobs(due, now)
+
+    def _due_touches(self, keys: Iterable[str], now: float) -> list[str]:
+        """The keys (blobs or packs) whose access time is due to be written, marked as written now: each at most
+        every ``TOUCH_INTERVAL`` per process. The caller holds ``_touched_lock``."""
+        due = [key for key in keys if now - self._touched.get(key, 0.0) > TOUCH_INTERVAL]
+        for key in due:
+            self._touched[key] = now
+        if len(self._touched) > 100_000:
+            self._touched.clear()
+        return due
 
     # --- fetching ---------------------------------------------------------------------------------------
 

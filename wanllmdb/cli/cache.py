@@ -56,13 +56,15 @@ def cmd_ls(args: argparse.Namespace) -> int:
     cache, settings = _open(args)
     rows = cache.list()
     indexes = kept_indexes(cache.root)
+    entries = cache.blobs.entries()
+    packs = sum(e.kind == "pack" for e in entries)
     if args.json:
         dump_json(
             {
                 "cache_dir": cache.root,
                 "versions": rows,
-                "blobs": sum(e.kind != "pack" for e in cache.blobs.entries()),
-                "packs": sum(e.kind == "pack" for e in cache.blobs.entries()),
+                "blobs": len(entries) - packs,
+                "packs": packs,
                 "bytes": cache.blobs.total_size(),
                 "max_bytes": settings.cache_max_bytes,
                 "mount_indexes": {"count": len(indexes), "bytes": sum(k.size for k in indexes)},
@@ -75,8 +77,6 @@ def cmd_ls(args: argparse.Namespace) -> int:
             f"{row['artifact_id']}:{row['version']:<8} {row['file_count']:>7} file(s) {format_size(row['size']):>10}  "
             f"{state:<20} last used {row['last_accessed']}"
         )
-    entries = cache.blobs.entries()
-    packs = sum(e.kind == "pack" for e in entries)
     held = f"{len(entries) - packs} blob(s)" + (f" and {packs} pack(s) of small files" if packs else "")
     out(f"{cache.root}: {held}, {format_size(cache.blobs.total_size())} of {format_size(settings.cache_max_bytes)}")
     if indexes:

@@ -12,8 +12,8 @@ checks size and SHA-256 before renaming the blob into place; then as above.
 **Packed small files.** The small files of a directory the mount announced together are fetched by
 :meth:`ChunkReader.fill` into *packs* (``BlobCache.pack_builder``: each blob checked in memory, up to
 ``PACK_BLOBS`` written as one file), not a file each: creating a file costs this kernel more than reading
-4 KiB. A handle of a packed blob keeps a descriptor of the pack and the blob's offset in it (``Handle.base``);
-its pack's stamp is compared at open and the blob's bytes hashed again if it moved.
+4 KiB. A handle of a packed blob keeps a descriptor of the pack and where the blob lies in it (``Handle.pack``);
+its pack's stamp is compared at open and on each read, and the blob's bytes hashed again if it moved.
 
 **Larger files** not yet cached get a *partial*: a sparse file from ``BlobCache.new_partial``, shared by all
 handles of that blob in this process, with a bitmap of the chunks it holds (a chunk, 1 MiB for new
@@ -182,7 +182,7 @@ class Handle:
     """One open file: a descriptor of the complete blob, or a share of a partial, plus read-ahead state."""
 
     __slots__ = (
-        "entry", "label", "fd", "pack", "base", "stamp", "changed", "partial", "next_offset", "window", "last_chunk"
+        "entry", "label", "fd", "pack", "stamp", "changed", "partial", "next_offset", "window", "last_chunk"
     )
 
     def __init__(
@@ -198,8 +198,7 @@ class Handle:
         self.entry = entry
         self.label = label
         self.fd = fd
-        self.pack = pack  # the file is one blob of a pack (``fd``), which holds many
-        self.base = 0 if pack is None else pack.offset  # where the file's bytes start in ``fd``
+        self.pack = pack  # the file is one blob of a pack (``fd``), which holds many: its bytes start at pack.offset
         self.stamp = stamp if stamp is not None or fd is None else blob_stamp(os.fstat(fd))
         self.changed: ChecksumError | None = None  # the blob changed under this handle: every read fails
         self.partial = partial
@@ -387,15 +386,17 @@ class ChunkReader:
         if fd is not None:
             if handle.changed is not None:
                 raise handle.changed
+            pack = handle.pack
             try:
-                if handle.pack is not None:
-                    handle.stamp = self._unchanged_in_pack(handle, handle.pack, fd)
+                if pack is not None:
+                    handle.stamp = self._unchanged_in_pack(handle, pack, fd)
                 else:
                     handle.stamp = self._unchanged(handle.entry, handle.label, fd, handle.stamp)
             except ChecksumError as exc:
                 handle.changed = exc
                 raise
-            return fd, handle.base + offset, max(0, min(size, handle.entry.size - offset))
+            pos = offset if pack is None else pack.offset + offset
+            return fd, pos, max(0, min(size, handle.entry.size - offset))
         part = handle.partial
         if part is None:
             return -1, 0, 0  # an empty file
@@ -415,16 +416,14 @@ class ChunkReader:
         return part.fd, offset, end - offset
 
     def _unchanged_in_pack(self, handle: Handle, pack: PackedBlob, fd: int) -> str:
-        """:meth:`_unchanged` for a packed blob: the pack's stamp, the blob's range hashed again if it moved.
+        """:meth:`_unchanged` for a packed blob: the pack's stamp (one ``fstat``), the blob's range hashed again
+        if it is neither the one the pack was written with nor the handle's last.
 
         Raises:
             ChecksumError: the blob's bytes in the pack changed (the pack is evicted).
         """
-        stamp = blob_stamp(os.fstat(fd))
-        if stamp == handle.stamp:
-            return stamp
         try:
-            return self._cache.check_packed(pack, fd, stamp)
+            return self._cache.check_packed(pack, fd, handle.stamp)
         except ChecksumError:
             self._count(failures=1)
             logger.error("read of %s failed: its bytes in the cache's pack changed while it was open", handle.label)
