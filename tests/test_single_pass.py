@@ -332,3 +332,27 @@ def test_an_unaddressed_upload_hashes_md5_and_sha256_once(live_server, tmp_path,
         registry.close()
     assert digest == hash_file(path)
     assert made == (["ChunkDigester"] if offered else ["Digester"])
+
+
+def test_a_file_cut_short_while_it_is_sent_is_refused_naming_it(live_server, tmp_path):
+    """The upload body reads the file block by block into one buffer: a file truncated after the first
+    block ends the upload with a ChecksumError that says so, and the server stores nothing."""
+    size = 5 * 1024 * 1024 + 777
+    path = _aged_file(tmp_path / "shrinking.bin", size)
+    registry = live_server.registry()
+    sent: list[int] = []
+
+    def progress(n: int) -> None:
+        sent.append(n)
+        if len(sent) == 1:
+            os.truncate(path, 1024 * 1024 + 5)
+
+    try:
+        with pytest.raises(ChecksumError, match="ended after") as caught:
+            registry.store_unhashed(path, size, progress)
+    finally:
+        registry.close()
+    assert caught.value.expected == str(size)
+    assert sum(sent) < size
+    blobs = [name for _, _, names in os.walk(os.path.join(live_server.root, "blobs")) for name in names]
+    assert hashlib.sha256(open(path, "rb").read()).hexdigest() not in blobs

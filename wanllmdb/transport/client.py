@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -214,7 +215,8 @@ class HttpTransport:
     ) -> Any:
         """Stream ``size`` bytes of the local file ``path`` to a presigned upload URL.
 
-        The body is the open file itself (read in 1 MiB blocks), so urllib3 can rewind it for a retry.
+        The body is read in 1 MiB blocks into one reused buffer (``_FileBody``); urllib3 rewinds it for a
+        retry.
 
         Args:
             observer: called once with every byte sent, in order (e.g. a digester hashing the file in the
@@ -335,49 +337,66 @@ class HttpTransport:
 
 
 class _FileBody:
-    """A file as a request body: ``read`` in blocks with progress, ``seek``/``tell`` so urllib3 can rewind.
+    """A file as a request body: an iterable of blocks read into one buffer, with ``seek``/``tell`` so that
+    urllib3 can rewind it for a retry.
 
-    Progress counts each byte once even when a retry rewinds the file.
+    Each block is a view of the same buffer, read with ``preadv`` into it: urllib3 sends a block before it
+    asks for the next one, so the buffer can be reused at once. Reading the file with ``read`` allocated a
+    fresh 1 MiB object per block, and hashing it on a thread of its own (``manifest.digest.Pipelined``) cost
+    a queue and a thread hop per block: an unaddressed 1 GiB upload cost its client 0.86-0.96 CPU-s, against
+    0.67-0.80 so (interleaved runs; docs/ARCHITECTURE.md, round 10). The observer (the chunk digests) runs
+    here, in the thread that sends: the socket's send buffer keeps the receiver busy meanwhile.
+
+    ``observer`` sees each byte once and ``progress`` counts it once, even when a retry rewinds the body.
+    An observer that keeps a piece past its call must copy it (``Pipelined`` does).
     """
 
     def __init__(self, f: BinaryIO, size: int, progress: Any, observer: Any = None, offset: int = 0) -> None:
-        self._f = f
+        self._fd = f.fileno()
         self._size = size
         self._progress = progress
         self._observer = observer
         self._reported = 0
         self._offset = offset
-        if offset:
-            f.seek(offset)
+        self._pos = 0
+        self._buffer = memoryview(buffer_for(size, BLOCK_SIZE))
 
     def __len__(self) -> int:
         return self._size
 
-    def read(self, n: int = -1) -> bytes:
-        remaining = self._size - self.tell()
-        data = self._f.read(remaining if n is None or n < 0 else min(n, remaining))
-        if data:
-            pos = self.tell()
-            if pos > self._reported:
-                fresh = pos - self._reported
+    def __iter__(self) -> Iterator[memoryview]:
+        while self._pos < self._size:
+            want = min(len(self._buffer), self._size - self._pos)
+            n = os.preadv(self._fd, [self._buffer[:want]], self._offset + self._pos)
+            if n == 0:
+                raise ChecksumError(
+                    f"the file being uploaded ended after {self._pos} of its {self._size} bytes "
+                    "(it changed while it was uploaded)",
+                    expected=str(self._size),
+                    actual=str(self._pos),
+                )
+            block = self._buffer[:n]
+            self._pos += n
+            fresh = self._pos - self._reported
+            if fresh > 0:
                 if self._observer:
-                    self._observer(data if fresh == len(data) else data[-fresh:])
+                    self._observer(block if fresh == n else block[n - fresh :])
                 if self._progress:
                     self._progress(fresh)
-                self._reported = pos
-        return data
+                self._reported = self._pos
+            yield block
 
     def tell(self) -> int:
-        return self._f.tell() - self._offset
+        return self._pos
 
     def seek(self, offset: int, whence: int = 0) -> int:
         if whence == 0:
-            target = offset
+            self._pos = offset
         elif whence == 1:
-            target = self.tell() + offset
+            self._pos += offset
         else:  # from the end of the body, which is not the end of the file
-            target = self._size + offset
-        return self._f.seek(self._offset + target) - self._offset
+            self._pos = self._size + offset
+        return self._pos
 
 
 class _BundleBody:
