@@ -348,7 +348,7 @@ def test_a_file_cut_short_while_it_is_sent_is_refused_naming_it(live_server, tmp
             os.truncate(path, 1024 * 1024 + 5)
 
     try:
-        with pytest.raises(ChecksumError, match="ended after") as caught:
+        with pytest.raises(ChecksumError, match="shrinking.bin: ended after") as caught:
             registry.store_unhashed(path, size, progress)
     finally:
         registry.close()

@@ -229,7 +229,7 @@ class HttpTransport:
         sent_headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
         sent_headers.update(headers or {})
         with open(path, "rb") as f:
-            body = _FileBody(f, size, progress, observer, offset)
+            body = _FileBody(f, size, progress, observer, offset, label=path)
             response = self._send_blob("PUT", self.absolute(url), data=body if size else b"", headers=sent_headers)
             with response:
                 raise_for_status(response, server=self._who(url))
@@ -343,16 +343,19 @@ class _FileBody:
     Each block is a view of the same buffer, read with ``preadv`` into it: urllib3 sends a block before it
     asks for the next one, so the buffer can be reused at once. Reading the file with ``read`` allocated a
     fresh 1 MiB object per block, and hashing it on a thread of its own (``manifest.digest.Pipelined``) cost
-    a queue and a thread hop per block: an unaddressed 1 GiB upload cost its client 0.86-0.96 CPU-s, against
-    0.67-0.80 so (interleaved runs; docs/ARCHITECTURE.md, round 10). The observer (the chunk digests) runs
-    here, in the thread that sends: the socket's send buffer keeps the receiver busy meanwhile.
+    a queue and a thread hop per block: an unaddressed 1 GiB upload cost its client 0.91-0.93 CPU-s, against
+    0.82-0.86 so (medians of 6-7 interleaved runs; docs/ARCHITECTURE.md, round 10). The observer (the chunk
+    digests) runs here, in the thread that sends: the socket's send buffer keeps the receiver busy meanwhile.
 
     ``observer`` sees each byte once and ``progress`` counts it once, even when a retry rewinds the body.
     An observer that keeps a piece past its call must copy it (``Pipelined`` does).
     """
 
-    def __init__(self, f: BinaryIO, size: int, progress: Any, observer: Any = None, offset: int = 0) -> None:
+    def __init__(
+        self, f: BinaryIO, size: int, progress: Any, observer: Any = None, offset: int = 0, label: str = "file"
+    ) -> None:
         self._fd = f.fileno()
+        self._label = label
         self._size = size
         self._progress = progress
         self._observer = observer
@@ -370,7 +373,7 @@ class _FileBody:
             n = os.preadv(self._fd, [self._buffer[:want]], self._offset + self._pos)
             if n == 0:
                 raise ChecksumError(
-                    f"the file being uploaded ended after {self._pos} of its {self._size} bytes "
+                    f"{self._label}: ended after {self._pos} of the {self._size} bytes being uploaded "
                     "(it changed while it was uploaded)",
                     expected=str(self._size),
                     actual=str(self._pos),
