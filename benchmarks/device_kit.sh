@@ -11,8 +11,11 @@
 #
 # `run` also works here (OUT defaults to /tmp/device-out), which is how the kit is checked before a
 # session spends device time on it: `bash benchmarks/device_kit.sh check` runs it with python3.12 in a
-# clean environment, the quick sizes (PYTHON312=/path/to/python3.12 where it is not on PATH). The mount group's fio rows are skipped where fio is missing (its
-# Debian package pulls in librados and a dozen libraries); everything else runs as here.
+# clean environment, the quick sizes (PYTHON312=/path/to/python3.12 where it is not on PATH). The mount
+# group's fio rows are skipped where fio is missing (its Debian package pulls in librados and a dozen
+# libraries); everything else runs as here. Time: the http and mount groups at full size took 8 minutes
+# here on 2 cores with their inputs made (a fresh machine makes ~6 GB of them first), and one device
+# command may run 10: on a first try run `run http` and `run mount` as two commands, or set QUICK=1.
 set -euo pipefail
 
 KIT=.device-kit
