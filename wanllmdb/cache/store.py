@@ -246,9 +246,14 @@ class PackBuilder:
         self._members: list[tuple[str, int, int]] = []
         self._shas: set[str] = set()
         self.nbytes = 0
+        self._started = 0.0  # when the first blob of the pack being gathered was asked for
 
     def __len__(self) -> int:
         return len(self._members)
+
+    def age(self) -> float:
+        """Seconds since the pack being gathered was begun (its first blob asked for)."""
+        return time.monotonic() - self._started
 
     def full(self) -> bool:
         """Whether the pack has reached ``PACK_BLOBS`` blobs or its byte size: ``PACK_BYTES``, or a 64th of
@@ -266,6 +271,8 @@ class PackBuilder:
             raise ValueError(f"blob {sha256[:12]} of {size} bytes is too large for a pack")
         if sha256 in self._shas:
             return
+        if not self._members:
+            self._started = time.monotonic()
         out = io.BytesIO()
         _fetch_checked(_VerifyingWriter(out, size, label or f"blob {sha256[:12]}"), fetch, size, sha256, label)
         self._pieces.append(out.getvalue())

@@ -291,7 +291,8 @@ class ChunkReader:
             packed = None if entry.is_chunked else self._cache.known_packed(entry.sha256)
             path = None if packed is not None else self._cache.lookup(entry.sha256)
             if path is None and not entry.is_chunked:
-                packed = packed or self._cache.lookup_packed(entry.sha256)
+                if packed is None:
+                    packed = self._cache.lookup_packed(entry.sha256)
                 if packed is None and self._after_local_writer(entry):
                     path = self._cache.lookup(entry.sha256)
                     packed = None if path else self._cache.lookup_packed(entry.sha256)
@@ -516,7 +517,6 @@ class ChunkReader:
         filled = filled_bytes = 0
         pack = self._cache.pack_builder()
         held: list[Callable[[], None]] = []
-        started = time.monotonic()
 
         def commit() -> None:
             nonlocal filled, filled_bytes
@@ -553,10 +553,8 @@ class ChunkReader:
                     if release is None:  # another thread is fetching it
                         continue
                     held.append(release)
-                    if not len(pack):
-                        started = time.monotonic()
                     pack.add(sha, entry.size, write, label=what)
-                    if pack.full() or time.monotonic() - started >= PACK_GATHER_SECONDS:
+                    if pack.full() or pack.age() >= PACK_GATHER_SECONDS:
                         commit()
                 except (WanllmdbError, OSError) as exc:
                     logger.debug("filling the cache with the announced small files stopped: %s", exc)

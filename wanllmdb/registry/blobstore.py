@@ -126,11 +126,9 @@ class IncomingBlob:
         self._claim(total)
         md5 = md5_pool().submit(_update_all, self._md5, pieces)
         try:
-            for piece in pieces:
-                self._hash_and_write(piece)
+            self._write_batch(pieces)
         finally:
             md5.result()  # never leave the worker hashing into a blob being committed or aborted
-        kill_point("blob.write")
 
     def submit(self, pieces: Sequence[bytes]) -> list[Future[None]]:
         """Queue a batch of pieces and return at once, with a future per lane the batch goes through.
