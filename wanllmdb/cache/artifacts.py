@@ -83,7 +83,7 @@ class ArtifactCache:
             return None
         needed = {entry.sha256 for entry in manifest}
         with self.blobs.hold_stamps():  # restamp needs the stamps lookup_many verified, however many
-            present = self.blobs.lookup_many(needed)
+            present = self.blobs.lookup_many(needed, touch=False)  # touched below, with the new stamps
             if len(present) < len(needed):
                 return None
             view = os.path.join(self.root, "views", artifact_id, version)
@@ -91,7 +91,7 @@ class ArtifactCache:
                 materialize(manifest, view, present)
             except FileNotFoundError:  # a blob was evicted while linking: the version is no longer complete
                 return None
-            self.blobs.restamp(present)  # the view's hard links moved the blobs' ctimes
+            self.blobs.restamp(present, touch=True)  # the view's hard links moved the blobs' ctimes
         self.blobs.index.touch_ref(artifact_id, version)
         return view
 

@@ -12,8 +12,9 @@ A trigger drops a pack's ``packed`` rows with its entry, so no row ever points i
 
 from __future__ import annotations
 
+import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from ..sqlitedb import SQLiteDB
@@ -55,6 +56,14 @@ CREATE INDEX IF NOT EXISTS packed_by_pack ON packed(pack);
 CREATE TRIGGER IF NOT EXISTS entries_del_pack AFTER DELETE ON entries WHEN OLD.kind = 'pack'
     BEGIN DELETE FROM packed WHERE pack = OLD.key; END;
 """
+
+
+#: A stamp query for at least this many keys, when they are at least 1/SCAN_SHARE of the index's rows, reads the
+#: whole table in one pass instead of looking each key up: 1.1-1.5 µs a key against 4.2 (100k rows) and 5.5 µs
+#: (1M rows), as measured on this project's 2-core machine; a lookup each descends a deeper tree as the
+#: index grows, a pass does not.
+SCAN_MIN_KEYS = 20_000
+SCAN_SHARE = 4
 
 
 @dataclass(frozen=True)
@@ -130,17 +139,27 @@ class CacheIndex:
             with self._tx() as conn:
                 conn.executemany("UPDATE entries SET last_access = ? WHERE key = ?", rows)
 
-    def touch_blobs(self, sizes: dict[str, int], now: float | None = None) -> None:
-        """Refresh the access time of complete blobs, indexing any that were missing from the index."""
+    def touch_blobs(
+        self, sizes: Mapping[str, int], now: float | None = None, rowids: Mapping[str, int] | None = None
+    ) -> None:
+        """Refresh the access time of complete blobs, indexing any that were missing from the index.
+
+        ``rowids`` (from ``stamp_rows``): rows known by rowid are updated in rowid order with no key lookup
+        each; if any of them is gone (or its rowid now holds another key), all are upserted by key after all.
+        """
+        if not sizes:
+            return
         now = time.time() if now is None else now
-        rows = [(key, size, now, now) for key, size in sizes.items()]
-        if rows:
-            with self._tx() as conn:
-                conn.executemany(
-                    "INSERT INTO entries (key, kind, size, created, last_access) VALUES (?, 'blob', ?, ?, ?) "
-                    "ON CONFLICT(key) DO UPDATE SET last_access = excluded.last_access",
-                    rows,
-                )
+        with self._tx() as conn:
+            left = _update_by_rowid(
+                conn, "UPDATE entries SET last_access = ? WHERE rowid = ? AND key = ?", sizes, rowids or {},
+                lambda key: (now,),
+            )
+            conn.executemany(
+                "INSERT INTO entries (key, kind, size, created, last_access) VALUES (?, 'blob', ?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET last_access = excluded.last_access",
+                [(key, sizes[key], now, now) for key in left],
+            )
 
     def admit_blobs(
         self,
@@ -206,8 +225,24 @@ class CacheIndex:
 
     def stamps(self, keys: Iterable[str]) -> dict[str, str]:
         """The recorded stamps of these blobs (those that have one)."""
-        sql = "SELECT key, stamp FROM entries WHERE stamp IS NOT NULL AND key IN ({marks})"
-        return {key: stamp for key, stamp in self._rows_in(sql, keys)}
+        return {key: stamp for key, (_rowid, stamp) in self.stamp_rows(keys).items()}
+
+    def stamp_rows(self, keys: Iterable[str]) -> dict[str, tuple[int, str]]:
+        """The rowids and recorded stamps of these blobs (those that have a stamp): key -> (rowid, stamp).
+
+        A later write given the rowids (``set_stamps``, ``touch_blobs``) finds each row without a lookup in the
+        key index. Many keys, a large share of the index: one pass over the table (see SCAN_MIN_KEYS).
+        """
+        keys = keys if isinstance(keys, (set, frozenset, dict)) else set(keys)
+        if len(keys) >= SCAN_MIN_KEYS and len(keys) * SCAN_SHARE >= self.row_count():
+            with self._db.read() as conn:
+                rows = conn.execute("SELECT rowid, key, stamp FROM entries WHERE stamp IS NOT NULL")
+                return {key: (rowid, stamp) for rowid, key, stamp in rows if key in keys}
+        sql = "SELECT key, rowid, stamp FROM entries WHERE stamp IS NOT NULL AND key IN ({marks})"
+        return {key: (rowid, stamp) for key, rowid, stamp in self._rows_in(sql, keys)}
+
+    def row_count(self) -> int:
+        return int(self._query("SELECT count(*) FROM entries")[0][0])
 
     def packed(self, sha256s: Iterable[str]) -> dict[str, PackedRow]:
         """Where these blobs lie in packs (one pack each, for those any pack holds)."""
@@ -234,14 +269,27 @@ class CacheIndex:
     def set_stamp(self, key: str, size: int, stamp: str) -> None:
         self.set_stamps({key: (size, stamp)})
 
-    def set_stamps(self, blobs: dict[str, tuple[int, str]]) -> None:
-        """Record new stamps of verified blobs (sha -> (size, stamp)), indexing any that were missing."""
+    def set_stamps(
+        self, blobs: Mapping[str, tuple[int, str]], rowids: Mapping[str, int] | None = None, *, touch: bool = False
+    ) -> None:
+        """Record new stamps of verified blobs (sha -> (size, stamp)), indexing any that were missing;
+        ``touch``: their access time too, in the same write. ``rowids`` as for :meth:`touch_blobs`."""
+        if not blobs:
+            return
         now = time.time()
         with self._tx() as conn:
+            left = _update_by_rowid(
+                conn,
+                "UPDATE entries SET stamp = ?, size = ?"
+                + (", last_access = ?" if touch else "")
+                + " WHERE rowid = ? AND key = ?",
+                blobs, rowids or {}, lambda key: (blobs[key][1], blobs[key][0], *((now,) if touch else ())),
+            )
             conn.executemany(
                 "INSERT INTO entries (key, kind, size, created, last_access, stamp) VALUES (?, 'blob', ?, ?, ?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET stamp = excluded.stamp, size = excluded.size",
-                [(key, size, now, now, stamp) for key, (size, stamp) in blobs.items()],
+                "ON CONFLICT(key) DO UPDATE SET stamp = excluded.stamp, size = excluded.size"
+                + (", last_access = excluded.last_access" if touch else ""),
+                [(key, blobs[key][0], now, now, blobs[key][1]) for key in left],
             )
 
     def remove(self, keys: Iterable[str]) -> None:
@@ -302,3 +350,31 @@ class CacheIndex:
         if rows:
             with self._tx() as conn:
                 conn.executemany("DELETE FROM refs WHERE artifact_id = ? AND version = ?", rows)
+
+
+def _update_by_rowid(
+    conn: sqlite3.Connection, sql: str, keys: Iterable[str], rowids: Mapping[str, int],
+    values: Callable[[str], tuple],
+) -> list[str]:
+    """Run ``sql`` (its last two marks: rowid, key) for the keys of known rowid, in rowid order; returns the
+    keys left for the caller to upsert by key in the same transaction: those of no known rowid, or every key
+    when a row was gone (a rowid that no longer holds its key updates nothing).
+
+    Rows are stored in rowid order, so a million updates in that order touch each page once (3 µs a row,
+    flat in the table's size), where the same updates by key read the key index at random (4.6 µs a row at
+    100k rows, 6.3 at 1M, as measured on this project's 2-core machine).
+    """
+    keys = list(keys)
+    known: list[tuple[int, str]] = []
+    unknown: list[str] = []
+    for key in keys:
+        rowid = rowids.get(key)
+        if rowid is None:
+            unknown.append(key)
+        else:
+            known.append((rowid, key))
+    if not known:
+        return keys
+    known.sort()
+    cursor = conn.executemany(sql, [(*values(key), rowid, key) for rowid, key in known])
+    return unknown if cursor.rowcount == len(known) else keys

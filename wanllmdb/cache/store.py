@@ -338,6 +338,9 @@ class BlobCache:
         self._touched_lock = threading.Lock()
         # Stamps this process knows to describe verified bytes: a hit that matches one needs no query.
         self._stamps: dict[str, str] = {}
+        # The index's rowids of blobs whose stamps came from it (kept and dropped with _stamps): a write to
+        # many of them goes in rowid order, with no lookup in the key index each (index._update_by_rowid).
+        self._rowids: dict[str, int] = {}
         # While above zero (hold_stamps), remembered stamps are not dropped at MAX_KNOWN_STAMPS.
         self._holding = 0
         self._holding_lock = threading.Lock()
@@ -383,8 +386,8 @@ class BlobCache:
         unknown = [sha for sha in sha256s if sha not in self._stamps]
         if not unknown:
             return
-        for sha, stamp in self.index.stamps(unknown).items():
-            self._remember(sha, stamp)
+        for sha, (rowid, stamp) in self.index.stamp_rows(unknown).items():
+            self._remember(sha, stamp, rowid)
 
     # --- paths ------------------------------------------------------------------------------------------
 
@@ -404,11 +407,12 @@ class BlobCache:
         """Path of the complete blob, or None; a hit refreshes its LRU position."""
         return self.lookup_many([sha256]).get(sha256)
 
-    def lookup_many(self, sha256s: Iterable[str]) -> dict[str, str]:
+    def lookup_many(self, sha256s: Iterable[str], *, touch: bool = True) -> dict[str, str]:
         """Paths of the complete, unchanged blobs among ``sha256s`` (one index transaction for all hits).
 
         A blob whose stamp differs from the one recorded when it was verified is hashed again first, and
-        evicted if its bytes changed (see the module docstring).
+        evicted if its bytes changed (see the module docstring). ``touch=False`` leaves the hits' access times
+        to the caller's :meth:`restamp` with ``touch``, which writes them with the new stamps in one pass.
         """
         found: dict[str, str] = {}
         sizes: dict[str, int] = {}
@@ -425,23 +429,28 @@ class BlobCache:
             else:
                 unsure[sha] = (path, st)
         if unsure:
-            recorded = self.index.stamps(unsure)
+            recorded = self.index.stamp_rows(unsure)
             rechecked: dict[str, tuple[int, str]] = {}
             for sha, (path, st) in unsure.items():
                 stamp = blob_stamp(st)
-                if recorded.get(sha) == stamp or self._recheck(sha, path, st, rechecked):
-                    self._remember(sha, stamp)
+                rowid, known = recorded.get(sha, (None, None))
+                if known == stamp or self._recheck(sha, path, st, rechecked):
+                    self._remember(sha, stamp, rowid)
                     found[sha] = path
                     sizes[sha] = st.st_size
             if rechecked:  # one transaction for all new stamps, not one per blob
-                self.index.set_stamps(rechecked)
-        self._touch(sizes)
+                self.index.set_stamps(rechecked, self._rowids)
+        if touch:
+            self._touch(sizes)
         return found
 
-    def _remember(self, sha256: str, stamp: str) -> None:
+    def _remember(self, sha256: str, stamp: str, rowid: int | None = None) -> None:
         if len(self._stamps) >= MAX_KNOWN_STAMPS and not self._holding:
             self._stamps.clear()
+            self._rowids.clear()
         self._stamps[sha256] = stamp
+        if rowid is not None:
+            self._rowids[sha256] = rowid
 
     @contextlib.contextmanager
     def hold_stamps(self) -> Iterator[None]:
@@ -457,6 +466,7 @@ class BlobCache:
                 self._holding -= 1
                 if not self._holding and len(self._stamps) > MAX_KNOWN_STAMPS:
                     self._stamps.clear()
+                    self._rowids.clear()
 
     def _recheck(self, sha256: str, path: str, st: os.stat_result,
                  rechecked: dict[str, tuple[int, str]]) -> bool:
@@ -479,6 +489,7 @@ class BlobCache:
             self._unlink_if_same(path, st)
             self.index.remove([sha256])
             self._stamps.pop(sha256, None)
+            self._rowids.pop(sha256, None)
         return False
 
     @staticmethod
@@ -492,30 +503,43 @@ class BlobCache:
     def is_verified(self, sha256: str, st: os.stat_result) -> bool:
         """Whether ``st`` (a fresh ``stat`` of an open blob) is the stamp recorded when the blob was verified."""
         stamp = blob_stamp(st)
-        if self._stamps.get(sha256) == stamp or self.index.stamps([sha256]).get(sha256) == stamp:
-            self._remember(sha256, stamp)
+        if self._stamps.get(sha256) == stamp:
+            return True
+        rowid, known = self.index.stamp_rows([sha256]).get(sha256, (None, None))
+        if known == stamp:
+            self._remember(sha256, stamp, rowid)
             return True
         return False
 
-    def restamp(self, sha256s: Iterable[str]) -> None:
+    def restamp(self, sha256s: Iterable[str], *, touch: bool = False) -> None:
         """Record the current stamps of blobs this process just hard-linked (a new link moves the ctime).
 
         Only the ctime may have moved since this process verified or checked a blob: one whose inode, size
-        or mtime changed is left for its next hit to hash again.
+        or mtime changed is left for its next hit to hash again. ``touch``: also record the access time of
+        every blob this process verified, in the same write (after ``lookup_many(..., touch=False)``).
         """
         fresh: dict[str, tuple[int, str]] = {}
+        same: dict[str, int] = {}
         for sha in sha256s:
             known = self._stamps.get(sha)
+            if known is None:
+                continue
             try:
                 st = os.stat(self.blob_path(sha))
             except FileNotFoundError:
                 continue
             stamp = blob_stamp(st)
-            if known is not None and known != stamp and known.rsplit(":", 1)[0] == stamp.rsplit(":", 1)[0]:
+            if known == stamp:
+                same[sha] = st.st_size
+            elif known.rsplit(":", 1)[0] == stamp.rsplit(":", 1)[0]:
                 self._remember(sha, stamp)
                 fresh[sha] = (st.st_size, stamp)
+        if touch:
+            with self._touched_lock:
+                self._due_touches(fresh, time.time())
+            self._touch(same)
         if fresh:
-            self.index.set_stamps(fresh)
+            self.index.set_stamps(fresh, self._rowids, touch=touch)
 
     def contains(self, sha256: str) -> bool:
         """Whether the blob has a file of its own in the cache (packs not included: see :meth:`holds`)."""
@@ -716,7 +740,7 @@ class BlobCache:
         if due:
             # An upsert, not an update: a blob renamed into place by a process that died before indexing
             # it is healed here.
-            self.index.touch_blobs(due, now)
+            self.index.touch_blobs(due, now, self._rowids)
 
     def _due_touches(self, keys: Iterable[str], now: float) -> list[str]:
         """The keys (blobs or packs) whose access time is due to be written, marked as written now: each at most
@@ -939,7 +963,7 @@ class BlobCache:
         # Only blobs still there: one evicted since its hit (by any process) must not come back to the index.
         touches = {sha: size for sha, size in touches.items() if self.contains(sha)}
         if touches:
-            self.index.touch_blobs(touches)
+            self.index.touch_blobs(touches, rowids=self._rowids)
         if pack_touches:
             self.index.touch(pack_touches)  # an update: a pack evicted meanwhile stays gone
         victims, self._known_total = self.index.admit_blobs(pending, self.max_bytes, keep, _evictable)

@@ -204,7 +204,8 @@ def fetch_files(
                 logger.debug("blob %s was evicted before it was placed; fetching it again", sha[:12])
 
     with cache.hold_stamps():  # restamp (below) needs every stamp verified here, however many
-        present = cache.lookup_many(by_sha)
+        # Placing files: the hits' access times are written with their new stamps, in one pass at the end.
+        present = cache.lookup_many(by_sha, touch=placer is None)
         missing: list[str] = []
         for sha in by_sha:
             if sha in present:
@@ -229,8 +230,8 @@ def fetch_files(
                         run_parallel(lambda sha: fetch(sha, progress), window, client.settings.transfer_threads)
             finally:
                 cache.flush()
-        if placer is not None and placer.link:
-            cache.restamp(by_sha)  # the hard links just made moved the blobs' ctimes
+        if placer is not None:  # the hard links just made moved the blobs' ctimes
+            cache.restamp(by_sha, touch=True)
     for entry in unchecked:
         assert placer is not None, "a reference without checksum can only be fetched to a place"
         result[entry.path] = fetch_unchecked(entry, placer, f"{label}/{entry.path}")
