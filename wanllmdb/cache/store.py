@@ -535,8 +535,6 @@ class BlobCache:
                 self._remember(sha, stamp)
                 fresh[sha] = (st.st_size, stamp)
         if touch:
-            with self._touched_lock:
-                self._due_touches(fresh, time.time())
             self._touch(same)
         if fresh:
             self.index.set_stamps(fresh, self._rowids, touch=touch)
