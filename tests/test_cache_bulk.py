@@ -137,6 +137,7 @@ def test_a_cached_download_writes_every_access_time_and_stamp_and_never_serves_a
     hashed.clear()
     assert len(fresh.lookup_many(shas.values())) == len(shas) and hashed == []
     assert not [name for _, _, names in os.walk(root) for name in names if name.startswith(".wanllmdb-")]
+    assert fresh.index.ref_digest("bulk/bulk", "v1") == art.digest, "the version is recorded with its digest"
 
 
 def test_placing_links_a_new_name_keeps_a_same_file_and_replaces_another(tmp_path):
@@ -204,3 +205,42 @@ def test_a_cached_download_that_copies_still_writes_every_access_time(tmp_path, 
             assert open(os.path.join(root, path), "rb").read() == data
     assert all(cache.index.get(sha).last_access > old + 3000 for sha in shas)
     assert cache.index.stamps(shas) == stamps
+
+
+def test_a_version_recorded_with_its_digest_is_only_touched_when_downloaded_again(tmp_path):
+    from wanllmdb.cache import ArtifactCache
+    from wanllmdb.manifest import Manifest, ManifestEntry
+
+    def manifest(data: bytes) -> Manifest:
+        return Manifest.from_entries([ManifestEntry("a.bin", len(data), hashlib.md5(data).hexdigest(), _sha(data))])
+
+    cache = ArtifactCache(str(tmp_path / "c"))
+    first, other = manifest(b"one"), manifest(b"two")
+    cache.record("p/art", "v1", first, "digest-1")
+    touched = cache.blobs.index.get_ref("p/art", "v1").last_access
+    time.sleep(0.01)
+    cache.record("p/art", "v1", other, "digest-1")  # same digest: the stored manifest stands
+    ref = cache.blobs.index.get_ref("p/art", "v1")
+    assert Manifest.from_json(ref.manifest_json) == first and ref.last_access > touched
+    cache.record("p/art", "v1", other, "digest-2")  # another digest: recorded again
+    assert Manifest.from_json(cache.blobs.index.get_ref("p/art", "v1").manifest_json) == other
+    cache.record("p/art", "v1", first)  # no digest (the seed's put): always recorded
+    assert Manifest.from_json(cache.blobs.index.get_ref("p/art", "v1").manifest_json) == first
+    assert cache.blobs.index.ref_digest("p/art", "v1") is None
+
+
+def test_an_index_from_before_ref_digests_gains_the_column_and_keeps_its_refs(tmp_path):
+    import sqlite3
+
+    path = str(tmp_path / "index.sqlite")
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE refs (artifact_id TEXT NOT NULL, version TEXT NOT NULL, manifest TEXT NOT NULL, "
+                "created REAL NOT NULL, last_access REAL NOT NULL, PRIMARY KEY (artifact_id, version))")
+    old.execute("INSERT INTO refs VALUES ('p/art', 'v1', '{}', 1.0, 2.0)")
+    old.commit()
+    old.close()
+    index = CacheIndex(path)
+    assert index.get_ref("p/art", "v1").manifest_json == "{}"
+    assert index.ref_digest("p/art", "v1") is None
+    index.put_ref("p/art", "v2", "{}", "d")
+    assert index.ref_digest("p/art", "v2") == "d"

@@ -65,11 +65,19 @@ class ArtifactCache:
     def close(self) -> None:
         self.blobs.close()
 
-    def record(self, artifact_id: str, version: str, manifest: Manifest) -> None:
-        """Remember which files make up ``artifact_id:version`` (blobs are cached separately)."""
-        self.blobs.index.put_ref(
-            _validate_artifact_id(artifact_id), validate_alias(version), manifest.to_json()
-        )
+    def record(self, artifact_id: str, version: str, manifest: Manifest, digest: str | None = None) -> None:
+        """Remember which files make up ``artifact_id:version`` (blobs are cached separately).
+
+        ``digest``: the version's content digest (paths, sizes, SHA-256s). A ref recorded with the same one
+        is only touched: a download of a million files need not write its manifest (~150 MB of JSON) into the
+        index again each time.
+        """
+        _validate_artifact_id(artifact_id)
+        validate_alias(version)
+        if digest is not None and self.blobs.index.ref_digest(artifact_id, version) == digest:
+            self.blobs.index.touch_ref(artifact_id, version)
+            return
+        self.blobs.index.put_ref(artifact_id, version, manifest.to_json(), digest)
 
     def get(self, artifact_id: str, version: str) -> str | None:
         """A directory holding the cached files of that version, or None if any file is not cached."""

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS refs (
     manifest TEXT NOT NULL,
     created REAL NOT NULL,
     last_access REAL NOT NULL,
+    digest TEXT,                     -- the version's content digest, where the recorder knew it
     PRIMARY KEY (artifact_id, version)
 );
 CREATE TABLE IF NOT EXISTS packed (
@@ -112,11 +113,13 @@ class CacheIndex:
         self._db = SQLiteDB(path, _SCHEMA)
         self._tx = self._db.write
         self._query = self._db.query
-        columns = {row[1] for row in self._query("PRAGMA table_info(entries)")}
-        if "stamp" not in columns:  # an index written before stamps: its blobs are verified again once
-            with self._tx() as conn:
-                if "stamp" not in {row[1] for row in conn.execute("PRAGMA table_info(entries)")}:
-                    conn.execute("ALTER TABLE entries ADD COLUMN stamp TEXT")
+        # Columns added since the first release: an index without ``stamp`` verifies its blobs again once; one
+        # without ``refs.digest`` records each version's manifest again at its next download.
+        for table, column in (("entries", "stamp"), ("refs", "digest")):
+            if column not in {row[1] for row in self._query(f"PRAGMA table_info({table})")}:
+                with self._tx() as conn:
+                    if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -314,15 +317,21 @@ class CacheIndex:
 
     # --- refs (the seed's artifact-level view) ----------------------------------------------------------
 
-    def put_ref(self, artifact_id: str, version: str, manifest_json: str) -> None:
+    def put_ref(self, artifact_id: str, version: str, manifest_json: str, digest: str | None = None) -> None:
         now = time.time()
         with self._tx() as conn:
             conn.execute(
-                "INSERT INTO refs (artifact_id, version, manifest, created, last_access) VALUES (?, ?, ?, ?, ?) "
+                "INSERT INTO refs (artifact_id, version, manifest, created, last_access, digest) "
+                "VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(artifact_id, version) DO UPDATE SET manifest = excluded.manifest, "
-                "last_access = excluded.last_access",
-                (artifact_id, version, manifest_json, now, now),
+                "last_access = excluded.last_access, digest = excluded.digest",
+                (artifact_id, version, manifest_json, now, now, digest),
             )
+
+    def ref_digest(self, artifact_id: str, version: str) -> str | None:
+        """The content digest recorded with a ref (None: no such ref, or recorded without one)."""
+        rows = self._query("SELECT digest FROM refs WHERE artifact_id = ? AND version = ?", (artifact_id, version))
+        return rows[0][0] if rows else None
 
     def get_ref(self, artifact_id: str, version: str) -> RefRecord | None:
         rows = self._query(

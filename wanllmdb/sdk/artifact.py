@@ -593,8 +593,11 @@ class Artifact:
             raise FileNotInArtifactError(f"artifact '{self.source_name}' has no file under {path_prefix!r}")
         self._download_entries(entries, root)
         assert self._info is not None and self._download_root is not None
-        if not path_prefix:
-            client.artifact_cache().record(f"{self._info.project}/{self._name}", self._info.label, self.manifest)
+        if not path_prefix:  # a logged version's files never change: its manifest as the registry gave it
+            manifest = self._info.manifest if self._info.manifest is not None else self.manifest
+            client.artifact_cache().record(
+                f"{self._info.project}/{self._name}", self._info.label, manifest, self._info.digest
+            )
         return self._download_root
 
     def checkout(self, root: str | None = None) -> str:
