@@ -244,3 +244,42 @@ def test_an_index_from_before_ref_digests_gains_the_column_and_keeps_its_refs(tm
     assert index.ref_digest("p/art", "v1") is None
     index.put_ref("p/art", "v2", "{}", "d")
     assert index.ref_digest("p/art", "v2") == "d"
+
+
+def test_a_download_that_fails_midway_still_restamps_the_blobs_it_linked(tmp_path, monkeypatch, make_server):
+    """One damaged blob on the server fails the download; the cached files it had linked by then keep a
+    current stamp, so the next lookup hashes none of them."""
+    import glob
+
+    import wanllmdb
+    from wanllmdb.errors import ChecksumError
+
+    server = make_server()
+    monkeypatch.setenv("WANLLMDB_BASE_URL", server.url)
+    if server.api_key:
+        monkeypatch.setenv("WANLLMDB_API_KEY", server.api_key)
+    files = _log(tmp_path, "first", 8)
+    wanllmdb.Api().artifact("bulk/first:latest").download(str(tmp_path / "one"))  # all 8 now cached
+    extra = os.urandom(3000)
+    (tmp_path / "extra.bin").write_bytes(extra)
+    with wanllmdb.init(project="bulk") as run:
+        art = wanllmdb.Artifact("second", type="dataset")
+        for path in files:
+            art.add_file(str(tmp_path / "src" / path), name=path)
+        art.add_file(str(tmp_path / "extra.bin"), name="zz/extra.bin")
+        run.log_artifact(art)
+    (stored,) = glob.glob(os.path.join(server.root, "**", _sha(extra)), recursive=True)
+    os.chmod(stored, 0o644)
+    with open(stored, "r+b") as f:  # the server now serves bytes that do not match the digest
+        f.write(bytes([extra[0] ^ 0xFF]))
+    with pytest.raises(ChecksumError):
+        wanllmdb.Api().artifact("bulk/second:latest").download(str(tmp_path / "two"))
+    for path, data in files.items():
+        assert (tmp_path / "two" / path).read_bytes() == data, "the cached files were placed before the failure"
+    hashed: list[str] = []
+    real = cache_store.sha256_file
+    monkeypatch.setattr(cache_store, "sha256_file", lambda p: hashed.append(p) or real(p))
+    fresh = BlobCache(os.environ["WANLLMDB_CACHE_DIR"])
+    assert len(fresh.lookup_many([_sha(data) for data in files.values()])) == len(files)
+    assert hashed == [], "their stamps were recorded although the download failed"
+    assert not os.path.exists(fresh.blob_path(_sha(extra))), "nothing unverified was cached"

@@ -31,7 +31,7 @@ from typing import TypeVar
 
 from ..cache.digests import stamp
 from ..cache.materialize import Placer
-from ..cache.store import BlobWriter
+from ..cache.store import BlobCache, BlobWriter
 from ..errors import ChecksumError, IncompleteDraftError
 from ..killpoints import kill_point
 from ..manifest import ManifestEntry
@@ -204,38 +204,56 @@ def fetch_files(
                 logger.debug("blob %s was evicted before it was placed; fetching it again", sha[:12])
 
     with cache.hold_stamps():  # restamp (below) needs every stamp verified here, however many
-        # Placing files: the hits' access times are written with their new stamps, in one pass at the end.
+        # Placing files: the hits' access times are written with their new stamps, in one pass at the end,
+        # also when a fetch fails (else each blob linked so far would be hashed again at its next hit).
         present = cache.lookup_many(by_sha, touch=placer is None)
-        missing: list[str] = []
-        for sha in by_sha:
-            if sha in present:
-                try:
-                    place(sha, present[sha])
-                    continue
-                except FileNotFoundError:
-                    pass
-            missing.append(sha)
-        if missing:
-            prepare = getattr(registry, "prepare_fetch", None)
-            total = sum(by_sha[sha][0].size for sha in missing)
-            try:
-                with ByteProgress(total, f"download {label}") as progress:
-                    # A window at a time: each presign request, and the URLs and bundles held, stay bounded
-                    # (one request for a million blobs took 35 s, past the read timeout).
-                    for start in range(0, len(missing), FETCH_WINDOW):
-                        window = missing[start : start + FETCH_WINDOW]
-                        stored = [sha for sha in window if not by_sha[sha][0].is_reference]
-                        if prepare is not None and stored:
-                            prepare(stored)
-                        run_parallel(lambda sha: fetch(sha, progress), window, client.settings.transfer_threads)
-            finally:
-                cache.flush()
-        if placer is not None:  # the hard links just made moved the blobs' ctimes
-            cache.restamp(by_sha, touch=True)
+        try:
+            _place_or_fetch(cache, registry, by_sha, present, place, fetch, label, client.settings.transfer_threads)
+        finally:
+            if placer is not None:  # the hard links just made moved the blobs' ctimes
+                cache.restamp(by_sha, touch=True)
     for entry in unchecked:
         assert placer is not None, "a reference without checksum can only be fetched to a place"
         result[entry.path] = fetch_unchecked(entry, placer, f"{label}/{entry.path}")
     return result
+
+
+def _place_or_fetch(
+    cache: BlobCache,
+    registry: object,
+    by_sha: dict[str, list[ManifestEntry]],
+    present: dict[str, str],
+    place: Callable[[str, str], None],
+    fetch: Callable[..., None],
+    label: str,
+    threads: int,
+) -> None:
+    """Place the cached blobs, then fetch (and place) the rest, a window at a time."""
+    missing: list[str] = []
+    for sha in by_sha:
+        if sha in present:
+            try:
+                place(sha, present[sha])
+                continue
+            except FileNotFoundError:
+                pass
+        missing.append(sha)
+    if not missing:
+        return
+    prepare = getattr(registry, "prepare_fetch", None)
+    total = sum(by_sha[sha][0].size for sha in missing)
+    try:
+        with ByteProgress(total, f"download {label}") as progress:
+            # A window at a time: each presign request, and the URLs and bundles held, stay bounded
+            # (one request for a million blobs took 35 s, past the read timeout).
+            for start in range(0, len(missing), FETCH_WINDOW):
+                window = missing[start : start + FETCH_WINDOW]
+                stored = [sha for sha in window if not by_sha[sha][0].is_reference]
+                if prepare is not None and stored:
+                    prepare(stored)
+                run_parallel(lambda sha: fetch(sha, progress), window, threads)
+    finally:
+        cache.flush()
 
 
 def _group_by_blob(entries: Iterable[ManifestEntry]) -> tuple[dict[str, list[ManifestEntry]], list[ManifestEntry]]:
