@@ -41,7 +41,7 @@ PROJECT = "bench"
 FILE_SIZE = 32
 COUNTS = {False: (10_000, 100_000, 1_000_000), True: (1_000, 10_000, 100_000)}
 #: Overrides the file counts, e.g. ``WANLLMDB_SCALE_COUNTS=10000,30000,100000`` (the 1M point of the full
-#: run takes about 40 minutes on 2 cores).
+#: run takes 17-20 minutes on 2 cores; the whole group 19 minutes in round 11).
 COUNTS_ENV = "WANLLMDB_SCALE_COUNTS"
 CLIENTS = (1, 4, 16)
 CONCURRENT_FILE = {False: 128 << 20, True: 32 << 20}
