@@ -26,10 +26,9 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
-    run_state_machine_as_test,
 )
 
-from tests.support.hypothesis_settings import state_machine_settings
+from tests.support.hypothesis_settings import run_in_folders, state_machine_settings
 from wanllmdb.cache import BlobCache, Placer
 from wanllmdb.cache import index as cache_index
 from wanllmdb.cache import store as cache_store
@@ -181,15 +180,8 @@ def test_bulk_downloads_keep_the_cache_s_promises(tmp_path, monkeypatch):
     monkeypatch.setattr(cache_index, "SCAN_MIN_KEYS", 2)
     real = cache_store.sha256_file
     monkeypatch.setattr(cache_store, "sha256_file", lambda path: HASHED.append(path) or real(path))
-    roots = iter(range(10_000))
-
-    class Machine(BulkDownloads):
-        def __init__(self) -> None:
-            self.root = str(tmp_path / f"run-{next(roots)}")
-            super().__init__()
-
     COUNTS.clear()
-    run_state_machine_as_test(Machine, settings=SETTINGS)
+    run_in_folders(BulkDownloads, tmp_path, SETTINGS)
     # the sequences reached what they attack
     assert COUNTS["placed"] > 0 and COUNTS["edited_links"] >= 10 and COUNTS["deleted"] > 0, COUNTS
     assert COUNTS["reindexed"] > 0 and COUNTS["placed"] > SETTINGS.max_examples, COUNTS

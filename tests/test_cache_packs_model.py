@@ -15,9 +15,9 @@ import os
 from collections import Counter
 
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from tests.support.hypothesis_settings import state_machine_settings
+from tests.support.hypothesis_settings import run_in_folders, state_machine_settings
 from wanllmdb.cache import BlobCache
 from wanllmdb.errors import ChecksumError
 
@@ -137,14 +137,7 @@ class CacheWithPacks(RuleBasedStateMachine):
 
 
 def test_the_cache_with_packs_keeps_its_promises(tmp_path):
-    roots = iter(range(10_000))
-
-    class Machine(CacheWithPacks):
-        def __init__(self) -> None:
-            self.root = str(tmp_path / f"cache-{next(roots)}")
-            super().__init__()
-
     COUNTS.clear()
-    run_state_machine_as_test(Machine, settings=SETTINGS)
+    run_in_folders(CacheWithPacks, tmp_path, SETTINGS)
     # the sequences did reach what they attack: packs read back, and damaged ones refused
     assert COUNTS["packs"] > SETTINGS.max_examples and COUNTS["packed_reads"] > 0 and COUNTS["refused"] > 0, COUNTS
