@@ -237,14 +237,14 @@ class CacheIndex:
         key index. Many keys, a large share of the index: one pass over the table (see SCAN_MIN_KEYS).
         """
         keys = keys if isinstance(keys, (set, frozenset, dict)) else set(keys)
-        if len(keys) >= SCAN_MIN_KEYS and len(keys) * SCAN_SHARE >= self.row_count():
+        if len(keys) >= SCAN_MIN_KEYS and len(keys) * SCAN_SHARE >= self._row_count():
             with self._db.read() as conn:
                 rows = conn.execute("SELECT rowid, key, stamp FROM entries WHERE stamp IS NOT NULL")
                 return {key: (rowid, stamp) for rowid, key, stamp in rows if key in keys}
         sql = "SELECT key, rowid, stamp FROM entries WHERE stamp IS NOT NULL AND key IN ({marks})"
         return {key: (rowid, stamp) for key, rowid, stamp in self._rows_in(sql, keys)}
 
-    def row_count(self) -> int:
+    def _row_count(self) -> int:
         return int(self._query("SELECT count(*) FROM entries")[0][0])
 
     def packed(self, sha256s: Iterable[str]) -> dict[str, PackedRow]:

@@ -31,7 +31,7 @@ from typing import TypeVar
 
 from ..cache.digests import stamp
 from ..cache.materialize import Placer
-from ..cache.store import BlobCache, BlobWriter
+from ..cache.store import BlobWriter
 from ..errors import ChecksumError, IncompleteDraftError
 from ..killpoints import kill_point
 from ..manifest import ManifestEntry
@@ -181,7 +181,6 @@ def fetch_files(
         ChecksumError: a fetched blob does not match its digest (it is not cached).
     """
     cache = client.cache
-    registry = client.registry
     # Stored entries first in each group: their blob comes from the registry rather than from a reference.
     by_sha, unchecked = _group_by_blob(entries)
     result: dict[str, str] = {}
@@ -208,7 +207,17 @@ def fetch_files(
         # also when a fetch fails (else each blob linked so far would be hashed again at its next hit).
         present = cache.lookup_many(by_sha, touch=placer is None)
         try:
-            _place_or_fetch(cache, registry, by_sha, present, place, fetch, label, client.settings.transfer_threads)
+            missing: list[str] = []
+            for sha in by_sha:
+                if sha in present:
+                    try:
+                        place(sha, present[sha])
+                        continue
+                    except FileNotFoundError:
+                        pass
+                missing.append(sha)
+            if missing:
+                _fetch_missing(client, by_sha, missing, fetch, label)
         finally:
             if placer is not None:  # the hard links just made moved the blobs' ctimes
                 cache.restamp(by_sha, touch=True)
@@ -218,29 +227,15 @@ def fetch_files(
     return result
 
 
-def _place_or_fetch(
-    cache: BlobCache,
-    registry: object,
+def _fetch_missing(
+    client: Client,
     by_sha: dict[str, list[ManifestEntry]],
-    present: dict[str, str],
-    place: Callable[[str, str], None],
-    fetch: Callable[..., None],
+    missing: list[str],
+    fetch: Callable[[str, Callable[[int], object]], None],
     label: str,
-    threads: int,
 ) -> None:
-    """Place the cached blobs, then fetch (and place) the rest, a window at a time."""
-    missing: list[str] = []
-    for sha in by_sha:
-        if sha in present:
-            try:
-                place(sha, present[sha])
-                continue
-            except FileNotFoundError:
-                pass
-        missing.append(sha)
-    if not missing:
-        return
-    prepare = getattr(registry, "prepare_fetch", None)
+    """Fetch (and place) the blobs not in the cache, a window at a time, with one progress bar for all."""
+    prepare = getattr(client.registry, "prepare_fetch", None)
     total = sum(by_sha[sha][0].size for sha in missing)
     try:
         with ByteProgress(total, f"download {label}") as progress:
@@ -251,9 +246,9 @@ def _place_or_fetch(
                 stored = [sha for sha in window if not by_sha[sha][0].is_reference]
                 if prepare is not None and stored:
                     prepare(stored)
-                run_parallel(lambda sha: fetch(sha, progress), window, threads)
+                run_parallel(lambda sha: fetch(sha, progress), window, client.settings.transfer_threads)
     finally:
-        cache.flush()
+        client.cache.flush()
 
 
 def _group_by_blob(entries: Iterable[ManifestEntry]) -> tuple[dict[str, list[ManifestEntry]], list[ManifestEntry]]:
