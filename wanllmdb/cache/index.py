@@ -46,6 +46,14 @@ CREATE TABLE IF NOT EXISTS refs (
     digest TEXT,                     -- the version's content digest, where the recorder knew it
     PRIMARY KEY (artifact_id, version)
 );
+-- A ref's later access times, apart from its row: updating any column of a row rewrites the whole row, and a
+-- ref's manifest is ~150 MB of JSON at a million files. A ref was last used at the later of the two times.
+CREATE TABLE IF NOT EXISTS ref_access (
+    artifact_id TEXT NOT NULL,
+    version TEXT NOT NULL,
+    last_access REAL NOT NULL,
+    PRIMARY KEY (artifact_id, version)
+);
 CREATE TABLE IF NOT EXISTS packed (
     sha256 TEXT NOT NULL,            -- a verified blob held in a pack
     pack TEXT NOT NULL,              -- the pack's entry key, 'pack:<file name>'
@@ -236,13 +244,22 @@ class CacheIndex:
         A later write given the rowids (``set_stamps``, ``touch_blobs``) finds each row without a lookup in the
         key index. Many keys, a large share of the index: one pass over the table (see SCAN_MIN_KEYS).
         """
+        return {key: (rowid, stamp) for key, rowid, stamp in self.iter_stamp_rows(keys)}
+
+    def iter_stamp_rows(self, keys: Iterable[str]) -> Iterator[tuple[str, int, str]]:
+        """:meth:`stamp_rows` as (key, rowid, stamp) rows, for a caller that uses each row at once and keeps no
+        map of them all (a million rows: ~150 MB). The one-pass read holds the index's lock until the iterator
+        is exhausted or closed: the caller must not use the index (or wait on a thread that does) meanwhile.
+        """
         keys = keys if isinstance(keys, (set, frozenset, dict)) else set(keys)
         if len(keys) >= SCAN_MIN_KEYS and len(keys) * SCAN_SHARE >= self._row_count():
             with self._db.read() as conn:
-                rows = conn.execute("SELECT rowid, key, stamp FROM entries WHERE stamp IS NOT NULL")
-                return {key: (rowid, stamp) for rowid, key, stamp in rows if key in keys}
+                for rowid, key, stamp in conn.execute("SELECT rowid, key, stamp FROM entries WHERE stamp IS NOT NULL"):
+                    if key in keys:
+                        yield key, rowid, stamp
+            return
         sql = "SELECT key, rowid, stamp FROM entries WHERE stamp IS NOT NULL AND key IN ({marks})"
-        return {key: (rowid, stamp) for key, rowid, stamp in self._rows_in(sql, keys)}
+        yield from self._rows_in(sql, keys)
 
     def _row_count(self) -> int:
         return int(self._query("SELECT count(*) FROM entries")[0][0])
@@ -334,31 +351,34 @@ class CacheIndex:
         return rows[0][0] if rows else None
 
     def get_ref(self, artifact_id: str, version: str) -> RefRecord | None:
-        rows = self._query(
-            "SELECT artifact_id, version, manifest, created, last_access FROM refs "
-            "WHERE artifact_id = ? AND version = ?",
-            (artifact_id, version),
-        )
+        rows = self._query(_REF_ROWS + "WHERE r.artifact_id = ? AND r.version = ?", (artifact_id, version))
         return RefRecord(*rows[0]) if rows else None
 
     def touch_ref(self, artifact_id: str, version: str) -> None:
         with self._tx() as conn:
             conn.execute(
-                "UPDATE refs SET last_access = ? WHERE artifact_id = ? AND version = ?",
-                (time.time(), artifact_id, version),
+                "INSERT INTO ref_access (artifact_id, version, last_access) "
+                "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM refs WHERE artifact_id = ? AND version = ?) "
+                "ON CONFLICT(artifact_id, version) DO UPDATE SET last_access = excluded.last_access",
+                (artifact_id, version, time.time(), artifact_id, version),
             )
 
     def refs(self) -> list[RefRecord]:
-        rows = self._query(
-            "SELECT artifact_id, version, manifest, created, last_access FROM refs ORDER BY artifact_id, version"
-        )
-        return [RefRecord(*row) for row in rows]
+        return [RefRecord(*row) for row in self._query(_REF_ROWS + "ORDER BY r.artifact_id, r.version")]
 
     def remove_refs(self, keys: Iterable[tuple[str, str]]) -> None:
         rows = list(keys)
         if rows:
             with self._tx() as conn:
                 conn.executemany("DELETE FROM refs WHERE artifact_id = ? AND version = ?", rows)
+                conn.executemany("DELETE FROM ref_access WHERE artifact_id = ? AND version = ?", rows)
+
+
+#: A ref's row as a RefRecord, last used at the later of its own access time and the one kept apart.
+_REF_ROWS = (
+    "SELECT r.artifact_id, r.version, r.manifest, r.created, max(r.last_access, coalesce(a.last_access, 0)) "
+    "FROM refs r LEFT JOIN ref_access a ON a.artifact_id = r.artifact_id AND a.version = r.version "
+)
 
 
 def _update_by_rowid(
@@ -385,5 +405,5 @@ def _update_by_rowid(
     if not known:
         return keys
     known.sort()
-    cursor = conn.executemany(sql, [(*values(key), rowid, key) for rowid, key in known])
+    cursor = conn.executemany(sql, ((*values(key), rowid, key) for rowid, key in known))
     return unknown if cursor.rowcount == len(known) else keys

@@ -95,6 +95,11 @@ def blob_stamp(st: os.stat_result) -> str:
     return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
+def _stamp_size(stamp: str) -> int:
+    """The size a :func:`blob_stamp` records."""
+    return int(stamp.split(":", 2)[1])
+
+
 class BlobWriter(Protocol):
     def write(self, data: bytes | memoryview, /) -> int: ...
 
@@ -408,36 +413,53 @@ class BlobCache:
         return self.lookup_many([sha256]).get(sha256)
 
     def lookup_many(self, sha256s: Iterable[str], *, touch: bool = True) -> dict[str, str]:
-        """Paths of the complete, unchanged blobs among ``sha256s`` (one index transaction for all hits).
+        """Paths of the complete, unchanged blobs among ``sha256s``: :meth:`present_blobs` with their paths."""
+        return {sha: self.blob_path(sha) for sha in self.present_blobs(sha256s, touch=touch)}
+
+    def present_blobs(self, sha256s: Iterable[str], *, touch: bool = True) -> set[str]:
+        """The blobs among ``sha256s`` whose file (:meth:`blob_path`) is complete and unchanged (one index
+        transaction for all hits).
 
         A blob whose stamp differs from the one recorded when it was verified is hashed again first, and
         evicted if its bytes changed (see the module docstring). ``touch=False`` leaves the hits' access times
         to the caller's :meth:`restamp` with ``touch``, which writes them with the new stamps in one pass.
+
+        What it holds per blob while it works is a stamp string (no ``stat`` result, no path, no map of the
+        index's rows): a million blobs are checked in a few hundred MB less than that.
         """
-        found: dict[str, str] = {}
-        sizes: dict[str, int] = {}
-        unsure: dict[str, tuple[str, os.stat_result]] = {}
+        found: set[str] = set()
+        sizes: dict[str, int] = {}  # the hits' sizes, for their access times (with touch)
+        unsure: dict[str, str] = {}  # sha -> its stamp now, where it differs from the one this process knows
         for sha in sha256s:
-            path = self.blob_path(sha)
             try:
-                st = os.stat(path)
+                st = os.stat(self.blob_path(sha))
             except FileNotFoundError:
                 continue
-            if self._stamps.get(sha) == blob_stamp(st):
-                found[sha] = path
-                sizes[sha] = st.st_size
-            else:
-                unsure[sha] = (path, st)
-        if unsure:
-            recorded = self.index.stamp_rows(unsure)
-            rechecked: dict[str, tuple[int, str]] = {}
-            for sha, (path, st) in unsure.items():
-                stamp = blob_stamp(st)
-                rowid, known = recorded.get(sha, (None, None))
-                if known == stamp or self._recheck(sha, path, st, rechecked):
-                    self._remember(sha, stamp, rowid)
-                    found[sha] = path
+            now = blob_stamp(st)
+            if self._stamps.get(sha) == now:
+                found.add(sha)
+                if touch:
                     sizes[sha] = st.st_size
+            else:
+                unsure[sha] = now
+        if unsure:
+            rowids: dict[str, int] = {}  # of the rows whose recorded stamp differs
+            for sha, rowid, known in self.index.iter_stamp_rows(unsure):
+                if known == unsure[sha]:
+                    self._remember(sha, known, rowid)
+                    found.add(sha)
+                    if touch:
+                        sizes[sha] = _stamp_size(known)
+                else:
+                    rowids[sha] = rowid
+            rechecked: dict[str, tuple[int, str]] = {}
+            for sha in unsure:  # unknown to the index, or changed since it was verified: hash it again
+                if sha not in found and self._recheck(sha, rechecked):
+                    size, now = rechecked[sha]
+                    self._remember(sha, now, rowids.get(sha))
+                    found.add(sha)
+                    if touch:
+                        sizes[sha] = size
             if rechecked:  # one transaction for all new stamps, not one per blob
                 self.index.set_stamps(rechecked, self._rowids)
         if touch:
@@ -468,11 +490,12 @@ class BlobCache:
                     self._stamps.clear()
                     self._rowids.clear()
 
-    def _recheck(self, sha256: str, path: str, st: os.stat_result,
-                 rechecked: dict[str, tuple[int, str]]) -> bool:
-        """Hash a blob whose stamp is unknown or changed: if intact, put its new stamp in ``rechecked``
+    def _recheck(self, sha256: str, rechecked: dict[str, tuple[int, str]]) -> bool:
+        """Hash a blob whose stamp is unknown or changed: if intact, put its size and new stamp in ``rechecked``
         (for the caller to record), else evict it."""
+        path = self.blob_path(sha256)
         try:
+            st = os.stat(path)
             digest, size = sha256_file(path)
             after = os.stat(path)
         except FileNotFoundError:

@@ -37,7 +37,7 @@ def md5_pool() -> ThreadPoolExecutor:
         return _md5_pool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileDigest:
     size: int
     md5: str

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
+from ..cache.digests import FileStamp
 from ..cache.materialize import Placer
 from ..errors import (
     ArtifactFinalizedError,
@@ -369,7 +370,7 @@ class Artifact:
 
         client = get_client()
         threshold = client.settings.single_pass_min
-        stats = {path: os.stat(local) for path, local in items}
+        stats = {path: FileStamp.of(os.stat(local)) for path, local in items}
         later = {
             path
             for path, _ in items
@@ -393,8 +394,10 @@ class Artifact:
             trial.pop(path, None)
         check_tree([*trial, *self._pending, *later])  # refuses a path that is both a file and a directory
         self._entries = trial
-        for path in later:
-            self._pending[path] = dict(items)[path]
+        if later:
+            local_of = dict(items)
+            for path in later:
+                self._pending[path] = local_of[path]
         for path, _ in now:
             self._pending.pop(path, None)
         self._local_paths.update(items)
@@ -560,15 +563,18 @@ class Artifact:
     def default_root(self) -> str:
         return os.path.join(".", "artifacts", f"{self._name}:{self._info.label if self._info else 'draft'}")
 
-    def _download_entries(self, entries: list[ManifestEntry], root: str | None) -> dict[str, str]:
+    def _download_entries(
+        self, entries: list[ManifestEntry], root: str | None, *, paths: bool = True
+    ) -> dict[str, str]:
+        """Place ``entries`` under ``root``; returns entry path -> local path (empty with ``paths=False``)."""
         from .transfer import fetch_files
 
         client = self._require_live("download")
         root = root or self._download_root or self.default_root()
         placer = Placer(root)
-        paths = fetch_files(client, entries, placer, label=self.qualified_name or self._name)
+        placed = fetch_files(client, entries, placer, label=self.qualified_name or self._name, paths=paths)
         self._download_root = placer.root
-        return paths
+        return placed
 
     def get_path(self, name: str) -> ArtifactFilePath:
         """Local path of one file: the added file before logging; fetched (through the cache) after."""
@@ -591,7 +597,7 @@ class Artifact:
         entries = [e for e in self._entries.values() if not path_prefix or e.path.startswith(path_prefix)]
         if path_prefix and not entries:
             raise FileNotInArtifactError(f"artifact '{self.source_name}' has no file under {path_prefix!r}")
-        self._download_entries(entries, root)
+        self._download_entries(entries, root, paths=False)
         assert self._info is not None and self._download_root is not None
         if not path_prefix:  # a logged version's files never change: its manifest as the registry gave it
             manifest = self._info.manifest if self._info.manifest is not None else self.manifest
