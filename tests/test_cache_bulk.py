@@ -229,6 +229,59 @@ def test_a_version_recorded_with_its_digest_is_only_touched_when_downloaded_agai
     assert cache.blobs.index.ref_digest("p/art", "v1") is None
 
 
+def test_touching_a_ref_leaves_its_manifest_row_alone_and_counts_everywhere(tmp_path, monkeypatch):
+    """A ref's manifest is ~150 MB of JSON at a million files, and updating any column of a row rewrites all
+    of it: its access time is kept apart. Every reader sees the later of the two times: the listing, a
+    cleanup by age (a ref used lately stays however old its row), and a removal drops both."""
+    import sqlite3
+
+    from wanllmdb.cache import ArtifactCache
+    from wanllmdb.cache import artifacts as cache_artifacts
+    from wanllmdb.manifest import Manifest, ManifestEntry
+
+    data = b"kept apart"
+    manifest = Manifest.from_entries([ManifestEntry("a.bin", len(data), hashlib.md5(data).hexdigest(), _sha(data))])
+    cache = ArtifactCache(str(tmp_path / "c"))
+    cache.record("p/art", "v1", manifest, "digest-1")
+    raw = sqlite3.connect(os.path.join(cache.root, "index.sqlite"))
+    row = raw.execute("SELECT rowid, manifest, last_access FROM refs").fetchall()
+    year = 365 * 86400
+    raw.execute("UPDATE refs SET last_access = last_access - ?", (year,))  # as if recorded a year ago
+    raw.commit()
+    cache.record("p/art", "v1", manifest, "digest-1")  # downloaded again: only touched
+    assert raw.execute("SELECT rowid, manifest, last_access + ? FROM refs", (year,)).fetchall() == row, (
+        "the ref's own row was rewritten"
+    )
+    assert cache.blobs.index.get_ref("p/art", "v1").last_access == pytest.approx(time.time(), abs=60)
+    assert cache.cleanup(max_size_gb=1, max_age_days=30)["removed_refs"] == 0, "a ref used just now was dropped"
+    listed = cache.list()
+    assert [r["version"] for r in listed] == ["v1"]
+    cache.blobs.index.touch_ref("p/art", "v9")  # no such ref: nothing to remember
+    assert raw.execute("SELECT artifact_id, version FROM ref_access").fetchall() == [("p/art", "v1")]
+
+    later = time.time() + 2 * year  # two years on, neither time is recent: the ref goes, with its access time
+    monkeypatch.setattr(cache_artifacts, "_now", lambda: later)
+    assert cache.cleanup(max_size_gb=1, max_age_days=30)["removed_refs"] == 1
+    assert raw.execute("SELECT count(*) FROM ref_access").fetchone() == (0,)
+    assert cache.blobs.index.get_ref("p/art", "v1") is None
+
+
+def test_a_lookup_that_outgrows_the_remembered_stamps_still_touches_every_hit(tmp_path, monkeypatch, scan_always):
+    """Outside a download (a prefetch, a lookup) the stamps this process remembers are dropped whenever they
+    reach MAX_KNOWN_STAMPS, also in the middle of one lookup: the hits' access times must not depend on them."""
+    monkeypatch.setattr(cache_store, "MAX_KNOWN_STAMPS", 3)
+    cache = BlobCache(str(tmp_path / "c"))
+    blobs = {_sha(data): data for data in (os.urandom(500 + i) for i in range(10))}
+    for sha, data in blobs.items():
+        cache.ensure(sha, len(data), lambda writer, data=data: writer.write(data))
+    cache.flush()
+    old = time.time() - 7200
+    cache.index.touch(list(blobs), now=old)
+    fresh = BlobCache(str(tmp_path / "c"))  # another process: every stamp comes from the index
+    assert set(fresh.lookup_many(blobs)) == set(blobs)
+    assert all(fresh.index.get(sha).last_access > old + 3000 for sha in blobs), "a hit's access time was lost"
+
+
 def test_an_index_from_before_ref_digests_gains_the_column_and_keeps_its_refs(tmp_path):
     import sqlite3
 

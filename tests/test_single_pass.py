@@ -212,6 +212,41 @@ def test_a_folder_of_unchanged_files_is_not_read_again_and_a_changed_or_racy_one
     assert art.version == "v2" and art.get_entry("f007.txt").sha256 == hash_file(old[7]).sha256
 
 
+def test_a_folder_hashed_a_window_at_a_time_keeps_each_digest_with_its_file(project, tmp_path, monkeypatch):
+    """add_dir hands the hashing threads a window of files at a time (a thread pool's map would hold a future
+    per file of the whole folder, ~150 MB for 100,000 files): no more than a window is handed over at once,
+    and every entry still gets its own file's digests, remembered ones included, whatever window it falls in."""
+    monkeypatch.setattr(sdk_hashing, "HASH_WINDOW", 4)
+    folder = tmp_path / "many"
+    folder.mkdir()
+    paths = [_aged_file(folder / f"f{i:03d}.bin", 50 + i, seed=i) for i in range(23)]
+    with wanllmdb.init(project=project) as run:  # every third file's digest is remembered beforehand
+        first = wanllmdb.Artifact("some", type="dataset")
+        for path in paths[::3]:
+            first.add_file(path)
+        run.log_artifact(first)
+
+    handed: list[int] = []
+
+    def recording_map(fn, items):
+        items = list(items)
+        handed.append(len(items))
+        return map(fn, items)
+
+    items = [(path, os.stat(path)) for path in paths]
+    digests = sdk_hashing.digest_files(get_client().digests, items, recording_map)
+    assert [(d.sha256, d.md5, d.size) for d in digests] == [
+        (h.sha256, h.md5, h.size) for h in map(hash_file, paths)
+    ]
+    assert sum(handed) == len(paths) - len(paths[::3]) and max(handed) <= 4, handed
+
+    art = wanllmdb.Artifact("folder", type="dataset")  # the same through add_dir and its thread pool
+    art.add_dir(str(folder))
+    for path in paths:
+        entry, expected = art.get_entry(os.path.basename(path)), hash_file(path)
+        assert (entry.sha256, entry.md5, entry.size) == (expected.sha256, expected.md5, expected.size), path
+
+
 @pytest.mark.parametrize("pieces", [[1], [300_000, 1 << 20, 5, (1 << 20) + 7, 2 << 20, 12_345]])
 def test_pipelined_digester_gives_the_digests_of_one_pass(pieces):
     from wanllmdb.manifest.chunkhash import chunk_hash
