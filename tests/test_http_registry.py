@@ -503,3 +503,43 @@ def test_download_plans_sign_no_url_for_bundled_blobs_when_asked_and_failed_bund
     bundle_count = len(unbundled["bundles"])
     assert log.count("POST", "/blob-urls") == 1 + bundle_count  # one per failed bundle, not one per blob
     assert b"unbundled 7" in fetched.values()
+
+
+def test_a_new_version_is_answered_without_the_manifest_its_client_sent(http_registry, live_server, project, tmp_path):
+    """A finalize that creates the version does not send back the manifest the client just sent (a million
+    entries parsed again would double a large log's memory at its very end): the client keeps its own, which
+    is the version's, as its digest shows. A version found by its digest (nothing new) is answered whole, and
+    an answer without a manifest that the client cannot vouch for is refused, naming the version."""
+    import json as _json
+
+    from wanllmdb.errors import ServerError
+
+    answers: list[tuple[bytes, dict]] = []
+
+    def record(response, *args, **kwargs):
+        if response.request.url.endswith("/finalize"):
+            answers.append((response.request.body, response.json()))
+
+    http_registry.transport.session.hooks["response"].append(record)
+    files = write_files(tmp_path / "src", 3, size=300)
+    manifest, _ = manifest_of(files)
+    first = log_version(http_registry, project, "lean", files)
+    ((sent, answer),) = answers
+    assert _json.loads(sent)["manifest"] is False and answer["created"] is True
+    assert "manifest" not in answer["version"], "the manifest was answered back"
+    assert first.created and first.version.manifest == manifest and first.version.digest == manifest.digest
+    assert http_registry.resolve(project, "lean", "v1").manifest == manifest
+
+    again = log_version(http_registry, project, "lean", files)  # the same content: the existing version
+    assert not again.created and "manifest" in answers[-1][1]["version"]
+    assert again.version.manifest == manifest
+
+    other = write_files(tmp_path / "other", 2, size=100)
+    other_manifest, by_sha = manifest_of(other)
+    draft = http_registry.create_draft(DraftSpec(project, "lean", "dataset", other_manifest))
+    for target in draft.missing:
+        http_registry.upload_blob(draft, target, by_sha[target.sha256])
+    kept, _digest = http_registry._draft_manifests[draft.id]
+    http_registry._draft_manifests[draft.id] = (kept, "0" * 64)  # as if the server made another version of it
+    with pytest.raises(ServerError, match=f"{project}/lean:v2 without its manifest"):
+        http_registry.finalize_draft(draft.id)

@@ -22,6 +22,7 @@ from wanllmdb.manifest import (
     validate_artifact_name,
     validate_path,
 )
+from wanllmdb.manifest.entry import CANONICAL_PREFIX
 
 MD5 = "0" * 32
 SHA = "a" * 64
@@ -155,6 +156,24 @@ def test_manifest_json_round_trip_is_stable_and_sorted():
     assert again.to_json() == manifest.to_json()
     assert again.get("z/big.bin").chunks == (SHA, SHA, SHA)
     assert again.get("z/big.bin").ref == "file:///x"
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 1024])
+@pytest.mark.parametrize("count", [0, 1, 5])
+def test_manifest_json_in_pieces_is_the_canonical_text(batch, count):
+    """A writer of a million entries encodes a batch at a time (no dict per entry held): the pieces join into
+    exactly the canonical text, whatever the batch, for any kind of entry (chunked, reference, non-ASCII)."""
+    kinds = [
+        ManifestEntry("z/big.bin", 20, MD5, SHA, chunk_size=8, chunks=(SHA, SHA, SHA)),
+        ManifestEntry("ref/é.txt", 3, MD5, SHA, ref="https://example.org/é", etag='"abc"'),
+        _entry("a.txt"),
+        _entry("d/ü.txt", sha="b" * 64),
+        _entry("d/e.txt", sha="c" * 64),
+    ]
+    manifest = Manifest.from_entries(kinds[:count])
+    whole = json.dumps(manifest.to_dict(), separators=(",", ":"), ensure_ascii=False)
+    assert "".join(manifest.json_pieces(batch)) == whole == manifest.to_json()
+    assert whole.startswith(CANONICAL_PREFIX) and Manifest.from_json(whole) == manifest
 
 
 def test_manifest_digest_depends_only_on_content():

@@ -241,7 +241,18 @@ class Manifest:
         return {"format": MANIFEST_FORMAT, "entries": [e.to_dict() for e in self.entries.values()]}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+        return "".join(self.json_pieces())
+
+    def json_pieces(self, batch: int = 1024) -> Iterator[str]:
+        """:meth:`to_json` in pieces of ``batch`` entries: a writer of a million entries never holds a dict
+        per entry (~400 MB) nor, unless it joins them, the whole text."""
+        yield CANONICAL_PREFIX
+        entries = list(self.entries.values())
+        for start in range(0, len(entries), batch):
+            text = json.dumps([e.to_dict() for e in entries[start : start + batch]], separators=(",", ":"),
+                              ensure_ascii=False)
+            yield ("," if start else "") + text[1:-1]
+        yield "]}"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, consume: bool = False) -> Manifest:

@@ -19,7 +19,9 @@ Blob bytes never go through the JSON API: they move through presigned URLs.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
+import json
 import logging
 import os
 import re
@@ -33,9 +35,9 @@ from urllib.parse import quote
 from cachetools import LRUCache
 
 from ..cache.store import BlobWriter
-from ..errors import BlobNotFoundError, ChecksumError, ForbiddenError, WanllmdbError
+from ..errors import BlobNotFoundError, ChecksumError, ForbiddenError, ServerError, WanllmdbError
 from ..killpoints import kill_point
-from ..manifest import validate_alias, validate_artifact_name, validate_project
+from ..manifest import Manifest, validate_alias, validate_artifact_name, validate_project
 from ..manifest.digest import (
     CHUNKS_HEADER,
     ChunkDigester,
@@ -280,7 +282,9 @@ class HttpRegistry:
         self.description = self.transport.server
         self._get_urls = _URLCache()
         self._put_urls = _URLCache()
-        self._draft_files: dict[str, int] = {}  # draft id -> manifest entries, for finalize's wait
+        # draft id -> its manifest: finalize's wait grows with it, and a version made from it is answered without
+        # it (the same entries parsed again would double a large log's memory at its very end)
+        self._draft_manifests: dict[str, tuple[Manifest, str]] = {}  # with the digest the server gave the draft
         self._refreshing = threading.Lock()
         self._bundles = _Bundles(lambda b: self.transport.fetch_bundle(b.url, b.sha256s, b.sizes))
         #: Blobs presigned in a bundle without a URL of their own (``urls=unbundled``) -> their bundle's blobs:
@@ -443,15 +447,19 @@ class HttpRegistry:
     # --- writing ----------------------------------------------------------------------------------------
 
     def create_draft(self, spec: DraftSpec) -> Draft:
-        body = {
+        fields = {
             "project": spec.project,
             "name": spec.name,
             "type": spec.type,
-            "manifest": spec.manifest.to_dict(),
             "description": spec.description,
             "metadata": dict(spec.metadata),
             "run_id": spec.run_id,
         }
+        # The manifest is encoded a batch of entries at a time into the body, never as a dict per entry.
+        head = json.dumps(fields, separators=(",", ":"), ensure_ascii=False, default=str)
+        body = b"".join(
+            [head[:-1].encode(), b',"manifest":', *(p.encode() for p in spec.manifest.json_pieces()), b"}"]
+        )
         # In a large draft, bundled blobs get no URL of their own (they go in their bundle; one that must go
         # alone gets its URL from /upload-urls then). The server's work, and so the wait, grows with the
         # manifest.
@@ -460,7 +468,7 @@ class HttpRegistry:
             "POST", "/drafts", body=body, params=params, repeatable=True,
             read_timeout=self._timeout_for(len(spec.manifest)),
         )  # fmt: skip
-        self._draft_files[data["id"]] = len(spec.manifest)
+        self._draft_manifests[data["id"]] = (spec.manifest, data["digest"])
         missing = tuple(_target(item) for item in data["missing"])
         for target in missing:
             if target.url is not None:
@@ -672,18 +680,30 @@ class HttpRegistry:
         body: dict[str, Any] = {"aliases": list(aliases), "tags": validate_tags(tags)}
         if not isinstance(ttl, ArtifactTTL):
             body.update(inherit_ttl=False, ttl=validate_ttl(ttl))
-        files = self._draft_files.pop(draft_id, 0)
+        sent, digest = self._draft_manifests.get(draft_id, (None, None))
+        if sent is not None:
+            body["manifest"] = False  # a version this draft created holds what was sent: not answered again
         try:
             data = self.transport.request_json(
-                "POST", f"/drafts/{_q(draft_id)}/finalize", body=body, read_timeout=self._timeout_for(files)
-            )
+                "POST", f"/drafts/{_q(draft_id)}/finalize", body=body,
+                read_timeout=self._timeout_for(len(sent) if sent is not None else 0),
+            )  # fmt: skip
         finally:
             self._put_urls.drop_where(lambda key: key[0] == draft_id)
-        return FinalizeResult(VersionInfo.from_dict(data["version"]), bool(data["created"]))
+        self._draft_manifests.pop(draft_id, None)
+        info = VersionInfo.from_dict(data["version"])
+        if info.manifest is None:
+            if sent is None or info.digest != digest:
+                raise ServerError(
+                    f"the server answered version {info.qualified_name} without its manifest, which this client "
+                    "did not send"
+                )
+            info = dataclasses.replace(info, manifest=sent)
+        return FinalizeResult(info, bool(data["created"]))
 
     def abort_draft(self, draft_id: str) -> None:
         self._put_urls.drop_where(lambda key: key[0] == draft_id)
-        self._draft_files.pop(draft_id, None)
+        self._draft_manifests.pop(draft_id, None)
         self._call("DELETE", f"/drafts/{_q(draft_id)}")
 
     def set_alias(self, project: str, name: str, alias: str, version: int) -> None:

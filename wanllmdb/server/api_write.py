@@ -241,7 +241,8 @@ def finalize_draft(request: Request, draft_id: str, body: FinalizeRequest) -> JS
     result = state.registry.finalize_draft(draft_id, body.aliases, tags=body.tags, ttl=ttl)
     if result.created:  # a large version's index, ready before the first mount asks for it
         state.indexes.build_soon(state.registry, result.version)
-    return JSONResponse({"version": result.version.to_dict(), "created": result.created})
+    with_manifest = body.manifest or not result.created  # a new version holds what its client sent
+    return JSONResponse({"version": result.version.to_dict(with_manifest=with_manifest), "created": result.created})
 
 
 @router.delete("/drafts/{draft_id}", summary="Abandon a draft", status_code=204)

@@ -30,6 +30,11 @@ class FinalizeRequest(BaseModel):
         True, description="give the new version the artifact's default TTL; false: use `ttl` (null: keep it)"
     )
     ttl: float | None = Field(None, description="seconds the version lives (> 0), with inherit_ttl false")
+    manifest: bool = Field(
+        True,
+        description="answer the version with its manifest; false: without it when the draft created the version "
+        "(it holds the manifest the client sent; an existing version found by its digest is answered whole)",
+    )
 
 
 class AliasRequest(BaseModel):

@@ -117,6 +117,8 @@ class HttpTransport:
         """Call an API endpoint; returns its parsed JSON answer (None for an empty one).
 
         Args:
+            body: a value to send as JSON, or ``bytes`` that already are (a draft of a million files: see
+                ``HTTPRegistry.create_draft``).
             repeatable: the call may be repeated after a lost answer or a 429/5xx even though its method
                 is not idempotent (e.g. creating a draft: a second draft is harmless and expires).
             read_timeout: seconds to wait for the answer when more than the transport's own (a call whose
@@ -131,7 +133,9 @@ class HttpTransport:
         headers = dict(self._auth)
         data = None
         if body is not None:
-            data = json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+            data = body if isinstance(body, bytes) else (
+                json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+            )
             headers["Content-Type"] = "application/json"
         attempts = 1 + (self.retries if repeatable and method not in IDEMPOTENT_METHODS else 0)
         for attempt in range(attempts):
