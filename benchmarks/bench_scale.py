@@ -237,6 +237,11 @@ def run(ctx: Context) -> list[Result]:
         _curve(results, ns, points, "download() cold (fills the cache)", "s",
                lambda p: p["download_cold"]["download"],
                lambda p: p["download_cold"]["cpu_s"] + p["download_cold"]["server_cpu_s"])
+        # The client's own memory: what a log or download of n files costs in RAM (shown, not judged).
+        for label, key in (("log_artifact (HTTP)", "log"), ("download() cached version", "download_cached"),
+                           ("download() cold", "download_cold")):
+            _curve(results, ns, points, f"{label}: client peak RSS", "MB", lambda p, key=key: p[key]["peak_rss"] / 1e6,
+                   target=None)
         results[-1].notes["points"] = points
 
         bench.client(ctx.path("scale", "cache-log-big", ""), "log", "concurrent", big)
