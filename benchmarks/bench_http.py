@@ -23,11 +23,11 @@ from wanllmdb.manifest.chunkhash import chunk_hash
 
 from .context import Context
 from .data import make_file, make_small_files
-from .harness import Result, chunk_check_cpu, cpu_floor, cpu_of, mbps, timed
+from .harness import OWN_PEAK_RSS, Result, chunk_check_cpu, cpu_floor, cpu_of, mbps, timed
 from .servers import BenchServer, start_server
 
-CLIENT = r"""
-import json, os, resource, sys, time
+CLIENT = OWN_PEAK_RSS + r"""
+import json, os, sys, time
 import wanllmdb
 action, name, path = sys.argv[1:4]
 cpu0 = time.process_time()
@@ -50,7 +50,7 @@ else:
     out = {"resolve": t1 - t0, "download": time.perf_counter() - t1, "files": art.file_count,
            "total": time.perf_counter() - t0}
 out["cpu_s"] = time.process_time() - cpu0  # all threads of the client
-out["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+out["peak_rss"] = own_peak_rss()
 print(json.dumps(out))
 """
 

@@ -32,7 +32,7 @@ from wanllmdb.fs.process import mounts_under
 
 from .context import Context
 from .data import make_file, make_small_files
-from .harness import Result, RssSampler, children_cpu_seconds, mbps, process_cpu_seconds
+from .harness import OWN_PEAK_RSS, Result, RssSampler, children_cpu_seconds, mbps, process_cpu_seconds
 from .mounts import PassthroughMount, WanllmdbMount
 from .servers import BenchServer, start_server
 
@@ -46,8 +46,8 @@ COUNTS_ENV = "WANLLMDB_SCALE_COUNTS"
 CLIENTS = (1, 4, 16)
 CONCURRENT_FILE = {False: 128 << 20, True: 32 << 20}
 
-CLIENT = r"""
-import json, os, resource, sys, time
+CLIENT = OWN_PEAK_RSS + r"""
+import json, os, sys, time
 import wanllmdb
 action, name, path = sys.argv[1:4]
 cpu0 = time.process_time()
@@ -67,7 +67,7 @@ else:
     out = {"resolve": t1 - t0, "download": time.perf_counter() - t1, "files": art.file_count}
 out["total"] = time.perf_counter() - t0
 out["cpu_s"] = time.process_time() - cpu0
-out["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+out["peak_rss"] = own_peak_rss()
 print(json.dumps(out))
 """
 
