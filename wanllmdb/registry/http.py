@@ -282,9 +282,9 @@ class HttpRegistry:
         self.description = self.transport.server
         self._get_urls = _URLCache()
         self._put_urls = _URLCache()
-        # draft id -> its manifest: finalize's wait grows with it, and a version made from it is answered without
-        # it (the same entries parsed again would double a large log's memory at its very end)
-        self._draft_manifests: dict[str, tuple[Manifest, str]] = {}  # with the digest the server gave the draft
+        # draft id -> (its manifest, the digest the server gave it): finalize's wait grows with the manifest, and
+        # a version the draft creates is answered without it (parsed again, it would double a large log's memory)
+        self._draft_manifests: dict[str, tuple[Manifest, str]] = {}
         self._refreshing = threading.Lock()
         self._bundles = _Bundles(lambda b: self.transport.fetch_bundle(b.url, b.sha256s, b.sizes))
         #: Blobs presigned in a bundle without a URL of their own (``urls=unbundled``) -> their bundle's blobs:

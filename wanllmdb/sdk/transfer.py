@@ -177,7 +177,7 @@ def fetch_files(
 
     Returns:
         entry path -> local path (under the placer's root, or the cached blob without a placer); empty with
-        ``paths=False``, for a caller that does not need them (a million of them take ~250 MB).
+        ``paths=False``, for a caller that does not need them (a million of them take ~200 MB).
 
     Raises:
         ChecksumError: a fetched blob does not match its digest (it is not cached).
