@@ -44,16 +44,15 @@ class FileStamp(NamedTuple):
         return self.st_mtime_ns / 1e9
 
     @classmethod
-    def of(cls, st: os.stat_result) -> FileStamp:
+    def of(cls, st: StatLike) -> FileStamp:
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 #: A file's ``stat``, whole or as a :class:`FileStamp`.
 StatLike = os.stat_result | FileStamp
 
-
-def stamp(st: StatLike) -> tuple[int, int, int, int, int]:
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+#: A file's identity and change stamp, (device, inode, size, mtime_ns, ctime_ns): equal for the same file unchanged.
+stamp = FileStamp.of
 
 
 class DigestCache:

@@ -391,7 +391,7 @@ class BlobCache:
         unknown = [sha for sha in sha256s if sha not in self._stamps]
         if not unknown:
             return
-        for sha, (rowid, stamp) in self.index.stamp_rows(unknown).items():
+        for sha, rowid, stamp in self.index.iter_stamp_rows(unknown):
             self._remember(sha, stamp, rowid)
 
     # --- paths ------------------------------------------------------------------------------------------
@@ -435,13 +435,13 @@ class BlobCache:
                 st = os.stat(self.blob_path(sha))
             except FileNotFoundError:
                 continue
-            now = blob_stamp(st)
-            if self._stamps.get(sha) == now:
+            current = blob_stamp(st)
+            if self._stamps.get(sha) == current:
                 found.add(sha)
                 if touch:
                     sizes[sha] = st.st_size
             else:
-                unsure[sha] = now
+                unsure[sha] = current
         if unsure:
             rowids: dict[str, int] = {}  # of the rows whose recorded stamp differs
             for sha, rowid, known in self.index.iter_stamp_rows(unsure):
@@ -455,8 +455,8 @@ class BlobCache:
             rechecked: dict[str, tuple[int, str]] = {}
             for sha in unsure:  # unknown to the index, or changed since it was verified: hash it again
                 if sha not in found and self._recheck(sha, rechecked):
-                    size, now = rechecked[sha]
-                    self._remember(sha, now, rowids.get(sha))
+                    size, current = rechecked[sha]
+                    self._remember(sha, current, rowids.get(sha))
                     found.add(sha)
                     if touch:
                         sizes[sha] = size

@@ -118,7 +118,7 @@ class HttpTransport:
 
         Args:
             body: a value to send as JSON, or ``bytes`` that already are (a draft of a million files: see
-                ``HTTPRegistry.create_draft``).
+                ``HttpRegistry.create_draft``).
             repeatable: the call may be repeated after a lost answer or a 429/5xx even though its method
                 is not idempotent (e.g. creating a draft: a second draft is harmless and expires).
             read_timeout: seconds to wait for the answer when more than the transport's own (a call whose
