@@ -209,7 +209,9 @@ def test_a_multipart_upload_killed_midway_resumes_with_the_missing_parts_only(
 
 
 def test_an_expired_part_url_is_asked_for_again(make_s3_server, project, tmp_path, monkeypatch):
-    server = make_s3_server(url_ttl="1s", draft_max_age="1h")
+    # A presigned S3 URL dates itself to the whole second (SigV4), so a TTL of 1 s can leave a fresh URL well
+    # under a second: on a loaded machine the asked-again URL expired too. 3 s leaves it 2 s at least.
+    server = make_s3_server(url_ttl="3s", draft_max_age="1h")
     files = _files(tmp_path, {"big.bin": 13 * MiB})
     with server.registry() as registry:
         original = registry.transport.put_file
@@ -218,7 +220,7 @@ def test_an_expired_part_url_is_asked_for_again(make_s3_server, project, tmp_pat
         def late_put(url, *args, **kwargs):
             if "partNumber=1&" in url and not delayed:  # the first URL of part 1 waits until it expired
                 delayed.append(url)
-                time.sleep(2.5)
+                time.sleep(4.5)
             return original(url, *args, **kwargs)
 
         monkeypatch.setattr(registry.transport, "put_file", late_put)
